@@ -1,0 +1,105 @@
+//! `tessera dev`: a working server on a fresh machine with no set-up. It finds a database (the
+//! configured one, else the local default server, else a private cluster it starts itself),
+//! generates a dev PKI if there is none, migrates, and serves HTTPS.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::SecretString;
+use sqlx::Connection;
+
+use crate::app::Application;
+use crate::config::{Provisioned, Settings, TlsFiles};
+use crate::local_postgres::LocalCluster;
+use crate::pki::DevPki;
+
+const DEV_DATABASE: &str = "tessera_dev";
+
+#[derive(Debug, clap::Args)]
+pub struct DevOptions {
+    /// TOML settings file; anything it leaves out is provisioned.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where the dev PKI lives (generated if absent).
+    #[arg(long, default_value = "certs/dev")]
+    pub certs_dir: PathBuf,
+    /// Where a private PostgreSQL cluster is kept when one is needed.
+    #[arg(long, default_value = ".tessera/pgdata")]
+    pub cluster_dir: PathBuf,
+    #[arg(long, default_value_t = 54329)]
+    pub cluster_port: u16,
+    /// The local default server tried before starting a private cluster.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub local_database_url: String,
+}
+
+pub async fn run(options: DevOptions) -> anyhow::Result<()> {
+    let (pki, generated) = DevPki::ensure(&options.certs_dir)?;
+    let pki_origin = if generated { "generated" } else { "reused" };
+
+    let (database_url, database_origin, cluster) =
+        match Settings::configured_database_url(options.config.as_deref())? {
+            Some(url) => (url, "configured (DATABASE_URL or database.url)".to_owned(), None),
+            None => find_or_start_database(&options).await?,
+        };
+    let settings = Settings::load_with(
+        options.config.as_deref(),
+        Provisioned {
+            tls: Some(TlsFiles {
+                cert: pki.server_cert(),
+                key: pki.server_key(),
+                client_ca: pki.ca_cert(),
+            }),
+            database_url: Some(SecretString::from(database_url)),
+        },
+    )?;
+    crate::telemetry::init(&settings.log);
+
+    let pool = crate::storage::pool(&settings.database)?;
+    crate::storage::migrate(&pool)
+        .await
+        .context("migrating the dev database")?;
+    let application = Application::build(&settings, pool)?;
+    let url = format!("https://{}", application.local_addr());
+    let certs = pki.dir.display();
+    println!(
+        "Tessera dev server\n  \
+         URL:       {url}\n  \
+         Database:  {database_origin}\n  \
+         Dev PKI:   {certs} ({pki_origin}; CA {certs}/ca.pem, clients partner-a, partner-b, admin)\n  \
+         Try:       curl --cacert {certs}/ca.pem --cert {certs}/partner-a.pem --key {certs}/partner-a.key {url}/mtls/identity\n  \
+         Stop:      Ctrl-C"
+    );
+    let served = application.run().await;
+    if let Some(cluster) = cluster {
+        cluster.stop().await?;
+    }
+    served.context("server failed")
+}
+
+async fn find_or_start_database(
+    options: &DevOptions,
+) -> anyhow::Result<(String, String, Option<LocalCluster>)> {
+    let local_answers = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::PgConnection::connect(&options.local_database_url),
+    )
+    .await
+    .is_ok_and(|connected| connected.is_ok());
+    if local_answers {
+        let url = crate::storage::ensure_database(&options.local_database_url, DEV_DATABASE).await?;
+        return Ok((url, "local default server, database tessera_dev".to_owned(), None));
+    }
+    let (cluster, initialised) = LocalCluster::start(&options.cluster_dir, options.cluster_port)
+        .await
+        .context("no database configured and none answering locally; starting a private cluster")?;
+    let url = crate::storage::ensure_database(&cluster.admin_url(), DEV_DATABASE).await?;
+    let origin = format!(
+        "private cluster in {} on port {} ({})",
+        cluster.data_dir().display(),
+        cluster.port(),
+        if initialised { "initialised" } else { "reused" }
+    );
+    Ok((url, origin, Some(cluster)))
+}

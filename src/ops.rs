@@ -1,0 +1,69 @@
+//! Operations endpoints: liveness, readiness, metrics, and the certificate identity a client
+//! presented (what partners need to see when registering their certificate).
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{HttpResponse, get, web};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::http::{Metrics, PeerCertificate};
+use crate::problem::Problem;
+
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .service(healthz)
+        .service(readyz)
+        .service(metrics)
+        .service(identity);
+}
+
+#[get("/healthz")]
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Ready means a database round trip succeeds now; the pool re-validates connections, so a
+/// database that comes back makes this 200 again without a restart.
+#[get("/readyz")]
+async fn readyz(pool: web::Data<PgPool>) -> HttpResponse {
+    match sqlx::query("SELECT 1").execute(pool.get_ref()).await {
+        Ok(_) => HttpResponse::Ok().json(json!({ "status": "ready" })),
+        Err(error) => {
+            tracing::warn!(%error, "readiness check failed");
+            HttpResponse::ServiceUnavailable()
+                .json(json!({ "status": "unavailable", "reason": "database unreachable" }))
+        }
+    }
+}
+
+#[get("/metrics")]
+async fn metrics(metrics: web::Data<Metrics>) -> Result<HttpResponse, Problem> {
+    let body = metrics.render().map_err(|error| {
+        tracing::error!(%error, "rendering metrics failed");
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+            "metrics are unavailable",
+        )
+    })?;
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8"))
+        .body(body))
+}
+
+#[get("/mtls/identity")]
+async fn identity(peer: PeerCertificate) -> Result<HttpResponse, Problem> {
+    let certificate = peer.0.ok_or_else(|| {
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "Client Certificate Required",
+            "no client certificate was presented on this connection",
+        )
+    })?;
+    Ok(HttpResponse::Ok().json(json!({
+        "subject": certificate.subject,
+        "subject_alt_names": certificate.subject_alt_names,
+        "x5t#S256": certificate.thumbprint.to_base64url(),
+    })))
+}

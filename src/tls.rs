@@ -1,0 +1,366 @@
+//! Server TLS: rustls on aws-lc-rs, TLS 1.3 only unless 1.2 is opted into, client certificates
+//! requested but optional at the TLS layer, and a client-CA trust store that can be replaced at
+//! run time without a restart.
+//!
+//! Session resumption is switched off on purpose: a resumed TLS 1.3 session restores the client
+//! chain without verifying it again, so a CA removed from trust would keep working for anyone
+//! holding a ticket. Clients keep connections alive instead.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use actix_tls::accept::rustls_0_23::TlsStream;
+use actix_web::dev::Extensions;
+use actix_web::rt::net::TcpStream;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::config::{TlsFiles, TlsVersion};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("setting `{setting}`: cannot read {path}: {reason}")]
+    Read {
+        setting: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("setting `{setting}`: {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+}
+
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Builds the server configuration from the configured files and the shared client trust.
+pub fn server_config(
+    files: &TlsFiles,
+    min_version: TlsVersion,
+    trust: Arc<ClientTrust>,
+) -> Result<ServerConfig, TlsError> {
+    let chain = read_certificates("server.cert", &files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|error| TlsError::Read {
+        setting: "server.key",
+        path: files.key.display().to_string(),
+        reason: error.to_string(),
+    })?;
+    let versions: &[&rustls::SupportedProtocolVersion] = match min_version {
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(versions)
+        .map_err(|error| TlsError::Invalid {
+            setting: "server.tls_min_version",
+            reason: error.to_string(),
+        })?
+        .with_client_cert_verifier(trust)
+        .with_single_cert(chain, key)
+        .map_err(|error| TlsError::Invalid {
+            setting: "server.key",
+            reason: format!("does not match server.cert or is unusable: {error}"),
+        })?;
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+pub fn read_certificates(
+    setting: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read_error = |reason: String| TlsError::Read {
+        setting,
+        path: path.display().to_string(),
+        reason,
+    };
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|error| read_error(error.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| read_error(error.to_string()))?;
+    if certificates.is_empty() {
+        return Err(read_error("no PEM certificate found".to_owned()));
+    }
+    Ok(certificates)
+}
+
+/// The client-certificate verifier the server holds for its whole life; the roots behind it
+/// are replaced atomically, and the next handshake uses the new set.
+pub struct ClientTrust {
+    current: RwLock<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ClientTrust {
+    pub fn new(roots: &[CertificateDer<'static>]) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(Self {
+            current: RwLock::new(Self::verifier(roots)?),
+        }))
+    }
+
+    pub fn replace_roots(&self, roots: &[CertificateDer<'static>]) -> Result<(), TlsError> {
+        let verifier = Self::verifier(roots)?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = verifier;
+        Ok(())
+    }
+
+    fn verifier(
+        roots: &[CertificateDer<'static>],
+    ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+        let invalid = |reason: String| TlsError::Invalid {
+            setting: "server.client_ca",
+            reason,
+        };
+        let mut store = RootCertStore::empty();
+        for root in roots {
+            store
+                .add(root.clone())
+                .map_err(|error| invalid(format!("unusable CA certificate: {error}")))?;
+        }
+        WebPkiClientVerifier::builder_with_provider(Arc::new(store), crypto_provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|error| invalid(error.to_string()))
+    }
+
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl fmt::Debug for ClientTrust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTrust").finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for ClientTrust {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    // Hints are optional (RFC 8446 §4.2.4); clients present their certificate without them,
+    // and an empty list avoids borrowing through the lock.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
+/// SHA-256 of the certificate's DER, as RFC 8705 binds tokens to it (`x5t#S256`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Thumbprint([u8; 32]);
+
+impl Thumbprint {
+    pub fn of(der: &[u8]) -> Self {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(digest.as_ref());
+        Self(bytes)
+    }
+
+    pub fn to_base64url(self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+}
+
+impl fmt::Debug for Thumbprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Thumbprint({})", self.to_base64url())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum SubjectAltName {
+    Dns(String),
+    Uri(String),
+    Ip(IpAddr),
+    Email(String),
+}
+
+/// The verified leaf certificate a client presented on this connection.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    pub der: CertificateDer<'static>,
+    pub thumbprint: Thumbprint,
+    /// RFC 4514 string form of the subject.
+    pub subject: String,
+    pub subject_alt_names: Vec<SubjectAltName>,
+}
+
+impl ClientCertificate {
+    pub fn parse(der: CertificateDer<'static>) -> Result<Self, x509_parser::nom::Err<x509_parser::error::X509Error>> {
+        let (_, certificate) = X509Certificate::from_der(der.as_ref())?;
+        let subject = rfc4514(certificate.subject());
+        let subject_alt_names = certificate
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|extension| {
+                extension
+                    .value
+                    .general_names
+                    .iter()
+                    .filter_map(subject_alt_name)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            thumbprint: Thumbprint::of(der.as_ref()),
+            der,
+            subject,
+            subject_alt_names,
+        })
+    }
+}
+
+fn subject_alt_name(name: &GeneralName<'_>) -> Option<SubjectAltName> {
+    match name {
+        GeneralName::DNSName(dns) => Some(SubjectAltName::Dns((*dns).to_owned())),
+        GeneralName::URI(uri) => Some(SubjectAltName::Uri((*uri).to_owned())),
+        GeneralName::RFC822Name(email) => Some(SubjectAltName::Email((*email).to_owned())),
+        GeneralName::IPAddress(bytes) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(*bytes).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(*bytes).ok().map(IpAddr::from),
+            _ => None,
+        }
+        .map(SubjectAltName::Ip),
+        _ => None,
+    }
+}
+
+/// RFC 4514: RDNs in reverse order, `,` between RDNs, `+` inside a multi-valued RDN.
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let rdns: Vec<String> = name
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attribute| {
+                    let oid = attribute.attr_type();
+                    let kind = x509_parser::objects::oid2abbrev(oid, x509_parser::objects::oid_registry())
+                        .map(str::to_owned)
+                        .unwrap_or_else(|_| oid.to_id_string());
+                    let value = match attribute.as_str() {
+                        Ok(text) => escape_rfc4514(text),
+                        Err(_) => format!("#{}", hex(attribute.attr_value().data)),
+                    };
+                    format!("{kind}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
+}
+
+fn escape_rfc4514(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (index, character) in value.chars().enumerate() {
+        let special = matches!(character, '"' | '+' | ',' | ';' | '<' | '>' | '\\')
+            || (index == 0 && matches!(character, ' ' | '#'))
+            || (index == last && character == ' ');
+        if special {
+            escaped.push('\\');
+        }
+        if character == '\0' {
+            escaped.push_str("\\00");
+        } else {
+            escaped.push(character);
+        }
+    }
+    escaped
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Runs once per accepted connection: records the verified leaf, if the client presented one,
+/// so handlers can read it through [`crate::http::PeerCertificate`].
+pub fn on_connect(connection: &dyn std::any::Any, extensions: &mut Extensions) {
+    let Some(stream) = connection.downcast_ref::<TlsStream<TcpStream>>() else {
+        return;
+    };
+    let Some(leaf) = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+    else {
+        return;
+    };
+    match ClientCertificate::parse(leaf.clone().into_owned()) {
+        Ok(certificate) => {
+            extensions.insert(certificate);
+        }
+        Err(error) => tracing::warn!(%error, "verified client certificate could not be parsed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_rfc4514_specials() {
+        assert_eq!(escape_rfc4514("a,b+c"), "a\\,b\\+c");
+        assert_eq!(escape_rfc4514(" #x "), "\\ #x\\ ");
+        assert_eq!(escape_rfc4514("#lead"), "\\#lead");
+    }
+}
