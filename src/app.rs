@@ -49,12 +49,14 @@ impl Application {
         )?;
         let metrics = web::Data::new(Metrics::new()?);
         let pool_data = web::Data::new(pool.clone());
+        let trust_data = web::Data::from(client_trust.clone());
         let body_limit = settings.server.body_limit_bytes;
 
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(metrics.clone())
                 .app_data(pool_data.clone())
+                .app_data(trust_data.clone())
                 .app_data(web::PayloadConfig::new(body_limit))
                 .app_data(web::FormConfig::default().limit(body_limit))
                 .app_data(web::JsonConfig::default().limit(body_limit))

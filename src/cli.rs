@@ -11,7 +11,11 @@ use crate::dev::DevOptions;
 use crate::pki::DevPki;
 
 #[derive(Debug, Parser)]
-#[command(name = "tessera", version, about = "OAuth 2.0 token-exchange authorization server")]
+#[command(
+    name = "tessera",
+    version,
+    about = "OAuth 2.0 token-exchange authorization server"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

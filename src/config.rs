@@ -183,13 +183,19 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment
-            .merge(Env::prefixed("TESSERA_").split("__"))
-            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database.url".into()));
+        figment = figment.merge(Env::prefixed("TESSERA_").split("__")).merge(
+            Env::raw()
+                .only(&["DATABASE_URL"])
+                .map(|_| "database.url".into()),
+        );
         figment.extract().map_err(|error| {
             let setting = error.path.join(".");
             ConfigError::invalid(
-                if setting.is_empty() { "<root>" } else { &setting },
+                if setting.is_empty() {
+                    "<root>"
+                } else {
+                    &setting
+                },
                 error.kind.to_string(),
             )
         })

@@ -40,7 +40,11 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
 
     let (database_url, database_origin, cluster) =
         match Settings::configured_database_url(options.config.as_deref())? {
-            Some(url) => (url, "configured (DATABASE_URL or database.url)".to_owned(), None),
+            Some(url) => (
+                url,
+                "configured (DATABASE_URL or database.url)".to_owned(),
+                None,
+            ),
             None => find_or_start_database(&options).await?,
         };
     let settings = Settings::load_with(
@@ -88,8 +92,13 @@ async fn find_or_start_database(
     .await
     .is_ok_and(|connected| connected.is_ok());
     if local_answers {
-        let url = crate::storage::ensure_database(&options.local_database_url, DEV_DATABASE).await?;
-        return Ok((url, "local default server, database tessera_dev".to_owned(), None));
+        let url =
+            crate::storage::ensure_database(&options.local_database_url, DEV_DATABASE).await?;
+        return Ok((
+            url,
+            "local default server, database tessera_dev".to_owned(),
+            None,
+        ));
     }
     let (cluster, initialised) = LocalCluster::start(&options.cluster_dir, options.cluster_port)
         .await

@@ -12,7 +12,7 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tracing::Instrument;
 
-use crate::tls::ClientCertificate;
+use crate::tls::{ClientCertificate, ClientTrust};
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -30,7 +30,8 @@ impl FromRequest for RequestId {
     }
 }
 
-/// The verified client certificate of the connection, if the client presented one.
+/// The client certificate of the connection, if the client presented one and it still chains
+/// to a trusted root; a certificate whose CA was removed since the handshake reads as none.
 #[derive(Debug, Clone)]
 pub struct PeerCertificate(pub Option<ClientCertificate>);
 
@@ -39,7 +40,21 @@ impl FromRequest for PeerCertificate {
     type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(Ok(Self(req.conn_data::<ClientCertificate>().cloned())))
+        let certificate = req
+            .conn_data::<ClientCertificate>()
+            .and_then(|certificate| {
+                let trust = req.app_data::<web::Data<ClientTrust>>()?;
+                if trust.still_trusts(certificate) {
+                    Some(certificate.clone())
+                } else {
+                    tracing::warn!(
+                        subject = %certificate.subject,
+                        "client certificate no longer chains to a trusted root"
+                    );
+                    None
+                }
+            });
+        ready(Ok(Self(certificate)))
     }
 }
 

@@ -121,10 +121,10 @@ impl LocalCluster {
 
 fn find_bin_dir() -> Option<PathBuf> {
     let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(dir) = std::env::split_paths(&path).find(|dir| has_server(dir)) {
-            return Some(dir);
-        }
+    if let Some(dir) = std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).find(|dir| has_server(dir)))
+    {
+        return Some(dir);
     }
     let output = std::process::Command::new("pg_config")
         .arg("--bindir")
@@ -135,7 +135,9 @@ fn find_bin_dir() -> Option<PathBuf> {
 }
 
 fn running_as_root() -> bool {
-    std::fs::metadata("/proc/self").map(|meta| meta.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|meta| meta.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` user.

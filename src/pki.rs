@@ -37,6 +37,9 @@ impl DevPki {
     pub fn ca_cert(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
+    pub fn untrusted_ca_cert(&self) -> PathBuf {
+        self.dir.join("untrusted-ca.pem")
+    }
     pub fn server_cert(&self) -> PathBuf {
         self.dir.join("server.pem")
     }
@@ -51,7 +54,12 @@ impl DevPki {
     }
 
     fn files(&self) -> Vec<PathBuf> {
-        let mut files = vec![self.ca_cert(), self.server_cert(), self.server_key()];
+        let mut files = vec![
+            self.ca_cert(),
+            self.untrusted_ca_cert(),
+            self.server_cert(),
+            self.server_key(),
+        ];
         for name in TRUSTED_CLIENTS.iter().chain([&UNTRUSTED_CLIENT]) {
             files.push(self.client_cert(name));
             files.push(self.client_key(name));
@@ -104,6 +112,7 @@ impl DevPki {
         }
 
         let untrusted_ca = certificate_authority("Untrusted CA")?;
+        self.write(&self.untrusted_ca_cert(), &untrusted_ca.pem())?;
         let (cert, key) = client("partner-a", &untrusted_ca)?;
         self.write(&self.client_cert(UNTRUSTED_CLIENT), &cert)?;
         self.write_key(&self.client_key(UNTRUSTED_CLIENT), &key)?;
@@ -154,7 +163,9 @@ fn validity(params: &mut CertificateParams) {
 fn certificate_authority(common_name: &str) -> Result<CertifiedIssuer<'static, KeyPair>, PkiError> {
     let on_error = generation_error(common_name);
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     params
         .distinguished_name
         .push(DnType::OrganizationName, "Tessera Dev");
@@ -181,7 +192,9 @@ fn leaf(
     ca: &Issuer<'_, KeyPair>,
 ) -> Result<(String, KeyPair), PkiError> {
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     params
         .distinguished_name
         .push(DnType::OrganizationName, "Tessera Dev");

@@ -22,7 +22,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::config::{TlsFiles, TlsVersion};
@@ -139,6 +141,18 @@ impl ClientTrust {
             .map_err(|error| invalid(error.to_string()))
     }
 
+    /// Whether the certificate still chains to the roots trusted now. Connections outlive
+    /// trust changes (keep-alive), so each request re-checks what its handshake proved.
+    pub fn still_trusts(&self, certificate: &ClientCertificate) -> bool {
+        self.current()
+            .verify_client_cert(
+                &certificate.der,
+                &certificate.intermediates,
+                UnixTime::now(),
+            )
+            .is_ok()
+    }
+
     fn current(&self) -> Arc<dyn ClientCertVerifier> {
         self.current
             .read()
@@ -237,6 +251,8 @@ pub enum SubjectAltName {
 #[derive(Debug, Clone)]
 pub struct ClientCertificate {
     pub der: CertificateDer<'static>,
+    /// The rest of the presented chain, kept to re-verify the leaf against current trust.
+    pub intermediates: Vec<CertificateDer<'static>>,
     pub thumbprint: Thumbprint,
     /// RFC 4514 string form of the subject.
     pub subject: String,
@@ -244,7 +260,10 @@ pub struct ClientCertificate {
 }
 
 impl ClientCertificate {
-    pub fn parse(der: CertificateDer<'static>) -> Result<Self, x509_parser::nom::Err<x509_parser::error::X509Error>> {
+    pub fn parse(
+        der: CertificateDer<'static>,
+        intermediates: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, x509_parser::nom::Err<x509_parser::error::X509Error>> {
         let (_, certificate) = X509Certificate::from_der(der.as_ref())?;
         let subject = rfc4514(certificate.subject());
         let subject_alt_names = certificate
@@ -263,6 +282,7 @@ impl ClientCertificate {
         Ok(Self {
             thumbprint: Thumbprint::of(der.as_ref()),
             der,
+            intermediates,
             subject,
             subject_alt_names,
         })
@@ -292,9 +312,10 @@ fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
             rdn.iter()
                 .map(|attribute| {
                     let oid = attribute.attr_type();
-                    let kind = x509_parser::objects::oid2abbrev(oid, x509_parser::objects::oid_registry())
-                        .map(str::to_owned)
-                        .unwrap_or_else(|_| oid.to_id_string());
+                    let kind =
+                        x509_parser::objects::oid2abbrev(oid, x509_parser::objects::oid_registry())
+                            .map(str::to_owned)
+                            .unwrap_or_else(|_| oid.to_id_string());
                     let value = match attribute.as_str() {
                         Ok(text) => escape_rfc4514(text),
                         Err(_) => format!("#{}", hex(attribute.attr_value().data)),
@@ -337,15 +358,19 @@ pub fn on_connect(connection: &dyn std::any::Any, extensions: &mut Extensions) {
     let Some(stream) = connection.downcast_ref::<TlsStream<TcpStream>>() else {
         return;
     };
-    let Some(leaf) = stream
+    let Some((leaf, intermediates)) = stream
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|chain| chain.first())
+        .and_then(|chain| chain.split_first())
     else {
         return;
     };
-    match ClientCertificate::parse(leaf.clone().into_owned()) {
+    let intermediates = intermediates
+        .iter()
+        .map(|cert| cert.clone().into_owned())
+        .collect();
+    match ClientCertificate::parse(leaf.clone().into_owned(), intermediates) {
         Ok(certificate) => {
             extensions.insert(certificate);
         }

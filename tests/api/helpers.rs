@@ -1,0 +1,251 @@
+//! The harness every integration test uses: a real server on port 0 with real TLS, a PKI made
+//! for the test run, a fresh PostgreSQL database per test (on `DATABASE_URL`, or on a throwaway
+//! cluster this process starts), and HTTP clients presenting real certificates.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use actix_web::dev::ServerHandle;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use secrecy::SecretString;
+use sqlx::{Connection, PgPool};
+use tessera::app::Application;
+use tessera::config::{Provisioned, Settings, TlsFiles};
+use tessera::local_postgres::LocalCluster;
+use tessera::pki::DevPki;
+use tessera::tls::ClientTrust;
+use tokio::sync::OnceCell;
+
+/// Scratch space for this test process; directories of earlier, finished runs are removed.
+pub fn scratch_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tessera-tests");
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for entry in entries.flatten() {
+                let alive = entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|pid| Path::new("/proc").join(pid).exists());
+                if !alive {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = root.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        allow_traversal(&dir);
+        dir
+    })
+}
+
+/// The private cluster runs as the `postgres` user when tests run as root; it must be able to
+/// reach its data directory.
+pub fn allow_traversal(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut current = Some(dir);
+    while let Some(path) = current {
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mut permissions = meta.permissions();
+            if permissions.mode() & 0o005 != 0o005 {
+                permissions.set_mode(permissions.mode() | 0o005);
+                let _ = std::fs::set_permissions(path, permissions);
+            }
+        }
+        current = path.parent();
+    }
+}
+
+pub fn pki() -> &'static DevPki {
+    static PKI: OnceLock<DevPki> = OnceLock::new();
+    PKI.get_or_init(|| DevPki::ensure(&scratch_dir().join("pki")).unwrap().0)
+}
+
+/// A free port on loopback, for servers that must be told their port up front.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// URL of a database server on which tests may create databases.
+async fn admin_url() -> &'static str {
+    static URL: OnceCell<String> = OnceCell::const_new();
+    URL.get_or_init(|| async {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return url;
+        }
+        let (cluster, _) = start_cluster(&scratch_dir().join("shared-cluster")).await;
+        let url = cluster.admin_url();
+        // Lives as long as this process: its watchdog stops postgres when the process exits.
+        std::mem::forget(cluster);
+        url
+    })
+    .await
+}
+
+pub async fn start_cluster(data_dir: &Path) -> (LocalCluster, bool) {
+    allow_traversal(data_dir.parent().unwrap());
+    LocalCluster::start(data_dir, free_port()).await.unwrap()
+}
+
+/// A database of its own for one test, migrated; dropped when the value is dropped.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    server_url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        Self::create_on(admin_url().await).await
+    }
+
+    pub async fn create_on(server_url: &str) -> Self {
+        let server_url = server_url.to_owned();
+        let name = format!("tessera_test_{}", uuid::Uuid::new_v4().simple());
+        let url = tessera::storage::ensure_database(&server_url, &name)
+            .await
+            .unwrap();
+        let pool = PgPool::connect(&url).await.unwrap();
+        tessera::storage::migrate(&pool).await.unwrap();
+        pool.close().await;
+        Self {
+            name,
+            url,
+            server_url,
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let server_url = self.server_url.clone();
+        let statement = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(mut connection) = sqlx::PgConnection::connect(&server_url).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(statement))
+                        .execute(&mut connection)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn test_settings(database_url: &str) -> Settings {
+    let pki = pki();
+    let mut settings = Settings::load_with(
+        None,
+        Provisioned {
+            tls: Some(TlsFiles {
+                cert: pki.server_cert(),
+                key: pki.server_key(),
+                client_ca: pki.ca_cert(),
+            }),
+            database_url: Some(SecretString::from(database_url.to_owned())),
+        },
+    )
+    .unwrap();
+    settings.server.bind = "127.0.0.1:0".parse().unwrap();
+    settings.server.workers = 2;
+    settings.server.shutdown_timeout = std::time::Duration::from_secs(10);
+    settings
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub pool: PgPool,
+    pub handle: ServerHandle,
+    pub client_trust: Arc<ClientTrust>,
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+    // Declared last: the server and pool go before the database is dropped.
+    _db: TestDatabase,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    /// A client presenting the named dev-PKI identity, or none.
+    pub fn client(&self, identity: Option<&str>) -> reqwest::Client {
+        client_with(identity, &[&rustls::version::TLS13])
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    let db = TestDatabase::create().await;
+    spawn_app_on(db, |_| {}).await
+}
+
+pub async fn spawn_app_on(db: TestDatabase, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = test_settings(&db.url);
+    adjust(&mut settings);
+    let pool = tessera::storage::pool(&settings.database).unwrap();
+    let application = Application::build(&settings, pool.clone()).unwrap();
+    let addr = application.local_addr();
+    let handle = application.handle();
+    let client_trust = application.client_trust();
+    let server = tokio::spawn(application.run());
+    TestApp {
+        addr,
+        pool,
+        handle,
+        client_trust,
+        server,
+        _db: db,
+    }
+}
+
+pub fn certificates(path: &Path) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// A rustls client configuration trusting the dev CA, optionally presenting an identity.
+pub fn client_tls(
+    identity: Option<&str>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
+    let pki = pki();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(&pki.ca_cert()) {
+        roots.add(cert).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(tessera::tls::crypto_provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
+    match identity {
+        Some(name) => builder
+            .with_client_auth_cert(
+                certificates(&pki.client_cert(name)),
+                PrivateKeyDer::from_pem_file(pki.client_key(name)).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    }
+}
+
+pub fn client_with(
+    identity: Option<&str>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(client_tls(identity, versions))
+        .build()
+        .unwrap()
+}
