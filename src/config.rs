@@ -1,13 +1,14 @@
 //! Typed, layered settings: built-in defaults, then a TOML file, then `TESSERA_*` environment
 //! variables (`__` separates sections, e.g. `TESSERA_SERVER__BIND`) and `DATABASE_URL`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use secrecy::SecretString;
+use secrecy::{SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,39 @@ struct RawSettings {
     server: RawServer,
     database: RawDatabase,
     log: RawLog,
+    tokens: RawTokens,
+    keys: RawKeys,
+    registry: RawRegistry,
+    audit: RawAudit,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RawTokens {
+    issuer: Option<String>,
+    default_lifetime_s: u32,
+    max_lifetime_s: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RawKeys {
+    algorithm: SigningAlgorithm,
+    kek_id: Option<String>,
+    kek: Option<String>,
+    /// Older key-encryption keys by id, only to unwrap keys not yet re-wrapped.
+    previous_keks: BTreeMap<String, String>,
+    rotation_interval_s: u64,
+    refresh_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RawRegistry {
+    cache_ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RawAudit {
+    enabled: bool,
+    batch_max: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +133,26 @@ impl Default for RawSettings {
                 format: LogFormat::Human,
                 filter: "info".to_owned(),
             },
+            tokens: RawTokens {
+                issuer: None,
+                default_lifetime_s: 300,
+                max_lifetime_s: 3600,
+            },
+            keys: RawKeys {
+                algorithm: SigningAlgorithm::Es256,
+                kek_id: None,
+                kek: None,
+                previous_keks: BTreeMap::new(),
+                rotation_interval_s: 7 * 24 * 3600,
+                refresh_interval_ms: 2_000,
+            },
+            registry: RawRegistry {
+                cache_ttl_ms: 2_000,
+            },
+            audit: RawAudit {
+                enabled: true,
+                batch_max: 512,
+            },
         }
     }
 }
@@ -108,6 +162,100 @@ pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub log: LogSettings,
+    pub tokens: TokenSettings,
+    pub keys: KeySettings,
+    pub registry: RegistrySettings,
+    pub audit: AuditSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    /// The issuer identifier (RFC 8414): `iss` of every token and the `aud` client assertions name.
+    pub issuer: String,
+    pub default_lifetime: Duration,
+    /// No token lives longer, whatever the caps; retired keys stay published this long.
+    pub max_lifetime: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SigningAlgorithm {
+    #[serde(rename = "ES256")]
+    Es256,
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+    #[serde(rename = "PS256")]
+    Ps256,
+}
+
+impl SigningAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Es256 => "ES256",
+            Self::EdDsa => "EdDSA",
+            Self::Ps256 => "PS256",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [Self::Es256, Self::EdDsa, Self::Ps256]
+            .into_iter()
+            .find(|alg| alg.as_str() == value)
+    }
+}
+
+/// A key-encryption key: wraps the data keys that seal signing keys at rest.
+#[derive(Clone)]
+pub struct Kek {
+    pub id: String,
+    pub key: std::sync::Arc<SecretBox<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Kek({})", self.id)
+    }
+}
+
+impl Kek {
+    pub fn parse(setting: &str, id: &str, base64_key: &str) -> Result<Self, ConfigError> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(base64_key.trim())
+            .map_err(|_| ConfigError::invalid(setting, "must be base64"))?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| ConfigError::invalid(setting, "must decode to exactly 32 bytes"))?;
+        if id.is_empty() {
+            return Err(ConfigError::invalid("keys.kek_id", "must not be empty"));
+        }
+        Ok(Self {
+            id: id.to_owned(),
+            key: std::sync::Arc::new(SecretBox::new(Box::new(key))),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KeySettings {
+    pub algorithm: SigningAlgorithm,
+    pub kek: Kek,
+    pub previous_keks: Vec<Kek>,
+    /// Zero disables scheduled rotation (`tessera keys rotate` still works).
+    pub rotation_interval: Duration,
+    pub refresh_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// How long a node may serve a cached client or audience; suspensions take effect within it.
+    pub cache_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// Off only for benchmarking the cost of the audit trail; never in production.
+    pub enabled: bool,
+    pub batch_max: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +296,8 @@ pub struct LogSettings {
 pub struct Provisioned {
     pub tls: Option<TlsFiles>,
     pub database_url: Option<SecretString>,
+    pub issuer: Option<String>,
+    pub kek: Option<Kek>,
 }
 
 impl Settings {
@@ -165,6 +315,12 @@ impl Settings {
     /// whether it must find or start a database.
     pub fn configured_database_url(file: Option<&Path>) -> Result<Option<String>, ConfigError> {
         Ok(Self::layered(file)?.database.url)
+    }
+
+    /// The port of the configured listen address, before validation (`dev` derives its
+    /// issuer from it).
+    pub fn configured_port(file: Option<&Path>) -> Result<u16, ConfigError> {
+        Ok(parse_bind(&Self::layered(file)?.server.bind)?.port())
     }
 
     /// Only the database settings, for commands that need nothing else (`migrate`).
@@ -249,6 +405,20 @@ impl Settings {
             ));
         }
         let database = validate_database(raw.database, provisioned.database_url)?;
+        let tokens = validate_tokens(raw.tokens, provisioned.issuer)?;
+        let keys = validate_keys(raw.keys, provisioned.kek)?;
+        if raw.registry.cache_ttl_ms > 60_000 {
+            return Err(ConfigError::invalid(
+                "registry.cache_ttl_ms",
+                "must be at most 60000: suspensions must take effect within seconds",
+            ));
+        }
+        if raw.audit.batch_max == 0 {
+            return Err(ConfigError::invalid(
+                "audit.batch_max",
+                "must be greater than zero",
+            ));
+        }
         Ok(Self {
             server: ServerSettings {
                 bind,
@@ -263,6 +433,15 @@ impl Settings {
             log: LogSettings {
                 format: raw.log.format,
                 filter: raw.log.filter,
+            },
+            tokens,
+            keys,
+            registry: RegistrySettings {
+                cache_ttl: Duration::from_millis(raw.registry.cache_ttl_ms),
+            },
+            audit: AuditSettings {
+                enabled: raw.audit.enabled,
+                batch_max: raw.audit.batch_max,
             },
         })
     }
@@ -288,6 +467,62 @@ fn validate_database(
         url,
         max_connections: raw.max_connections,
         connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
+    })
+}
+
+fn validate_tokens(
+    raw: RawTokens,
+    provisioned_issuer: Option<String>,
+) -> Result<TokenSettings, ConfigError> {
+    let issuer = raw
+        .issuer
+        .or(provisioned_issuer)
+        .ok_or_else(|| ConfigError::invalid("tokens.issuer", "is required"))?;
+    // RFC 8414 §2: https, no query or fragment.
+    if !issuer.starts_with("https://") || issuer.contains(['?', '#']) || issuer.len() <= 8 {
+        return Err(ConfigError::invalid(
+            "tokens.issuer",
+            "must be an https URL without query or fragment",
+        ));
+    }
+    if raw.default_lifetime_s == 0 || raw.default_lifetime_s > raw.max_lifetime_s {
+        return Err(ConfigError::invalid(
+            "tokens.default_lifetime_s",
+            "must be between 1 and tokens.max_lifetime_s",
+        ));
+    }
+    Ok(TokenSettings {
+        issuer: issuer.trim_end_matches('/').to_owned(),
+        default_lifetime: Duration::from_secs(raw.default_lifetime_s.into()),
+        max_lifetime: Duration::from_secs(raw.max_lifetime_s.into()),
+    })
+}
+
+fn validate_keys(raw: RawKeys, provisioned_kek: Option<Kek>) -> Result<KeySettings, ConfigError> {
+    let kek = match (raw.kek_id, raw.kek) {
+        (Some(id), Some(key)) => Kek::parse("keys.kek", &id, &key)?,
+        (None, None) => provisioned_kek
+            .ok_or_else(|| ConfigError::invalid("keys.kek", "is required (with keys.kek_id)"))?,
+        (None, Some(_)) => return Err(ConfigError::invalid("keys.kek_id", "is required")),
+        (Some(_), None) => return Err(ConfigError::invalid("keys.kek", "is required")),
+    };
+    let previous_keks = raw
+        .previous_keks
+        .iter()
+        .map(|(id, key)| Kek::parse(&format!("keys.previous_keks.{id}"), id, key))
+        .collect::<Result<_, _>>()?;
+    if raw.refresh_interval_ms == 0 || raw.refresh_interval_ms > 10_000 {
+        return Err(ConfigError::invalid(
+            "keys.refresh_interval_ms",
+            "must be between 1 and 10000",
+        ));
+    }
+    Ok(KeySettings {
+        algorithm: raw.algorithm,
+        kek,
+        previous_keks,
+        rotation_interval: Duration::from_secs(raw.rotation_interval_s),
+        refresh_interval: Duration::from_millis(raw.refresh_interval_ms),
     })
 }
 

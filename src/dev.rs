@@ -10,7 +10,7 @@ use secrecy::SecretString;
 use sqlx::Connection;
 
 use crate::app::Application;
-use crate::config::{Provisioned, Settings, TlsFiles};
+use crate::config::{Kek, Provisioned, Settings, TlsFiles};
 use crate::local_postgres::LocalCluster;
 use crate::pki::DevPki;
 
@@ -29,6 +29,9 @@ pub struct DevOptions {
     pub cluster_dir: PathBuf,
     #[arg(long, default_value_t = 54329)]
     pub cluster_port: u16,
+    /// The dev key-encryption key (generated if absent; never use it outside dev).
+    #[arg(long, default_value = ".tessera/dev-kek")]
+    pub kek_file: PathBuf,
     /// The local default server tried before starting a private cluster.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub local_database_url: String,
@@ -56,6 +59,11 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
                 client_ca: pki.ca_cert(),
             }),
             database_url: Some(SecretString::from(database_url)),
+            issuer: Some(format!(
+                "https://localhost:{}",
+                Settings::configured_port(options.config.as_deref())?
+            )),
+            kek: Some(dev_kek(&options.kek_file)?),
         },
     )?;
     crate::telemetry::init(&settings.log);
@@ -111,4 +119,33 @@ async fn find_or_start_database(
         if initialised { "initialised" } else { "reused" }
     );
     Ok((url, origin, Some(cluster)))
+}
+
+fn dev_kek(path: &std::path::Path) -> anyhow::Result<Kek> {
+    use base64::Engine;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !path.is_file() {
+        let mut key = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut key).map_err(|_| anyhow::anyhow!("no system randomness"))?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut file| {
+                file.write_all(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(key)
+                        .as_bytes(),
+                )
+            })
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let encoded =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Kek::parse("--kek-file", "dev", &encoded)?)
 }

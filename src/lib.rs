@@ -1,14 +1,20 @@
 //! Tessera: an OAuth 2.0 token-exchange authorization server for institutional finance.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod app;
+pub mod audiences;
+pub mod audit;
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod dev;
 pub mod http;
+pub mod keys;
 pub mod local_postgres;
 pub mod ops;
 pub mod pki;
 pub mod problem;
+pub mod scopes;
 pub mod storage;
 pub mod telemetry;
 pub mod tls;

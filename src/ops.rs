@@ -62,7 +62,7 @@ async fn identity(peer: PeerCertificate) -> Result<HttpResponse, Problem> {
         )
     })?;
     Ok(HttpResponse::Ok().json(json!({
-        "subject": certificate.subject,
+        "subject": certificate.subject.to_string(),
         "subject_alt_names": certificate.subject_alt_names,
         "x5t#S256": certificate.thumbprint.to_base64url(),
     })))

@@ -1,0 +1,100 @@
+//! Audiences: the resource servers tokens are issued for.
+
+use std::fmt;
+use std::time::Duration;
+
+use sqlx::PgConnection;
+
+use crate::scopes::ScopeSet;
+
+/// A resource server identifier (an absolute URI, RFC 8707 §2).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AudienceId(String);
+
+impl AudienceId {
+    /// An absolute URI without a fragment, as RFC 8707 requires of `resource`.
+    pub fn parse(value: &str) -> Option<Self> {
+        let (scheme, rest) = value.split_once(':')?;
+        let scheme_ok = scheme
+            .chars()
+            .next()
+            .is_some_and(|first| first.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-'));
+        let rest_ok = !rest.is_empty()
+            && !value.contains('#')
+            && value.len() <= 512
+            && !value.chars().any(|c| c.is_whitespace() || c.is_control());
+        (scheme_ok && rest_ok).then(|| Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AudienceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Audience {
+    pub id: AudienceId,
+    pub name: String,
+    pub scopes: ScopeSet,
+    pub max_lifetime: Duration,
+    pub require_certificate_bound: bool,
+    pub region: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct AudienceRow {
+    id: String,
+    name: String,
+    scopes: Vec<String>,
+    max_lifetime_s: i32,
+    require_certificate_bound: bool,
+    region: String,
+}
+
+impl From<AudienceRow> for Option<Audience> {
+    fn from(row: AudienceRow) -> Self {
+        Some(Audience {
+            id: AudienceId::parse(&row.id)?,
+            name: row.name,
+            scopes: ScopeSet::from_stored(&row.scopes),
+            max_lifetime: Duration::from_secs(u64::try_from(row.max_lifetime_s).ok()?),
+            require_certificate_bound: row.require_certificate_bound,
+            region: row.region,
+        })
+    }
+}
+
+pub async fn find(conn: &mut PgConnection, id: &AudienceId) -> Result<Option<Audience>, sqlx::Error> {
+    let row: Option<AudienceRow> = sqlx::query_as(
+        "SELECT id, name, scopes, max_lifetime_s, require_certificate_bound, region
+           FROM audiences WHERE id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.and_then(Into::into))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AudienceId;
+
+    #[test]
+    fn audience_ids_are_absolute_uris_without_fragments() {
+        assert!(AudienceId::parse("https://ledger.example/api").is_some());
+        assert!(AudienceId::parse("urn:tessera:settlement").is_some());
+        assert!(AudienceId::parse("ledger").is_none());
+        assert!(AudienceId::parse("https://x/#frag").is_none());
+        assert!(AudienceId::parse("https://x/ y").is_none());
+        assert!(AudienceId::parse("1http://x").is_none());
+    }
+}

@@ -1,0 +1,316 @@
+//! Registered clients and the cache nodes read them through.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use sqlx::{PgConnection, PgPool};
+
+use crate::audiences::{self, Audience, AudienceId};
+use crate::scopes::ScopeSet;
+use crate::tls::{ClientCertificate, DistinguishedName, SubjectAltName};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(String);
+
+impl ClientId {
+    pub fn parse(value: &str) -> Option<Self> {
+        let valid = (1..=128).contains(&value.len())
+            && value
+                .bytes()
+                .next()
+                .is_some_and(|first| first.is_ascii_alphanumeric())
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+        valid.then(|| Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PartnerId(pub String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    Suspended,
+}
+
+impl Status {
+    fn parse(value: &str) -> Self {
+        // Anything but an explicit "active" fails closed.
+        if value == "active" {
+            Self::Active
+        } else {
+            Self::Suspended
+        }
+    }
+}
+
+/// The one certificate identity a `tls_client_auth` client must present (RFC 8705 §2.1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateIdentity {
+    SubjectDn(DistinguishedName),
+    SanDns(String),
+    SanUri(String),
+    SanIp(IpAddr),
+    SanEmail(String),
+}
+
+impl CertificateIdentity {
+    /// Exact comparison: the whole DN structurally, or one SAN of the registered type equal
+    /// to the registered value (DNS names compare case-insensitively, as DNS does).
+    pub fn matches(&self, certificate: &ClientCertificate) -> bool {
+        let sans = &certificate.subject_alt_names;
+        match self {
+            Self::SubjectDn(dn) => certificate.subject == *dn,
+            Self::SanDns(name) => sans
+                .iter()
+                .any(|san| matches!(san, SubjectAltName::Dns(value) if value.eq_ignore_ascii_case(name))),
+            Self::SanUri(uri) => sans
+                .iter()
+                .any(|san| matches!(san, SubjectAltName::Uri(value) if value == uri)),
+            Self::SanIp(ip) => sans
+                .iter()
+                .any(|san| matches!(san, SubjectAltName::Ip(value) if value == ip)),
+            Self::SanEmail(email) => sans
+                .iter()
+                .any(|san| matches!(san, SubjectAltName::Email(value) if value == email)),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Authentication {
+    /// RFC 8705 §2.1: a CA-issued certificate with the registered identity.
+    TlsClientAuth(CertificateIdentity),
+    /// RFC 8705 §2.2: a self-signed certificate registered in the client's JWKS (`x5c`).
+    SelfSignedTlsClientAuth(JwkSet),
+    /// RFC 7523: a JWT signed with a key in the client's JWKS.
+    PrivateKeyJwt(JwkSet),
+}
+
+impl Authentication {
+    pub fn method_name(&self) -> &'static str {
+        match self {
+            Self::TlsClientAuth(_) => "tls_client_auth",
+            Self::SelfSignedTlsClientAuth(_) => "self_signed_tls_client_auth",
+            Self::PrivateKeyJwt(_) => "private_key_jwt",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub id: ClientId,
+    pub partner: PartnerId,
+    pub partner_region: String,
+    pub name: String,
+    pub authentication: Authentication,
+    pub grant_types: Vec<String>,
+    pub max_lifetime: Duration,
+    /// Allowed audiences, each with the scopes this client may have there.
+    pub audiences: HashMap<AudienceId, ScopeSet>,
+    pub resource_audience: Option<AudienceId>,
+    pub is_admin: bool,
+    /// Suspended when either the client or its partner is.
+    pub status: Status,
+}
+
+impl Client {
+    pub fn allows_grant(&self, grant_type: &str) -> bool {
+        self.grant_types.iter().any(|allowed| allowed == grant_type)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ClientRow {
+    id: String,
+    partner_id: String,
+    partner_region: String,
+    partner_status: String,
+    name: String,
+    auth_method: String,
+    tls_subject_dn: Option<String>,
+    tls_san_dns: Option<String>,
+    tls_san_uri: Option<String>,
+    tls_san_ip: Option<String>,
+    tls_san_email: Option<String>,
+    jwks: Option<serde_json::Value>,
+    grant_types: Vec<String>,
+    max_lifetime_s: i32,
+    resource_audience: Option<String>,
+    is_admin: bool,
+    status: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("client registry: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("client {0} has an unusable registration")]
+    Malformed(String),
+}
+
+pub async fn find(conn: &mut PgConnection, id: &ClientId) -> Result<Option<Client>, RegistryError> {
+    let row: Option<ClientRow> = sqlx::query_as(
+        "SELECT c.id, c.partner_id, p.region AS partner_region, p.status AS partner_status,
+                c.name, c.auth_method, c.tls_subject_dn, c.tls_san_dns, c.tls_san_uri,
+                host(c.tls_san_ip) AS tls_san_ip, c.tls_san_email, c.jwks, c.grant_types, c.max_lifetime_s,
+                c.resource_audience, c.is_admin, c.status
+           FROM clients c JOIN partners p ON p.id = c.partner_id
+          WHERE c.id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let grants: Vec<(String, Vec<String>)> =
+        sqlx::query_as("SELECT audience_id, scopes FROM client_audiences WHERE client_id = $1")
+            .bind(id.as_str())
+            .fetch_all(&mut *conn)
+            .await?;
+    let malformed = || RegistryError::Malformed(row.id.clone());
+    let jwks = || -> Result<JwkSet, RegistryError> {
+        serde_json::from_value(row.jwks.clone().ok_or_else(malformed)?).map_err(|_| malformed())
+    };
+    let authentication = match row.auth_method.as_str() {
+        "tls_client_auth" => Authentication::TlsClientAuth(
+            match (
+                &row.tls_subject_dn,
+                &row.tls_san_dns,
+                &row.tls_san_uri,
+                &row.tls_san_ip,
+                &row.tls_san_email,
+            ) {
+                (Some(dn), None, None, None, None) => CertificateIdentity::SubjectDn(
+                    DistinguishedName::parse(dn).ok_or_else(malformed)?,
+                ),
+                (None, Some(dns), None, None, None) => CertificateIdentity::SanDns(dns.clone()),
+                (None, None, Some(uri), None, None) => CertificateIdentity::SanUri(uri.clone()),
+                (None, None, None, Some(ip), None) => {
+                    CertificateIdentity::SanIp(ip.parse().map_err(|_| malformed())?)
+                }
+                (None, None, None, None, Some(email)) => {
+                    CertificateIdentity::SanEmail(email.clone())
+                }
+                _ => return Err(malformed()),
+            },
+        ),
+        "self_signed_tls_client_auth" => Authentication::SelfSignedTlsClientAuth(jwks()?),
+        "private_key_jwt" => Authentication::PrivateKeyJwt(jwks()?),
+        _ => return Err(malformed()),
+    };
+    let audiences = grants
+        .into_iter()
+        .filter_map(|(audience, scopes)| {
+            Some((AudienceId::parse(&audience)?, ScopeSet::from_stored(&scopes)))
+        })
+        .collect();
+    let status = match (Status::parse(&row.status), Status::parse(&row.partner_status)) {
+        (Status::Active, Status::Active) => Status::Active,
+        _ => Status::Suspended,
+    };
+    Ok(Some(Client {
+        id: id.clone(),
+        partner: PartnerId(row.partner_id),
+        partner_region: row.partner_region,
+        name: row.name,
+        authentication,
+        grant_types: row.grant_types,
+        max_lifetime: Duration::from_secs(u64::try_from(row.max_lifetime_s).map_err(|_| malformed())?),
+        audiences,
+        resource_audience: row.resource_audience.as_deref().and_then(AudienceId::parse),
+        is_admin: row.is_admin,
+        status,
+    }))
+}
+
+type Cached<K, V> = RwLock<HashMap<K, (Instant, Arc<V>)>>;
+
+/// Clients and audiences as this node sees them: read through a short-lived cache so the
+/// token hot path rarely touches the database, while a suspension or a change reaches every
+/// node within `registry.cache_ttl_ms`. Unknown ids are not cached, so probing cannot grow it.
+pub struct Registry {
+    pool: PgPool,
+    ttl: Duration,
+    clients: Cached<ClientId, Client>,
+    audiences: Cached<AudienceId, Audience>,
+}
+
+impl Registry {
+    pub fn new(pool: PgPool, ttl: Duration) -> Self {
+        Self {
+            pool,
+            ttl,
+            clients: RwLock::default(),
+            audiences: RwLock::default(),
+        }
+    }
+
+    pub async fn client(&self, id: &ClientId) -> Result<Option<Arc<Client>>, RegistryError> {
+        if let Some(client) = fresh(&self.clients, id, self.ttl) {
+            return Ok(Some(client));
+        }
+        let mut conn = self.pool.acquire().await?;
+        let client = find(&mut conn, id).await?.map(Arc::new);
+        if let Some(client) = &client {
+            store(&self.clients, id.clone(), client.clone());
+        }
+        Ok(client)
+    }
+
+    pub async fn audience(&self, id: &AudienceId) -> Result<Option<Arc<Audience>>, RegistryError> {
+        if let Some(audience) = fresh(&self.audiences, id, self.ttl) {
+            return Ok(Some(audience));
+        }
+        let mut conn = self.pool.acquire().await?;
+        let audience = audiences::find(&mut conn, id).await?.map(Arc::new);
+        if let Some(audience) = &audience {
+            store(&self.audiences, id.clone(), audience.clone());
+        }
+        Ok(audience)
+    }
+}
+
+fn fresh<K: std::hash::Hash + Eq, V>(cache: &Cached<K, V>, key: &K, ttl: Duration) -> Option<Arc<V>> {
+    let cache = cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    cache
+        .get(key)
+        .filter(|(loaded, _)| loaded.elapsed() < ttl)
+        .map(|(_, value)| value.clone())
+}
+
+fn store<K: std::hash::Hash + Eq, V>(cache: &Cached<K, V>, key: K, value: Arc<V>) {
+    let mut cache = cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    cache.insert(key, (Instant::now(), value));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClientId;
+
+    #[test]
+    fn client_ids_are_plain_tokens() {
+        assert!(ClientId::parse("partner-a.settlement").is_some());
+        assert!(ClientId::parse("").is_none());
+        assert!(ClientId::parse("-lead").is_none());
+        assert!(ClientId::parse("a b").is_none());
+        assert!(ClientId::parse(&"a".repeat(129)).is_none());
+    }
+}

@@ -1,0 +1,656 @@
+//! Token signing keys: generated here, stored in PostgreSQL with the private half sealed under
+//! a per-key data key that the configured key-encryption key wraps, parsed once into memory,
+//! rotated `next` → `active` → `retired`, and published in the JWKS until every token a retired
+//! key signed has expired.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RSA_PSS_SHA256,
+    RsaKeyPair,
+};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool};
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::config::{Kek, KeySettings, SigningAlgorithm};
+
+/// Serialises key-set changes across nodes (`pg_advisory_xact_lock`).
+const KEY_SET_LOCK: i64 = 0x7e55_e7a0_0000_0001;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key storage: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("key {kid} is wrapped by key-encryption key `{kek_id}`, which is not configured")]
+    UnknownKek { kid: String, kek_id: String },
+    #[error("key {kid} could not be unsealed (wrong key-encryption key or altered row)")]
+    Unseal { kid: String },
+    #[error("key {kid}: stored material is unusable")]
+    Malformed { kid: String },
+    #[error("cryptographic operation failed")]
+    Crypto,
+    #[error("no active signing key")]
+    NoActiveKey,
+}
+
+impl From<aws_lc_rs::error::Unspecified> for KeyError {
+    fn from(_: aws_lc_rs::error::Unspecified) -> Self {
+        Self::Crypto
+    }
+}
+
+enum KeyMaterial {
+    Es256(EcdsaKeyPair),
+    EdDsa(Ed25519KeyPair),
+    Ps256(RsaKeyPair),
+}
+
+/// A parsed private key, ready to sign without re-parsing.
+pub struct SigningKey {
+    pub kid: String,
+    pub algorithm: SigningAlgorithm,
+    material: KeyMaterial,
+    /// The base64url JOSE header of access tokens signed with this key.
+    access_token_header: String,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey({}, {})", self.kid, self.algorithm.as_str())
+    }
+}
+
+impl SigningKey {
+    fn from_pkcs8(kid: &str, algorithm: SigningAlgorithm, pkcs8: &[u8]) -> Result<Self, KeyError> {
+        let malformed = |_| KeyError::Malformed {
+            kid: kid.to_owned(),
+        };
+        let material = match algorithm {
+            SigningAlgorithm::Es256 => KeyMaterial::Es256(
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
+                    .map_err(malformed)?,
+            ),
+            SigningAlgorithm::EdDsa => {
+                KeyMaterial::EdDsa(Ed25519KeyPair::from_pkcs8(pkcs8).map_err(malformed)?)
+            }
+            SigningAlgorithm::Ps256 => {
+                KeyMaterial::Ps256(RsaKeyPair::from_pkcs8(pkcs8).map_err(malformed)?)
+            }
+        };
+        let header = json!({ "alg": algorithm.as_str(), "typ": "at+jwt", "kid": kid });
+        Ok(Self {
+            kid: kid.to_owned(),
+            algorithm,
+            material,
+            access_token_header: URL_SAFE_NO_PAD.encode(header.to_string()),
+        })
+    }
+
+    /// A compact JWS of `payload` with the access-token header (`typ: at+jwt`).
+    pub fn sign_access_token(&self, payload: &[u8]) -> Result<String, KeyError> {
+        let mut jws =
+            String::with_capacity(self.access_token_header.len() + payload.len() * 4 / 3 + 400);
+        jws.push_str(&self.access_token_header);
+        jws.push('.');
+        URL_SAFE_NO_PAD.encode_string(payload, &mut jws);
+        let signature = match &self.material {
+            KeyMaterial::Es256(key) => key
+                .sign(&SystemRandom::new(), jws.as_bytes())?
+                .as_ref()
+                .to_vec(),
+            KeyMaterial::EdDsa(key) => key.sign(jws.as_bytes()).as_ref().to_vec(),
+            KeyMaterial::Ps256(key) => {
+                let mut signature = vec![0u8; key.public_modulus_len()];
+                key.sign(
+                    &RSA_PSS_SHA256,
+                    &SystemRandom::new(),
+                    jws.as_bytes(),
+                    &mut signature,
+                )?;
+                signature
+            }
+        };
+        jws.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut jws);
+        Ok(jws)
+    }
+
+    fn public_jwk(&self) -> Value {
+        let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        let mut jwk = match &self.material {
+            KeyMaterial::Es256(key) => {
+                // Uncompressed point: 0x04 || x || y.
+                let point = key.public_key().as_ref();
+                json!({ "kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65]) })
+            }
+            KeyMaterial::EdDsa(key) => {
+                json!({ "kty": "OKP", "crv": "Ed25519", "x": b64(key.public_key().as_ref()) })
+            }
+            KeyMaterial::Ps256(key) => {
+                let public = key.public_key();
+                json!({
+                    "kty": "RSA",
+                    "n": b64(public.modulus().big_endian_without_leading_zero()),
+                    "e": b64(public.exponent().big_endian_without_leading_zero()),
+                })
+            }
+        };
+        jwk["kid"] = json!(self.kid);
+        jwk["alg"] = json!(self.algorithm.as_str());
+        jwk["use"] = json!("sig");
+        jwk
+    }
+}
+
+fn generate_pkcs8(algorithm: SigningAlgorithm) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let rng = SystemRandom::new();
+    let pkcs8 = match algorithm {
+        SigningAlgorithm::Es256 => {
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)?
+                .as_ref()
+                .to_vec()
+        }
+        SigningAlgorithm::EdDsa => Ed25519KeyPair::generate_pkcs8(&rng)?.as_ref().to_vec(),
+        SigningAlgorithm::Ps256 => RsaKeyPair::generate(KeySize::Rsa2048)?
+            .as_der()?
+            .as_ref()
+            .to_vec(),
+    };
+    Ok(Zeroizing::new(pkcs8))
+}
+
+fn aead(key: &[u8]) -> Result<LessSafeKey, KeyError> {
+    Ok(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key)?))
+}
+
+/// `nonce || ciphertext || tag`, bound to the key id through the AAD so rows cannot be swapped.
+fn seal(key: &[u8], kid: &str, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    SystemRandom::new().fill(&mut nonce)?;
+    let mut buffer = plaintext.to_vec();
+    aead(key)?.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(kid.as_bytes()),
+        &mut buffer,
+    )?;
+    let mut sealed = nonce.to_vec();
+    sealed.extend_from_slice(&buffer);
+    buffer.iter_mut().for_each(|byte| *byte = 0);
+    Ok(sealed)
+}
+
+fn open(key: &[u8], kid: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let unseal = || KeyError::Unseal {
+        kid: kid.to_owned(),
+    };
+    let (nonce, ciphertext) = sealed.split_at_checked(NONCE_LEN).ok_or_else(unseal)?;
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| unseal())?;
+    let mut buffer = Zeroizing::new(ciphertext.to_vec());
+    let plaintext_len = aead(key)?
+        .open_in_place(nonce, Aad::from(kid.as_bytes()), &mut buffer)
+        .map_err(|_| unseal())?
+        .len();
+    buffer.truncate(plaintext_len);
+    Ok(buffer)
+}
+
+/// The envelope of one private key.
+struct Envelope {
+    sealed_private_key: Vec<u8>,
+    wrapped_data_key: Vec<u8>,
+    kek_id: String,
+}
+
+impl Envelope {
+    fn seal(kek: &Kek, kid: &str, pkcs8: &[u8]) -> Result<Self, KeyError> {
+        let mut data_key = Zeroizing::new([0u8; 32]);
+        SystemRandom::new().fill(data_key.as_mut())?;
+        Ok(Self {
+            sealed_private_key: seal(data_key.as_ref(), kid, pkcs8)?,
+            wrapped_data_key: seal(kek.key.expose_secret(), kid, data_key.as_ref())?,
+            kek_id: kek.id.clone(),
+        })
+    }
+
+    fn open(&self, keks: &[&Kek], kid: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let kek = keks
+            .iter()
+            .find(|kek| kek.id == self.kek_id)
+            .ok_or_else(|| KeyError::UnknownKek {
+                kid: kid.to_owned(),
+                kek_id: self.kek_id.clone(),
+            })?;
+        let data_key = open(kek.key.expose_secret(), kid, &self.wrapped_data_key)?;
+        open(&data_key, kid, &self.sealed_private_key)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    Next,
+    Active,
+    Retired,
+}
+
+impl KeyState {
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "next" => Some(Self::Next),
+            "active" => Some(Self::Active),
+            "retired" => Some(Self::Retired),
+            _ => None,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    kid: String,
+    algorithm: String,
+    public_jwk: Value,
+    sealed_private_key: Vec<u8>,
+    wrapped_data_key: Vec<u8>,
+    kek_id: String,
+    state: String,
+}
+
+async fn insert_key(
+    conn: &mut PgConnection,
+    settings: &KeySettings,
+    state: KeyState,
+) -> Result<String, KeyError> {
+    let kid = uuid::Uuid::new_v4().simple().to_string();
+    let pkcs8 = generate_pkcs8(settings.algorithm)?;
+    let parsed = SigningKey::from_pkcs8(&kid, settings.algorithm, &pkcs8)?;
+    let envelope = Envelope::seal(&settings.kek, &kid, &pkcs8)?;
+    let state = match state {
+        KeyState::Next => "next",
+        KeyState::Active => "active",
+        KeyState::Retired => "retired",
+    };
+    sqlx::query(
+        "INSERT INTO signing_keys
+            (kid, algorithm, public_jwk, sealed_private_key, wrapped_data_key, kek_id, state,
+             activated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $7 = 'active' THEN now() END)",
+    )
+    .bind(&kid)
+    .bind(settings.algorithm.as_str())
+    .bind(parsed.public_jwk())
+    .bind(&envelope.sealed_private_key)
+    .bind(&envelope.wrapped_data_key)
+    .bind(&envelope.kek_id)
+    .bind(state)
+    .execute(&mut *conn)
+    .await?;
+    Ok(kid)
+}
+
+/// Creates the first active key and its published successor when the store has none.
+pub async fn ensure_keys(pool: &PgPool, settings: &KeySettings) -> Result<(), KeyError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(KEY_SET_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM signing_keys WHERE state IN ('active', 'next')")
+            .fetch_all(&mut *tx)
+            .await?;
+    if !states.iter().any(|state| state == "active") {
+        insert_key(&mut tx, settings, KeyState::Active).await?;
+    }
+    if !states.iter().any(|state| state == "next") {
+        insert_key(&mut tx, settings, KeyState::Next).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    pub retired: String,
+    pub activated: String,
+    pub next: String,
+}
+
+/// Promotes the published `next` key to `active`, retires the old one (published until every
+/// token it may have signed has expired), and publishes a fresh `next`. With `only_if_due`,
+/// rotates only when the active key is older than the rotation interval, so that every node
+/// may call this on its schedule and exactly one rotation happens.
+pub async fn rotate(
+    pool: &PgPool,
+    settings: &KeySettings,
+    max_token_lifetime: Duration,
+    only_if_due: bool,
+) -> Result<Option<Rotation>, KeyError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(KEY_SET_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let due: Option<bool> = sqlx::query_scalar(
+        "SELECT activated_at <= now() - make_interval(secs => $1)
+           FROM signing_keys WHERE state = 'active'",
+    )
+    .bind(settings.rotation_interval.as_secs_f64())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if only_if_due && (settings.rotation_interval.is_zero() || due != Some(true)) {
+        return Ok(None);
+    }
+    let next: Option<String> =
+        sqlx::query_scalar("SELECT kid FROM signing_keys WHERE state = 'next'")
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(next) = next else {
+        return Err(KeyError::NoActiveKey);
+    };
+    // Clock skew allowance on top of the longest lifetime any token can have.
+    let publish_for = max_token_lifetime + Duration::from_secs(60);
+    let retired: Option<String> = sqlx::query_scalar(
+        "UPDATE signing_keys
+            SET state = 'retired', retired_at = now(),
+                publish_until = now() + make_interval(secs => $1)
+          WHERE state = 'active' RETURNING kid",
+    )
+    .bind(publish_for.as_secs_f64())
+    .fetch_optional(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE signing_keys SET state = 'active', activated_at = now() WHERE kid = $1")
+        .bind(&next)
+        .execute(&mut *tx)
+        .await?;
+    let new_next = insert_key(&mut tx, settings, KeyState::Next).await?;
+    sqlx::query("DELETE FROM signing_keys WHERE state = 'retired' AND publish_until < now()")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some(Rotation {
+        retired: retired.unwrap_or_default(),
+        activated: next,
+        next: new_next,
+    }))
+}
+
+/// Re-wraps every stored data key under the current key-encryption key; the previous ones
+/// must still be configured to unwrap. Returns how many keys were re-wrapped.
+pub async fn rewrap(pool: &PgPool, settings: &KeySettings) -> Result<usize, KeyError> {
+    let keks = all_keks(settings);
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(KEY_SET_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let rows: Vec<KeyRow> = sqlx::query_as("SELECT * FROM signing_keys WHERE kek_id <> $1")
+        .bind(&settings.kek.id)
+        .fetch_all(&mut *tx)
+        .await?;
+    for row in &rows {
+        let envelope = Envelope {
+            sealed_private_key: row.sealed_private_key.clone(),
+            wrapped_data_key: row.wrapped_data_key.clone(),
+            kek_id: row.kek_id.clone(),
+        };
+        let kek = keks
+            .iter()
+            .find(|kek| kek.id == row.kek_id)
+            .ok_or_else(|| KeyError::UnknownKek {
+                kid: row.kid.clone(),
+                kek_id: row.kek_id.clone(),
+            })?;
+        let data_key = open(
+            kek.key.expose_secret(),
+            &row.kid,
+            &envelope.wrapped_data_key,
+        )?;
+        let wrapped = seal(settings.kek.key.expose_secret(), &row.kid, &data_key)?;
+        sqlx::query("UPDATE signing_keys SET wrapped_data_key = $1, kek_id = $2 WHERE kid = $3")
+            .bind(wrapped)
+            .bind(&settings.kek.id)
+            .bind(&row.kid)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(rows.len())
+}
+
+fn all_keks(settings: &KeySettings) -> Vec<&Kek> {
+    std::iter::once(&settings.kek)
+        .chain(settings.previous_keks.iter())
+        .collect()
+}
+
+/// What one node holds in memory: the key it signs with and what it publishes and accepts.
+pub struct KeySet {
+    pub active: Arc<SigningKey>,
+    /// Serialized RFC 7517 key set: next, active and still-published retired keys.
+    pub jwks: Arc<str>,
+    verifiers: HashMap<String, (jsonwebtoken::Algorithm, Arc<jsonwebtoken::DecodingKey>)>,
+}
+
+impl KeySet {
+    /// The algorithm and key for a `kid` this server published.
+    pub fn verifier(
+        &self,
+        kid: &str,
+    ) -> Option<(jsonwebtoken::Algorithm, Arc<jsonwebtoken::DecodingKey>)> {
+        self.verifiers.get(kid).cloned()
+    }
+}
+
+/// The node's current key set, refreshed from PostgreSQL on an interval so that every node
+/// switches keys within seconds of a rotation.
+pub struct KeyRing {
+    current: RwLock<Arc<KeySet>>,
+    unsealed: RwLock<HashMap<String, Arc<SigningKey>>>,
+    settings: KeySettings,
+}
+
+impl KeyRing {
+    pub async fn load(pool: &PgPool, settings: KeySettings) -> Result<Arc<Self>, KeyError> {
+        let mut unsealed = HashMap::new();
+        let set = build_key_set(pool, &settings, &mut unsealed).await?;
+        Ok(Arc::new(Self {
+            current: RwLock::new(Arc::new(set)),
+            unsealed: RwLock::new(unsealed),
+            settings,
+        }))
+    }
+
+    pub fn current(&self) -> Arc<KeySet> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub async fn refresh(&self, pool: &PgPool) -> Result<(), KeyError> {
+        let mut unsealed = self
+            .unsealed
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let set = build_key_set(pool, &self.settings, &mut unsealed).await?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(set);
+        *self
+            .unsealed
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = unsealed;
+        Ok(())
+    }
+
+    /// Refreshes on the configured interval and, where rotation is scheduled, rotates when
+    /// due (the advisory lock lets exactly one node do it).
+    pub fn spawn_maintenance(
+        self: &Arc<Self>,
+        pool: PgPool,
+        max_token_lifetime: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let ring = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(ring.settings.refresh_interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if !ring.settings.rotation_interval.is_zero() {
+                    match rotate(&pool, &ring.settings, max_token_lifetime, true).await {
+                        Ok(Some(rotation)) => {
+                            tracing::info!(activated = %rotation.activated, "signing key rotated on schedule");
+                        }
+                        Ok(None) => {}
+                        Err(error) => tracing::warn!(%error, "scheduled key rotation failed"),
+                    }
+                }
+                if let Err(error) = ring.refresh(&pool).await {
+                    tracing::warn!(%error, "refreshing signing keys failed; keeping the current set");
+                }
+            }
+        })
+    }
+}
+
+async fn build_key_set(
+    pool: &PgPool,
+    settings: &KeySettings,
+    unsealed: &mut HashMap<String, Arc<SigningKey>>,
+) -> Result<KeySet, KeyError> {
+    let rows: Vec<KeyRow> = sqlx::query_as(
+        "SELECT kid, algorithm, public_jwk, sealed_private_key, wrapped_data_key, kek_id, state
+           FROM signing_keys
+          WHERE state IN ('next', 'active') OR publish_until > now()
+          ORDER BY created_at DESC",
+    )
+    .fetch_all(pool)
+    .await?;
+    let keks = all_keks(settings);
+    let mut active = None;
+    let mut published = Vec::with_capacity(rows.len());
+    let mut verifiers = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let malformed = || KeyError::Malformed {
+            kid: row.kid.clone(),
+        };
+        let algorithm = SigningAlgorithm::parse(&row.algorithm).ok_or_else(malformed)?;
+        let jwk: jsonwebtoken::jwk::Jwk =
+            serde_json::from_value(row.public_jwk.clone()).map_err(|_| malformed())?;
+        let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|_| malformed())?;
+        verifiers.insert(
+            row.kid.clone(),
+            (jose_algorithm(algorithm), Arc::new(decoding)),
+        );
+        if KeyState::parse(&row.state) == Some(KeyState::Active) {
+            let key = match unsealed.get(&row.kid) {
+                Some(key) => key.clone(),
+                None => {
+                    let envelope = Envelope {
+                        sealed_private_key: row.sealed_private_key,
+                        wrapped_data_key: row.wrapped_data_key,
+                        kek_id: row.kek_id,
+                    };
+                    let pkcs8 = envelope.open(&keks, &row.kid)?;
+                    let key = Arc::new(SigningKey::from_pkcs8(&row.kid, algorithm, &pkcs8)?);
+                    unsealed.insert(row.kid.clone(), key.clone());
+                    key
+                }
+            };
+            active = Some(key);
+        }
+        published.push(row.public_jwk);
+    }
+    let active = active.ok_or(KeyError::NoActiveKey)?;
+    unsealed.retain(|kid, _| *kid == active.kid);
+    Ok(KeySet {
+        active,
+        jwks: Arc::from(json!({ "keys": published }).to_string()),
+        verifiers,
+    })
+}
+
+pub fn jose_algorithm(algorithm: SigningAlgorithm) -> jsonwebtoken::Algorithm {
+    match algorithm {
+        SigningAlgorithm::Es256 => jsonwebtoken::Algorithm::ES256,
+        SigningAlgorithm::EdDsa => jsonwebtoken::Algorithm::EdDSA,
+        SigningAlgorithm::Ps256 => jsonwebtoken::Algorithm::PS256,
+    }
+}
+
+/// Seconds since the epoch, the unit of JWT numeric dates.
+pub fn unix_now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kek(id: &str, byte: u8) -> Kek {
+        Kek::parse(
+            "keys.kek",
+            id,
+            &base64::engine::general_purpose::STANDARD.encode([byte; 32]),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn envelope_round_trips_and_is_bound_to_kid_and_kek() {
+        let current = kek("k1", 7);
+        let envelope = Envelope::seal(&current, "kid-1", b"private").unwrap();
+        assert_eq!(
+            envelope.open(&[&current], "kid-1").unwrap().as_slice(),
+            b"private"
+        );
+        assert!(matches!(
+            envelope.open(&[&current], "kid-2"),
+            Err(KeyError::Unseal { .. })
+        ));
+        let impostor = kek("k1", 8);
+        assert!(matches!(
+            envelope.open(&[&impostor], "kid-1"),
+            Err(KeyError::Unseal { .. })
+        ));
+        assert!(matches!(
+            envelope.open(&[&kek("k2", 7)], "kid-1"),
+            Err(KeyError::UnknownKek { .. })
+        ));
+    }
+
+    #[test]
+    fn every_algorithm_signs_what_jsonwebtoken_verifies() {
+        for algorithm in [
+            SigningAlgorithm::Es256,
+            SigningAlgorithm::EdDsa,
+            SigningAlgorithm::Ps256,
+        ] {
+            let pkcs8 = generate_pkcs8(algorithm).unwrap();
+            let key = SigningKey::from_pkcs8("k", algorithm, &pkcs8).unwrap();
+            let token = key.sign_access_token(br#"{"sub":"s"}"#).unwrap();
+            let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.public_jwk()).unwrap();
+            let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+            let mut validation = jsonwebtoken::Validation::new(jose_algorithm(algorithm));
+            validation.required_spec_claims.clear();
+            validation.validate_exp = false;
+            validation.validate_aud = false;
+            let data =
+                jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &validation).unwrap();
+            assert_eq!(data.claims["sub"], "s");
+            assert_eq!(data.header.typ.as_deref(), Some("at+jwt"));
+        }
+    }
+}
