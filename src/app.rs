@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::http::KeepAlive;
@@ -9,7 +10,11 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use sqlx::PgPool;
 
-use crate::config::Settings;
+use crate::audit::AuditLog;
+use crate::clients::{Registry, RegistryError};
+use crate::config::{Settings, TokenSettings};
+use crate::grants::Issuer;
+use crate::keys::{KeyError, KeyRing};
 use crate::http::{Metrics, request_context};
 use crate::storage::StorageError;
 use crate::tls::{ClientTrust, TlsError};
@@ -27,6 +32,30 @@ pub enum StartupError {
     },
     #[error("metrics registry: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("signing keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// The running server's shared parts, handed to every handler.
+pub struct Services {
+    pub pool: PgPool,
+    pub registry: Registry,
+    pub keys: Arc<KeyRing>,
+    pub audit: AuditLog,
+    pub tokens: TokenSettings,
+    pub rotation_interval: Duration,
+}
+
+impl Services {
+    pub fn issuer(&self) -> Issuer<'_> {
+        Issuer {
+            keys: &self.keys,
+            audit: &self.audit,
+            settings: &self.tokens,
+        }
+    }
 }
 
 pub struct Application {
@@ -34,14 +63,37 @@ pub struct Application {
     local_addr: SocketAddr,
     pool: PgPool,
     client_trust: Arc<ClientTrust>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
-    /// Binds the listener and prepares the server; nothing is served until [`Self::run`].
-    pub fn build(settings: &Settings, pool: PgPool) -> Result<Self, StartupError> {
+    /// Loads keys and trust, binds the listener and prepares the server; nothing is served
+    /// until [`Self::run`].
+    pub async fn build(settings: &Settings, pool: PgPool) -> Result<Self, StartupError> {
         let client_roots =
             crate::tls::read_certificates("server.client_ca", &settings.server.tls.client_ca)?;
         let client_trust = ClientTrust::new(&client_roots)?;
+        client_trust.replace_pinned(crate::clients::self_signed_certificates(&pool).await?);
+        crate::keys::ensure_keys(&pool, &settings.keys).await?;
+        let keys = KeyRing::load(&pool, settings.keys.clone()).await?;
+        let audit = if settings.audit.enabled {
+            AuditLog::start(pool.clone(), node_name(), settings.audit.batch_max)
+        } else {
+            tracing::warn!("audit trail disabled: benchmark mode, never for production");
+            AuditLog::disabled()
+        };
+        let background = vec![
+            keys.spawn_maintenance(pool.clone(), settings.tokens.max_lifetime),
+            spawn_pinned_refresh(client_trust.clone(), pool.clone(), settings.registry.cache_ttl),
+        ];
+        let services = web::Data::new(Services {
+            pool: pool.clone(),
+            registry: Registry::new(pool.clone(), settings.registry.cache_ttl),
+            keys,
+            audit,
+            tokens: settings.tokens.clone(),
+            rotation_interval: settings.keys.rotation_interval,
+        });
         let tls = crate::tls::server_config(
             &settings.server.tls,
             settings.server.tls_min_version,
@@ -57,11 +109,13 @@ impl Application {
                 .app_data(metrics.clone())
                 .app_data(pool_data.clone())
                 .app_data(trust_data.clone())
+                .app_data(services.clone())
                 .app_data(web::PayloadConfig::new(body_limit))
                 .app_data(web::FormConfig::default().limit(body_limit))
                 .app_data(web::JsonConfig::default().limit(body_limit))
                 .wrap(from_fn(request_context))
                 .configure(crate::ops::routes)
+                .configure(crate::oauth::routes)
         })
         .on_connect(crate::tls::on_connect)
         .client_request_timeout(settings.server.request_timeout)
@@ -89,6 +143,7 @@ impl Application {
             local_addr,
             pool,
             client_trust,
+            background,
         })
     }
 
@@ -117,6 +172,9 @@ impl Application {
         });
         let result = self.server.await;
         signals.abort();
+        for task in self.background {
+            task.abort();
+        }
         self.pool.close().await;
         tracing::info!("server stopped");
         result
@@ -136,4 +194,31 @@ async fn wait_for_stop_signal() {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
+}
+
+/// Names this process in audit records: host and process id.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".to_owned());
+    format!("{host}/{}", std::process::id())
+}
+
+/// Keeps the pinned self-signed client certificates in step with the registry.
+fn spawn_pinned_refresh(
+    trust: Arc<ClientTrust>,
+    pool: PgPool,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(500)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match crate::clients::self_signed_certificates(&pool).await {
+                Ok(certificates) => trust.replace_pinned(certificates),
+                Err(error) => tracing::warn!(%error, "refreshing pinned client certificates failed"),
+            }
+        }
+    })
 }

@@ -77,7 +77,7 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     let settings = Settings::load(config.as_deref())?;
     crate::telemetry::init(&settings.log);
     let pool = crate::storage::pool(&settings.database)?;
-    let application = Application::build(&settings, pool)?;
+    let application = Application::build(&settings, pool).await?;
     tracing::info!(addr = %application.local_addr(), "serving HTTPS");
     application.run().await.context("server failed")
 }

@@ -241,6 +241,29 @@ pub async fn find(conn: &mut PgConnection, id: &ClientId) -> Result<Option<Clien
     }))
 }
 
+/// The registered certificates of active `self_signed_tls_client_auth` clients: the TLS layer
+/// accepts exactly these without a CA.
+pub async fn self_signed_certificates(
+    pool: &PgPool,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, RegistryError> {
+    use base64::Engine;
+    let leaves: Vec<String> = sqlx::query_scalar(
+        "SELECT key -> 'x5c' ->> 0
+           FROM clients c JOIN partners p ON p.id = c.partner_id,
+                jsonb_array_elements(c.jwks -> 'keys') AS key
+          WHERE c.auth_method = 'self_signed_tls_client_auth'
+            AND c.status = 'active' AND p.status = 'active'
+            AND key -> 'x5c' ->> 0 IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(leaves
+        .iter()
+        .filter_map(|leaf| base64::engine::general_purpose::STANDARD.decode(leaf).ok())
+        .map(rustls::pki_types::CertificateDer::from)
+        .collect())
+}
+
 type Cached<K, V> = RwLock<HashMap<K, (Instant, Arc<V>)>>;
 
 /// Clients and audiences as this node sees them: read through a short-lived cache so the

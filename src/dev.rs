@@ -13,6 +13,7 @@ use crate::app::Application;
 use crate::config::{Kek, Provisioned, Settings, TlsFiles};
 use crate::local_postgres::LocalCluster;
 use crate::pki::DevPki;
+use crate::seed::Seed;
 
 const DEV_DATABASE: &str = "tessera_dev";
 
@@ -29,6 +30,9 @@ pub struct DevOptions {
     pub cluster_dir: PathBuf,
     #[arg(long, default_value_t = 54329)]
     pub cluster_port: u16,
+    /// Demo partners, audiences and clients to upsert at start.
+    #[arg(long, default_value = "seed/dev.toml")]
+    pub seed: PathBuf,
     /// The dev key-encryption key (generated if absent; never use it outside dev).
     #[arg(long, default_value = ".tessera/dev-kek")]
     pub kek_file: PathBuf,
@@ -72,7 +76,10 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     crate::storage::migrate(&pool)
         .await
         .context("migrating the dev database")?;
-    let application = Application::build(&settings, pool)?;
+    let seed = Seed::from_file(&options.seed)?;
+    seed.apply(&pool).await?;
+    let client_ids: Vec<&str> = seed.clients.iter().map(|client| client.id.as_str()).collect();
+    let application = Application::build(&settings, pool).await?;
     let url = format!("https://{}", application.local_addr());
     let certs = pki.dir.display();
     println!(
@@ -80,8 +87,14 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
          URL:       {url}\n  \
          Database:  {database_origin}\n  \
          Dev PKI:   {certs} ({pki_origin}; CA {certs}/ca.pem, clients partner-a, partner-b, admin)\n  \
-         Try:       curl --cacert {certs}/ca.pem --cert {certs}/partner-a.pem --key {certs}/partner-a.key {url}/mtls/identity\n  \
-         Stop:      Ctrl-C"
+         Clients:   {clients} (seeded from {seed})\n  \
+         Try:       curl --cacert {certs}/ca.pem --cert {certs}/partner-a.pem --key {certs}/partner-a.key \\\n               \
+         -d grant_type=client_credentials -d client_id=partner-a-treasury \\\n               \
+         -d resource=https://ledger.tessera.test {url}/oauth2/token\n  \
+         Identity:  curl --cacert {certs}/ca.pem --cert {certs}/partner-a.pem --key {certs}/partner-a.key {url}/mtls/identity\n  \
+         Stop:      Ctrl-C",
+        clients = client_ids.join(", "),
+        seed = options.seed.display(),
     );
     let served = application.run().await;
     if let Some(cluster) = cluster {

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
@@ -163,12 +163,15 @@ fn validity(params: &mut CertificateParams) {
 fn certificate_authority(common_name: &str) -> Result<CertifiedIssuer<'static, KeyPair>, PkiError> {
     let on_error = generation_error(common_name);
     let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
+    // Most significant first, so the RFC 4514 form reads `CN=...,O=Tessera Dev` (the default
+    // params carry a CN, which would otherwise keep first place).
+    params.distinguished_name = DistinguishedName::new();
     params
         .distinguished_name
         .push(DnType::OrganizationName, "Tessera Dev");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     validity(&mut params);
@@ -192,12 +195,15 @@ fn leaf(
     ca: &Issuer<'_, KeyPair>,
 ) -> Result<(String, KeyPair), PkiError> {
     let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
+    // Most significant first, so the RFC 4514 form reads `CN=...,O=Tessera Dev` (the default
+    // params carry a CN, which would otherwise keep first place).
+    params.distinguished_name = DistinguishedName::new();
     params
         .distinguished_name
         .push(DnType::OrganizationName, "Tessera Dev");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     params.subject_alt_names = sans.to_vec();
     params.extended_key_usages = vec![usage];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use actix_tls::accept::rustls_0_23::TlsStream;
@@ -102,12 +103,16 @@ pub fn read_certificates(
 /// are replaced atomically, and the next handshake uses the new set.
 pub struct ClientTrust {
     current: RwLock<Arc<dyn ClientCertVerifier>>,
+    /// Thumbprints of registered self-signed client certificates (RFC 8705 §2.2), accepted
+    /// without a CA; the application still matches them to their client.
+    pinned: RwLock<Arc<HashSet<[u8; 32]>>>,
 }
 
 impl ClientTrust {
     pub fn new(roots: &[CertificateDer<'static>]) -> Result<Arc<Self>, TlsError> {
         Ok(Arc::new(Self {
             current: RwLock::new(Self::verifier(roots)?),
+            pinned: RwLock::default(),
         }))
     }
 
@@ -137,6 +142,32 @@ impl ClientTrust {
             .allow_unauthenticated()
             .build()
             .map_err(|error| invalid(error.to_string()))
+    }
+
+    pub fn replace_pinned(&self, certificates: Vec<CertificateDer<'static>>) {
+        // Pinning skips path validation, so the validity period is checked here instead; the
+        // set is rebuilt every few seconds, which retires an expired certificate promptly.
+        let pinned = certificates
+            .iter()
+            .filter(|certificate| {
+                X509Certificate::from_der(certificate.as_ref())
+                    .is_ok_and(|(_, parsed)| parsed.validity().is_valid())
+            })
+            .map(|certificate| Thumbprint::of(certificate.as_ref()).0)
+            .collect();
+        *self
+            .pinned
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(pinned);
+    }
+
+    fn is_pinned(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> bool {
+        intermediates.is_empty()
+            && self
+                .pinned
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&Thumbprint::of(end_entity.as_ref()).0)
     }
 
     /// Whether the certificate still chains to the roots trusted now. Connections outlive
@@ -186,8 +217,14 @@ impl ClientCertVerifier for ClientTrust {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.current()
+        match self
+            .current()
             .verify_client_cert(end_entity, intermediates, now)
+        {
+            Ok(verified) => Ok(verified),
+            Err(_) if self.is_pinned(end_entity, intermediates) => Ok(ClientCertVerified::assertion()),
+            Err(error) => Err(error),
+        }
     }
 
     fn verify_tls12_signature(

@@ -193,7 +193,7 @@ pub async fn spawn_app_on(db: TestDatabase, adjust: impl FnOnce(&mut Settings)) 
     let mut settings = test_settings(&db.url);
     adjust(&mut settings);
     let pool = tessera::storage::pool(&settings.database).unwrap();
-    let application = Application::build(&settings, pool.clone()).unwrap();
+    let application = Application::build(&settings, pool.clone()).await.unwrap();
     let addr = application.local_addr();
     let handle = application.handle();
     let client_trust = application.client_trust();

@@ -53,7 +53,7 @@ async fn the_handler_sees_the_partner_certificate_thumbprint_and_dn() {
     use base64::Engine;
     let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref());
     assert_eq!(body["x5t#S256"], expected.as_str());
-    assert_eq!(body["subject"], "O=Tessera Dev,CN=partner-a");
+    assert_eq!(body["subject"], "CN=partner-a,O=Tessera Dev");
     assert_eq!(
         body["subject_alt_names"],
         serde_json::json!([{ "type": "dns", "value": "partner-a.tessera.test" }])

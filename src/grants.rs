@@ -1,0 +1,232 @@
+//! Grant decisions and issuance, free of HTTP: which audience, which scopes, how long, bound to
+//! what; then minting, and releasing the token only once its audit record is committed.
+
+use std::sync::Arc;
+
+use crate::audiences::{Audience, AudienceId};
+use crate::audit::{AuditError, AuditLog, EventDetails, EventKind, Outcome};
+use crate::client_auth::AuthenticatedClient;
+use crate::clients::Registry;
+use crate::config::TokenSettings;
+use crate::keys::{KeyError, KeyRing};
+use crate::scopes::ScopeSet;
+use crate::tokens::{AccessTokenClaims, Confirmation};
+
+pub const CLIENT_CREDENTIALS: &str = "client_credentials";
+
+/// Why a grant was refused, in the vocabulary of the protocol error it becomes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    #[error("invalid_request: {0}")]
+    InvalidRequest(String),
+    #[error("unauthorized_client: {0}")]
+    UnauthorizedClient(String),
+    #[error("invalid_target: {0}")]
+    InvalidTarget(String),
+    #[error("invalid_scope: {0}")]
+    InvalidScope(String),
+}
+
+/// RFC 8707 / RFC 8693: exactly one target, by `resource` or `audience`.
+pub fn single_target(resources: &[String], audiences: &[String]) -> Result<AudienceId, Denial> {
+    let targets: Vec<&String> = resources.iter().chain(audiences).collect();
+    match targets.as_slice() {
+        [] => Err(Denial::InvalidTarget(
+            "name exactly one target with `resource` or `audience`".into(),
+        )),
+        [one] => AudienceId::parse(one).ok_or_else(|| {
+            Denial::InvalidTarget("the target must be an absolute URI without a fragment".into())
+        }),
+        _ => Err(Denial::InvalidTarget(
+            "only one target per token: tokens carry exactly one audience".into(),
+        )),
+    }
+}
+
+/// The scopes to grant: what was asked for if every scope is allowed (never trimmed
+/// silently), or everything allowed when nothing was asked for.
+pub fn grant_scopes(allowed: &ScopeSet, requested: Option<&ScopeSet>) -> Result<ScopeSet, Denial> {
+    let granted = match requested {
+        Some(requested) => {
+            let excess = requested.difference(allowed);
+            if !excess.is_empty() {
+                return Err(Denial::InvalidScope(format!(
+                    "not allowed for this client at this audience: {excess}"
+                )));
+            }
+            requested.clone()
+        }
+        None => allowed.clone(),
+    };
+    if granted.is_empty() {
+        return Err(Denial::InvalidScope("no scope can be granted".into()));
+    }
+    Ok(granted)
+}
+
+/// `client_credentials` (RFC 6749 §4.4) decided against the registry: target, scopes and
+/// certificate binding.
+pub async fn decide_client_credentials(
+    registry: &Registry,
+    authenticated: &AuthenticatedClient,
+    target: &AudienceId,
+    requested: Option<&ScopeSet>,
+) -> Result<Decision, DecisionError> {
+    let client = &authenticated.client;
+    if !client.allows_grant(CLIENT_CREDENTIALS) {
+        return Err(Denial::UnauthorizedClient(
+            "this client may not use client_credentials".into(),
+        )
+        .into());
+    }
+    let allowed = client.audiences.get(target).ok_or_else(|| {
+        Denial::InvalidTarget("this audience is not allowed for this client".into())
+    })?;
+    let audience = registry.audience(target).await?.ok_or_else(|| {
+        Denial::InvalidTarget("this audience is not allowed for this client".into())
+    })?;
+    let scopes = grant_scopes(&allowed.intersection(&audience.scopes), requested)?;
+    if audience.require_certificate_bound && authenticated.certificate.is_none() {
+        return Err(Denial::InvalidRequest(
+            "this audience accepts only certificate-bound tokens: authenticate over mutual TLS"
+                .into(),
+        )
+        .into());
+    }
+    Ok(Decision { audience, scopes })
+}
+
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub audience: Arc<Audience>,
+    pub scopes: ScopeSet,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecisionError {
+    #[error(transparent)]
+    Denied(#[from] Denial),
+    #[error(transparent)]
+    Registry(#[from] crate::clients::RegistryError),
+}
+
+#[derive(Debug)]
+pub struct Issued {
+    pub access_token: String,
+    pub expires_in: u64,
+    pub scopes: ScopeSet,
+    pub claims: AccessTokenClaims,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// Everything issuance needs from the running server.
+pub struct Issuer<'a> {
+    pub keys: &'a KeyRing,
+    pub audit: &'a AuditLog,
+    pub settings: &'a TokenSettings,
+}
+
+impl Issuer<'_> {
+    /// Mints the token and returns it only after its audit record has committed.
+    pub async fn issue(
+        &self,
+        authenticated: &AuthenticatedClient,
+        decision: &Decision,
+        kind: EventKind,
+        request_id: &str,
+        now: i64,
+    ) -> Result<Issued, IssueError> {
+        let client = &authenticated.client;
+        let lifetime = crate::tokens::lifetime(&[
+            self.settings.default_lifetime,
+            self.settings.max_lifetime,
+            client.max_lifetime,
+            decision.audience.max_lifetime,
+        ]);
+        let expires_in = lifetime.as_secs();
+        let claims = AccessTokenClaims {
+            iss: self.settings.issuer.clone(),
+            sub: client.id.to_string(),
+            aud: decision.audience.id.to_string(),
+            exp: now + i64::try_from(expires_in).unwrap_or(i64::MAX / 2),
+            iat: now,
+            nbf: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            client_id: client.id.to_string(),
+            scope: decision.scopes.to_string(),
+            cnf: authenticated.certificate.as_ref().map(|certificate| Confirmation {
+                x5t_s256: certificate.thumbprint.to_base64url(),
+            }),
+            act: None,
+            consent_id: None,
+            txn: None,
+        };
+        let access_token = crate::tokens::mint(&self.keys.current(), &claims)?;
+        self.audit
+            .record(
+                kind,
+                Outcome::Allow,
+                EventDetails {
+                    request_id: Some(request_id.to_owned()),
+                    client_id: Some(client.id.to_string()),
+                    partner: Some(client.partner.0.clone()),
+                    subject: Some(claims.sub.clone()),
+                    audience: Some(claims.aud.clone()),
+                    scopes: decision.scopes.to_vec(),
+                    jti: Some(claims.jti.clone()),
+                    ..EventDetails::default()
+                },
+            )
+            .await?;
+        Ok(Issued {
+            access_token,
+            expires_in,
+            scopes: decision.scopes.clone(),
+            claims,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(value: &str) -> ScopeSet {
+        ScopeSet::parse(value).unwrap()
+    }
+
+    #[test]
+    fn exactly_one_target() {
+        let one = vec!["https://ledger.example".to_owned()];
+        assert!(single_target(&one, &[]).is_ok());
+        assert!(single_target(&[], &one).is_ok());
+        assert!(matches!(single_target(&[], &[]), Err(Denial::InvalidTarget(_))));
+        assert!(matches!(single_target(&one, &one), Err(Denial::InvalidTarget(_))));
+        assert!(matches!(
+            single_target(&["ledger".to_owned()], &[]),
+            Err(Denial::InvalidTarget(_))
+        ));
+    }
+
+    #[test]
+    fn scopes_are_never_widened_nor_silently_trimmed() {
+        let allowed = set("a b");
+        assert_eq!(grant_scopes(&allowed, None).unwrap(), allowed);
+        assert_eq!(grant_scopes(&allowed, Some(&set("a"))).unwrap(), set("a"));
+        assert!(matches!(
+            grant_scopes(&allowed, Some(&set("a c"))),
+            Err(Denial::InvalidScope(_))
+        ));
+        assert!(matches!(
+            grant_scopes(&ScopeSet::default(), None),
+            Err(Denial::InvalidScope(_))
+        ));
+    }
+}

@@ -1,0 +1,409 @@
+use actix_web::http::header::{self, CACHE_CONTROL, CONTENT_TYPE, PRAGMA};
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse, get, post};
+use serde_json::json;
+
+use super::{OAuthError, Params};
+use crate::app::Services;
+use crate::audit::{EventDetails, EventKind, Outcome};
+use crate::client_auth::{self, AuthError, AuthenticatedClient, Credentials};
+use crate::grants::{self, CLIENT_CREDENTIALS, Decision, DecisionError, Denial, IssueError};
+use crate::http::{PeerCertificate, RequestId};
+use crate::keys::unix_now;
+use crate::scopes::ScopeSet;
+use crate::tokens::{AccessTokenClaims, TokenRejection};
+
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .service(token_endpoint)
+        .service(introspect_endpoint)
+        .service(revoke_endpoint)
+        .service(metadata_endpoint)
+        .service(jwks_endpoint);
+}
+
+/// The context every protected OAuth request carries into its decisions and audit records.
+struct Call<'a> {
+    services: &'a Services,
+    request_id: String,
+    client: Option<&'a AuthenticatedClient>,
+}
+
+impl Call<'_> {
+    fn details(&self) -> EventDetails {
+        EventDetails {
+            request_id: Some(self.request_id.clone()),
+            client_id: self.client.map(|c| c.client.id.to_string()),
+            partner: self.client.map(|c| c.client.partner.0.clone()),
+            ..EventDetails::default()
+        }
+    }
+
+    /// Audits the refusal, then returns the error the caller sees. A refusal is returned even
+    /// when its record cannot be written: nothing is released by it.
+    async fn deny(&self, kind: EventKind, error: OAuthError, details: EventDetails) -> OAuthError {
+        let details = EventDetails {
+            reason: Some(error.to_string()),
+            ..details
+        };
+        if let Err(audit_error) = self.services.audit.record(kind, Outcome::Deny, details).await {
+            tracing::error!(%audit_error, %error, "refusal could not be audited");
+        }
+        error
+    }
+}
+
+fn form(req: &HttpRequest, body: &Bytes) -> Result<Params, OAuthError> {
+    let form = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    if !form {
+        return Err(OAuthError::InvalidRequest(
+            "the body must be application/x-www-form-urlencoded".into(),
+        ));
+    }
+    Params::parse(body)
+}
+
+async fn authenticate(
+    services: &Services,
+    req: &HttpRequest,
+    params: &Params,
+    peer: PeerCertificate,
+    request_id: &str,
+) -> Result<AuthenticatedClient, OAuthError> {
+    let credentials = Credentials {
+        client_id: params.get("client_id").map(str::to_owned),
+        assertion_type: params.get("client_assertion_type").map(str::to_owned),
+        assertion: params.get("client_assertion").map(str::to_owned),
+        authorization_header: req.headers().contains_key(header::AUTHORIZATION),
+    };
+    let result = client_auth::authenticate(
+        &credentials,
+        peer.0,
+        &services.registry,
+        &services.pool,
+        &services.tokens.issuer,
+        unix_now(),
+    )
+    .await;
+    match result {
+        Ok(authenticated) => Ok(authenticated),
+        Err(AuthError::Failed { client_id, reason }) => {
+            let call = Call {
+                services,
+                request_id: request_id.to_owned(),
+                client: None,
+            };
+            let details = EventDetails {
+                client_id,
+                reason: Some(reason.to_owned()),
+                ..call.details()
+            };
+            if let Err(audit_error) = services
+                .audit
+                .record(EventKind::ClientAuthenticationFailed, Outcome::Deny, details)
+                .await
+            {
+                tracing::error!(%audit_error, "authentication failure could not be audited");
+            }
+            Err(OAuthError::InvalidClient)
+        }
+        Err(AuthError::Unavailable(error)) => {
+            tracing::error!(%error, "client authentication unavailable");
+            Err(OAuthError::TemporarilyUnavailable)
+        }
+    }
+}
+
+fn no_store(mut response: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
+    response
+        .insert_header((CACHE_CONTROL, "no-store"))
+        .insert_header((PRAGMA, "no-cache"));
+    response
+}
+
+impl From<Denial> for OAuthError {
+    fn from(denial: Denial) -> Self {
+        match denial {
+            Denial::InvalidRequest(text) => Self::InvalidRequest(text),
+            Denial::UnauthorizedClient(text) => Self::UnauthorizedClient(text),
+            Denial::InvalidTarget(text) => Self::InvalidTarget(text),
+            Denial::InvalidScope(text) => Self::InvalidScope(text),
+        }
+    }
+}
+
+#[post("/oauth2/token")]
+async fn token_endpoint(
+    req: HttpRequest,
+    body: Bytes,
+    peer: PeerCertificate,
+    request_id: RequestId,
+    services: web::Data<Services>,
+) -> Result<HttpResponse, OAuthError> {
+    let params = form(&req, &body)?;
+    let request_id = request_id.0.to_string();
+    let authenticated = authenticate(&services, &req, &params, peer, &request_id).await?;
+    let call = Call {
+        services: &services,
+        request_id,
+        client: Some(&authenticated),
+    };
+    let grant_type = match params.require("grant_type") {
+        Ok(grant_type) => grant_type,
+        Err(error) => return Err(call.deny(EventKind::TokenDenied, error, call.details()).await),
+    };
+    match grant_type {
+        CLIENT_CREDENTIALS => client_credentials(&call, &authenticated, &params).await,
+        _ => Err(call
+            .deny(EventKind::TokenDenied, OAuthError::UnsupportedGrantType, call.details())
+            .await),
+    }
+}
+
+async fn client_credentials(
+    call: &Call<'_>,
+    authenticated: &AuthenticatedClient,
+    params: &Params,
+) -> Result<HttpResponse, OAuthError> {
+    let details = EventDetails {
+        audience: params
+            .all("resource")
+            .iter()
+            .chain(params.all("audience"))
+            .next()
+            .cloned(),
+        ..call.details()
+    };
+    let decided = async {
+        let target = grants::single_target(params.all("resource"), params.all("audience"))?;
+        let requested = params
+            .get("scope")
+            .map(|scope| {
+                ScopeSet::parse(scope)
+                    .ok_or_else(|| Denial::InvalidScope("malformed scope parameter".into()))
+            })
+            .transpose()?;
+        grants::decide_client_credentials(
+            &call.services.registry,
+            authenticated,
+            &target,
+            requested.as_ref(),
+        )
+        .await
+    }
+    .await;
+    let decision: Decision = match decided {
+        Ok(decision) => decision,
+        Err(DecisionError::Denied(denial)) => {
+            return Err(call.deny(EventKind::TokenDenied, denial.into(), details).await);
+        }
+        Err(DecisionError::Registry(error)) => {
+            tracing::error!(%error, "registry unavailable");
+            return Err(call
+                .deny(EventKind::TokenDenied, OAuthError::TemporarilyUnavailable, details)
+                .await);
+        }
+    };
+    let issued = call
+        .services
+        .issuer()
+        .issue(authenticated, &decision, EventKind::TokenIssued, &call.request_id, unix_now())
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "token not issued");
+            match error {
+                IssueError::Keys(_) | IssueError::Audit(_) => OAuthError::TemporarilyUnavailable,
+            }
+        })?;
+    Ok(no_store(HttpResponse::Ok()).json(json!({
+        "access_token": issued.access_token,
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+        "scope": issued.scopes.to_string(),
+    })))
+}
+
+/// Our own token, if it is one, still valid and not revoked.
+async fn active_token(services: &Services, token: &str) -> Result<Option<AccessTokenClaims>, OAuthError> {
+    let claims = match crate::tokens::validate_own(
+        &services.keys.current(),
+        &services.tokens.issuer,
+        token,
+        unix_now(),
+    ) {
+        Ok(claims) => claims,
+        Err(TokenRejection::Malformed
+        | TokenRejection::WrongType
+        | TokenRejection::UnknownKey
+        | TokenRejection::Invalid
+        | TokenRejection::Expired) => return Ok(None),
+    };
+    let revoked = crate::tokens::is_revoked(&services.pool, &claims.jti)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "revocation list unavailable");
+            OAuthError::TemporarilyUnavailable
+        })?;
+    Ok((!revoked).then_some(claims))
+}
+
+/// RFC 7662. Callers authenticate; a resource server sees only tokens for its own audience,
+/// a client its own tokens, an admin any; everything else reads as inactive.
+#[post("/oauth2/introspect")]
+async fn introspect_endpoint(
+    req: HttpRequest,
+    body: Bytes,
+    peer: PeerCertificate,
+    request_id: RequestId,
+    services: web::Data<Services>,
+) -> Result<HttpResponse, OAuthError> {
+    let params = form(&req, &body)?;
+    let request_id = request_id.0.to_string();
+    let caller = authenticate(&services, &req, &params, peer, &request_id).await?;
+    let token = params.require("token")?;
+    let claims = active_token(&services, token).await?.filter(|claims| {
+        let client = &caller.client;
+        client.is_admin
+            || client.id.as_str() == claims.client_id
+            || client
+                .resource_audience
+                .as_ref()
+                .is_some_and(|audience| audience.as_str() == claims.aud)
+    });
+    let call = Call {
+        services: &services,
+        request_id,
+        client: Some(&caller),
+    };
+    let details = EventDetails {
+        jti: claims.as_ref().map(|claims| claims.jti.clone()),
+        audience: claims.as_ref().map(|claims| claims.aud.clone()),
+        reason: Some(if claims.is_some() { "active" } else { "inactive" }.to_owned()),
+        ..call.details()
+    };
+    services
+        .audit
+        .record(EventKind::TokenIntrospected, Outcome::Allow, details)
+        .await
+        .map_err(|_| OAuthError::TemporarilyUnavailable)?;
+    let body = match claims {
+        None => json!({ "active": false }),
+        Some(claims) => {
+            let mut body = serde_json::to_value(&claims).unwrap_or_else(|_| json!({}));
+            body["active"] = json!(true);
+            body["token_type"] = json!("Bearer");
+            body
+        }
+    };
+    Ok(no_store(HttpResponse::Ok()).json(body))
+}
+
+/// RFC 7009. Only the client the token was issued to, or an admin, may revoke it; an unknown
+/// or invalid token is answered 200; a store that cannot record the revocation is a 503.
+#[post("/oauth2/revoke")]
+async fn revoke_endpoint(
+    req: HttpRequest,
+    body: Bytes,
+    peer: PeerCertificate,
+    request_id: RequestId,
+    services: web::Data<Services>,
+) -> Result<HttpResponse, OAuthError> {
+    let params = form(&req, &body)?;
+    let request_id = request_id.0.to_string();
+    let caller = authenticate(&services, &req, &params, peer, &request_id).await?;
+    let token = params.require("token")?;
+    let call = Call {
+        services: &services,
+        request_id,
+        client: Some(&caller),
+    };
+    let claims = crate::tokens::validate_own(
+        &services.keys.current(),
+        &services.tokens.issuer,
+        token,
+        unix_now(),
+    )
+    .ok();
+    let Some(claims) = claims else {
+        return Ok(no_store(HttpResponse::Ok()).finish());
+    };
+    let details = EventDetails {
+        jti: Some(claims.jti.clone()),
+        audience: Some(claims.aud.clone()),
+        subject: Some(claims.sub.clone()),
+        ..call.details()
+    };
+    if caller.client.id.as_str() != claims.client_id && !caller.client.is_admin {
+        let error = OAuthError::UnauthorizedClient(
+            "the token was not issued to this client".into(),
+        );
+        return Err(call.deny(EventKind::TokenRevoked, error, details).await);
+    }
+    crate::tokens::revoke(&services.pool, &claims, caller.client.id.as_str())
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "revocation not recorded");
+            OAuthError::TemporarilyUnavailable
+        })?;
+    services
+        .audit
+        .record(EventKind::TokenRevoked, Outcome::Allow, details)
+        .await
+        .map_err(|_| OAuthError::TemporarilyUnavailable)?;
+    Ok(no_store(HttpResponse::Ok()).finish())
+}
+
+/// RFC 8414 metadata, listing exactly what this server supports.
+#[get("/.well-known/oauth-authorization-server")]
+async fn metadata_endpoint(services: web::Data<Services>) -> HttpResponse {
+    let issuer = &services.tokens.issuer;
+    let endpoints = json!({
+        "token_endpoint": format!("{issuer}/oauth2/token"),
+        "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
+        "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
+    });
+    let auth_methods = json!(["tls_client_auth", "self_signed_tls_client_auth", "private_key_jwt"]);
+    let algorithms = json!(["ES256", "EdDSA", "PS256"]);
+    let mut body = json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{issuer}/jwks.json"),
+        "grant_types_supported": [CLIENT_CREDENTIALS],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "token_endpoint_auth_signing_alg_values_supported": algorithms,
+        "introspection_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_signing_alg_values_supported": algorithms,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_signing_alg_values_supported": algorithms,
+        "tls_client_certificate_bound_access_tokens": true,
+        // Every endpoint is served over mutual TLS already, so the aliases are the endpoints.
+        "mtls_endpoint_aliases": endpoints,
+    });
+    if let (Some(body), Some(endpoints)) = (body.as_object_mut(), endpoints.as_object()) {
+        body.extend(endpoints.clone());
+    }
+    HttpResponse::Ok()
+        .insert_header((CACHE_CONTROL, "public, max-age=3600"))
+        .json(body)
+}
+
+/// RFC 7517 key set. Caches may keep it for at most a quarter of the rotation interval, so a
+/// `next` key is in every cache well before it starts signing.
+#[get("/jwks.json")]
+async fn jwks_endpoint(services: web::Data<Services>) -> HttpResponse {
+    let rotation = services.rotation_interval.as_secs();
+    let max_age = if rotation == 0 {
+        300
+    } else {
+        (rotation / 4).clamp(1, 300)
+    };
+    HttpResponse::Ok()
+        .insert_header((CACHE_CONTROL, format!("public, max-age={max_age}")))
+        .insert_header((CONTENT_TYPE, "application/jwk-set+json"))
+        .body(services.keys.current().jwks.to_string())
+}

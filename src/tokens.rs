@@ -1,0 +1,146 @@
+//! Access tokens (RFC 9068 JWTs): their claims, minting, validation of our own tokens, and the
+//! revocation list. Tokens are stateless; only revocations are stored.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use time::OffsetDateTime;
+
+use crate::keys::{KeyError, KeySet};
+
+/// Allowance for clocks other than ours (partner assertions); our own tokens get none.
+pub const FOREIGN_CLOCK_LEEWAY: Duration = Duration::from_secs(10);
+
+/// RFC 8705 §3.1 confirmation: the SHA-256 thumbprint of the client certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessTokenClaims {
+    pub iss: String,
+    pub sub: String,
+    /// Exactly one audience, always a string.
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    pub jti: String,
+    pub client_id: String,
+    pub scope: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<String>,
+}
+
+pub fn mint(keys: &KeySet, claims: &AccessTokenClaims) -> Result<String, KeyError> {
+    let payload = serde_json::to_vec(claims).map_err(|_| KeyError::Crypto)?;
+    keys.active.sign_access_token(&payload)
+}
+
+/// The shortest of the caps, as whole seconds (at least one).
+pub fn lifetime(caps: &[Duration]) -> Duration {
+    let shortest = caps.iter().min().copied().unwrap_or(Duration::from_secs(1));
+    Duration::from_secs(shortest.as_secs().max(1))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRejection {
+    #[error("not a JWT")]
+    Malformed,
+    #[error("not an access token (typ)")]
+    WrongType,
+    #[error("signed by a key this server does not publish")]
+    UnknownKey,
+    #[error("signature, issuer or claims invalid")]
+    Invalid,
+    #[error("expired")]
+    Expired,
+}
+
+/// Validates a token this server issued: `typ: at+jwt`, a published `kid`, the pinned
+/// algorithm of that key, our issuer, numeric `exp`/`iat`/`nbf`, not expired.
+pub fn validate_own(
+    keys: &KeySet,
+    issuer: &str,
+    token: &str,
+    now: i64,
+) -> Result<AccessTokenClaims, TokenRejection> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
+    if header.typ.as_deref() != Some("at+jwt") {
+        return Err(TokenRejection::WrongType);
+    }
+    let kid = header.kid.as_deref().ok_or(TokenRejection::UnknownKey)?;
+    let (algorithm, key) = keys.verifier(kid).ok_or(TokenRejection::UnknownKey)?;
+    let mut validation = jsonwebtoken::Validation::new(algorithm);
+    validation.set_issuer(&[issuer]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    validation.validate_aud = false;
+    validation.validate_exp = false;
+    validation.leeway = 0;
+    let claims = jsonwebtoken::decode::<AccessTokenClaims>(token, &key, &validation)
+        .map_err(|_| TokenRejection::Invalid)?
+        .claims;
+    if claims.exp <= now {
+        return Err(TokenRejection::Expired);
+    }
+    Ok(claims)
+}
+
+pub async fn is_revoked(pool: &PgPool, jti: &str) -> Result<bool, sqlx::Error> {
+    let Ok(jti) = uuid::Uuid::parse_str(jti) else {
+        return Ok(false);
+    };
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1)")
+        .bind(jti)
+        .fetch_one(pool)
+        .await
+}
+
+/// Records the revocation; idempotent. The row is kept until the token would have expired.
+pub async fn revoke(
+    pool: &PgPool,
+    claims: &AccessTokenClaims,
+    revoked_by: &str,
+) -> Result<(), sqlx::Error> {
+    let Ok(jti) = uuid::Uuid::parse_str(&claims.jti) else {
+        return Ok(());
+    };
+    let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp)
+        .unwrap_or(OffsetDateTime::now_utc() + time::Duration::hours(24));
+    sqlx::query(
+        "INSERT INTO revoked_tokens (jti, client_id, revoked_by, expires_at)
+         VALUES ($1, $2, $3, $4) ON CONFLICT (jti) DO NOTHING",
+    )
+    .bind(jti)
+    .bind(&claims.client_id)
+    .bind(revoked_by)
+    .bind(expires_at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetime_is_the_smallest_cap() {
+        let caps = [
+            Duration::from_secs(300),
+            Duration::from_secs(120),
+            Duration::from_secs(900),
+        ];
+        assert_eq!(lifetime(&caps), Duration::from_secs(120));
+        assert_eq!(lifetime(&[Duration::from_millis(10)]), Duration::from_secs(1));
+    }
+}
