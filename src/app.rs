@@ -14,8 +14,8 @@ use crate::audit::AuditLog;
 use crate::clients::{Registry, RegistryError};
 use crate::config::{Settings, TokenSettings};
 use crate::grants::Issuer;
-use crate::keys::{KeyError, KeyRing};
 use crate::http::{Metrics, request_context};
+use crate::keys::{KeyError, KeyRing};
 use crate::storage::StorageError;
 use crate::tls::{ClientTrust, TlsError};
 
@@ -73,6 +73,11 @@ impl Application {
         let client_roots =
             crate::tls::read_certificates("server.client_ca", &settings.server.tls.client_ca)?;
         let client_trust = ClientTrust::new(&client_roots)?;
+        let tls = crate::tls::server_config(
+            &settings.server.tls,
+            settings.server.tls_min_version,
+            client_trust.clone(),
+        )?;
         client_trust.replace_pinned(crate::clients::self_signed_certificates(&pool).await?);
         crate::keys::ensure_keys(&pool, &settings.keys).await?;
         let keys = KeyRing::load(&pool, settings.keys.clone()).await?;
@@ -84,7 +89,11 @@ impl Application {
         };
         let background = vec![
             keys.spawn_maintenance(pool.clone(), settings.tokens.max_lifetime),
-            spawn_pinned_refresh(client_trust.clone(), pool.clone(), settings.registry.cache_ttl),
+            spawn_pinned_refresh(
+                client_trust.clone(),
+                pool.clone(),
+                settings.registry.cache_ttl,
+            ),
         ];
         let services = web::Data::new(Services {
             pool: pool.clone(),
@@ -94,11 +103,6 @@ impl Application {
             tokens: settings.tokens.clone(),
             rotation_interval: settings.keys.rotation_interval,
         });
-        let tls = crate::tls::server_config(
-            &settings.server.tls,
-            settings.server.tls_min_version,
-            client_trust.clone(),
-        )?;
         let metrics = web::Data::new(Metrics::new()?);
         let pool_data = web::Data::new(pool.clone());
         let trust_data = web::Data::from(client_trust.clone());
@@ -217,7 +221,9 @@ fn spawn_pinned_refresh(
             ticker.tick().await;
             match crate::clients::self_signed_certificates(&pool).await {
                 Ok(certificates) => trust.replace_pinned(certificates),
-                Err(error) => tracing::warn!(%error, "refreshing pinned client certificates failed"),
+                Err(error) => {
+                    tracing::warn!(%error, "refreshing pinned client certificates failed")
+                }
             }
         }
     })

@@ -73,7 +73,10 @@ impl From<AudienceRow> for Option<Audience> {
     }
 }
 
-pub async fn find(conn: &mut PgConnection, id: &AudienceId) -> Result<Option<Audience>, sqlx::Error> {
+pub async fn find(
+    conn: &mut PgConnection,
+    id: &AudienceId,
+) -> Result<Option<Audience>, sqlx::Error> {
     let row: Option<AudienceRow> = sqlx::query_as(
         "SELECT id, name, scopes, max_lifetime_s, require_certificate_bound, region
            FROM audiences WHERE id = $1",

@@ -86,7 +86,7 @@ fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) -> Result<(), s
     match value {
         serde_json::Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|(a, _), (b, _)| a.cmp(b));
+            entries.sort_by_key(|(key, _)| *key);
             out.push(b'{');
             for (index, (key, value)) in entries.into_iter().enumerate() {
                 if index > 0 {
@@ -274,8 +274,16 @@ async fn insert(
     )
     .bind(chain_id)
     .bind(first_seq)
-    .bind(rows.iter().map(|row| row.record.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|row| row.prev_hash.clone()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|row| row.record.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|row| row.prev_hash.clone())
+            .collect::<Vec<_>>(),
+    )
     .bind(rows.iter().map(|row| row.hash.to_vec()).collect::<Vec<_>>())
     .bind(rows.iter().map(|row| row.recorded_at).collect::<Vec<_>>())
     .bind(count)

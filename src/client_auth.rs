@@ -83,8 +83,16 @@ pub async fn authenticate(
     match (&credentials.assertion_type, &credentials.assertion) {
         (None, None) => authenticate_mtls(credentials, certificate, registry).await,
         (Some(kind), Some(assertion)) if kind == JWT_BEARER_ASSERTION => {
-            authenticate_assertion(credentials, assertion, certificate, registry, pool, issuer, now)
-                .await
+            authenticate_assertion(
+                credentials,
+                assertion,
+                certificate,
+                registry,
+                pool,
+                issuer,
+                now,
+            )
+            .await
         }
         (Some(_), Some(_)) => Err(failed(
             credentials.client_id.as_deref(),
@@ -97,11 +105,9 @@ pub async fn authenticate(
     }
 }
 
-async fn active_client(
-    registry: &Registry,
-    client_id: &str,
-) -> Result<Arc<Client>, AuthError> {
-    let id = ClientId::parse(client_id).ok_or_else(|| failed(Some(client_id), "malformed client_id"))?;
+async fn active_client(registry: &Registry, client_id: &str) -> Result<Arc<Client>, AuthError> {
+    let id =
+        ClientId::parse(client_id).ok_or_else(|| failed(Some(client_id), "malformed client_id"))?;
     let client = registry
         .client(&id)
         .await?
@@ -128,7 +134,10 @@ async fn authenticate_mtls(
         Authentication::TlsClientAuth(identity) => identity.matches(&certificate),
         Authentication::SelfSignedTlsClientAuth(jwks) => registered_certificate(jwks, &certificate),
         Authentication::PrivateKeyJwt(_) => {
-            return Err(failed(Some(client_id), "client is registered for private_key_jwt"));
+            return Err(failed(
+                Some(client_id),
+                "client is registered for private_key_jwt",
+            ));
         }
     };
     if !matches {
@@ -218,8 +227,9 @@ async fn authenticate_assertion(
     let claims = verify_assertion(assertion, &header, jwks, &client_id, issuer, now)
         .map_err(|reason| failed(Some(&client_id), reason))?;
 
-    let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp + FOREIGN_CLOCK_LEEWAY.as_secs() as i64)
-        .map_err(|_| failed(Some(&client_id), "client assertion exp out of range"))?;
+    let expires_at =
+        OffsetDateTime::from_unix_timestamp(claims.exp + FOREIGN_CLOCK_LEEWAY.as_secs() as i64)
+            .map_err(|_| failed(Some(&client_id), "client assertion exp out of range"))?;
     let inserted = sqlx::query(
         "INSERT INTO client_assertion_jtis (client_id, jti, expires_at) VALUES ($1, $2, $3)
          ON CONFLICT DO NOTHING",

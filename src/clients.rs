@@ -77,9 +77,9 @@ impl CertificateIdentity {
         let sans = &certificate.subject_alt_names;
         match self {
             Self::SubjectDn(dn) => certificate.subject == *dn,
-            Self::SanDns(name) => sans
-                .iter()
-                .any(|san| matches!(san, SubjectAltName::Dns(value) if value.eq_ignore_ascii_case(name))),
+            Self::SanDns(name) => sans.iter().any(
+                |san| matches!(san, SubjectAltName::Dns(value) if value.eq_ignore_ascii_case(name)),
+            ),
             Self::SanUri(uri) => sans
                 .iter()
                 .any(|san| matches!(san, SubjectAltName::Uri(value) if value == uri)),
@@ -219,10 +219,16 @@ pub async fn find(conn: &mut PgConnection, id: &ClientId) -> Result<Option<Clien
     let audiences = grants
         .into_iter()
         .filter_map(|(audience, scopes)| {
-            Some((AudienceId::parse(&audience)?, ScopeSet::from_stored(&scopes)))
+            Some((
+                AudienceId::parse(&audience)?,
+                ScopeSet::from_stored(&scopes),
+            ))
         })
         .collect();
-    let status = match (Status::parse(&row.status), Status::parse(&row.partner_status)) {
+    let status = match (
+        Status::parse(&row.status),
+        Status::parse(&row.partner_status),
+    ) {
         (Status::Active, Status::Active) => Status::Active,
         _ => Status::Suspended,
     };
@@ -233,7 +239,9 @@ pub async fn find(conn: &mut PgConnection, id: &ClientId) -> Result<Option<Clien
         name: row.name,
         authentication,
         grant_types: row.grant_types,
-        max_lifetime: Duration::from_secs(u64::try_from(row.max_lifetime_s).map_err(|_| malformed())?),
+        max_lifetime: Duration::from_secs(
+            u64::try_from(row.max_lifetime_s).map_err(|_| malformed())?,
+        ),
         audiences,
         resource_audience: row.resource_audience.as_deref().and_then(AudienceId::parse),
         is_admin: row.is_admin,
@@ -311,8 +319,14 @@ impl Registry {
     }
 }
 
-fn fresh<K: std::hash::Hash + Eq, V>(cache: &Cached<K, V>, key: &K, ttl: Duration) -> Option<Arc<V>> {
-    let cache = cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+fn fresh<K: std::hash::Hash + Eq, V>(
+    cache: &Cached<K, V>,
+    key: &K,
+    ttl: Duration,
+) -> Option<Arc<V>> {
+    let cache = cache
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     cache
         .get(key)
         .filter(|(loaded, _)| loaded.elapsed() < ttl)
@@ -320,7 +334,9 @@ fn fresh<K: std::hash::Hash + Eq, V>(cache: &Cached<K, V>, key: &K, ttl: Duratio
 }
 
 fn store<K: std::hash::Hash + Eq, V>(cache: &Cached<K, V>, key: K, value: Arc<V>) {
-    let mut cache = cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cache = cache
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     cache.insert(key, (Instant::now(), value));
 }
 

@@ -78,7 +78,11 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         .context("migrating the dev database")?;
     let seed = Seed::from_file(&options.seed)?;
     seed.apply(&pool).await?;
-    let client_ids: Vec<&str> = seed.clients.iter().map(|client| client.id.as_str()).collect();
+    let client_ids: Vec<&str> = seed
+        .clients
+        .iter()
+        .map(|client| client.id.as_str())
+        .collect();
     let application = Application::build(&settings, pool).await?;
     let url = format!("https://{}", application.local_addr());
     let certs = pki.dir.display();

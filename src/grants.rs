@@ -161,9 +161,12 @@ impl Issuer<'_> {
             jti: uuid::Uuid::new_v4().to_string(),
             client_id: client.id.to_string(),
             scope: decision.scopes.to_string(),
-            cnf: authenticated.certificate.as_ref().map(|certificate| Confirmation {
-                x5t_s256: certificate.thumbprint.to_base64url(),
-            }),
+            cnf: authenticated
+                .certificate
+                .as_ref()
+                .map(|certificate| Confirmation {
+                    x5t_s256: certificate.thumbprint.to_base64url(),
+                }),
             act: None,
             consent_id: None,
             txn: None,
@@ -207,8 +210,14 @@ mod tests {
         let one = vec!["https://ledger.example".to_owned()];
         assert!(single_target(&one, &[]).is_ok());
         assert!(single_target(&[], &one).is_ok());
-        assert!(matches!(single_target(&[], &[]), Err(Denial::InvalidTarget(_))));
-        assert!(matches!(single_target(&one, &one), Err(Denial::InvalidTarget(_))));
+        assert!(matches!(
+            single_target(&[], &[]),
+            Err(Denial::InvalidTarget(_))
+        ));
+        assert!(matches!(
+            single_target(&one, &one),
+            Err(Denial::InvalidTarget(_))
+        ));
         assert!(matches!(
             single_target(&["ledger".to_owned()], &[]),
             Err(Denial::InvalidTarget(_))

@@ -4,8 +4,8 @@
 pub mod app;
 pub mod audiences;
 pub mod audit;
-pub mod client_auth;
 pub mod cli;
+pub mod client_auth;
 pub mod clients;
 pub mod config;
 pub mod dev;
@@ -21,5 +21,5 @@ pub mod scopes;
 pub mod seed;
 pub mod storage;
 pub mod telemetry;
-pub mod tokens;
 pub mod tls;
+pub mod tokens;

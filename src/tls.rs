@@ -6,10 +6,10 @@
 //! chain without verifying it again, so a CA removed from trust would keep working for anyone
 //! holding a ticket. Clients keep connections alive instead.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
-use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use actix_tls::accept::rustls_0_23::TlsStream;
@@ -161,7 +161,11 @@ impl ClientTrust {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(pinned);
     }
 
-    fn is_pinned(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> bool {
+    fn is_pinned(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> bool {
         intermediates.is_empty()
             && self
                 .pinned
@@ -173,13 +177,12 @@ impl ClientTrust {
     /// Whether the certificate still chains to the roots trusted now. Connections outlive
     /// trust changes (keep-alive), so each request re-checks what its handshake proved.
     pub fn still_trusts(&self, certificate: &ClientCertificate) -> bool {
-        self.current()
-            .verify_client_cert(
-                &certificate.der,
-                &certificate.intermediates,
-                UnixTime::now(),
-            )
-            .is_ok()
+        self.verify_client_cert(
+            &certificate.der,
+            &certificate.intermediates,
+            UnixTime::now(),
+        )
+        .is_ok()
     }
 
     fn current(&self) -> Arc<dyn ClientCertVerifier> {
@@ -222,7 +225,9 @@ impl ClientCertVerifier for ClientTrust {
             .verify_client_cert(end_entity, intermediates, now)
         {
             Ok(verified) => Ok(verified),
-            Err(_) if self.is_pinned(end_entity, intermediates) => Ok(ClientCertVerified::assertion()),
+            Err(_) if self.is_pinned(end_entity, intermediates) => {
+                Ok(ClientCertVerified::assertion())
+            }
             Err(error) => Err(error),
         }
     }
@@ -522,6 +527,18 @@ mod tests {
             DistinguishedName::parse("CN=Ab").unwrap()
         );
         assert!(DistinguishedName::parse("garbage").is_none());
+    }
+
+    #[test]
+    fn parses_a_self_signed_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["client.test".into()]).unwrap();
+        let der = params.self_signed(&key).unwrap().der().clone();
+        let parsed = ClientCertificate::parse(der, Vec::new()).unwrap();
+        assert_eq!(
+            parsed.subject_alt_names,
+            [SubjectAltName::Dns("client.test".into())]
+        );
     }
 
     #[test]

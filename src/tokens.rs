@@ -141,6 +141,9 @@ mod tests {
             Duration::from_secs(900),
         ];
         assert_eq!(lifetime(&caps), Duration::from_secs(120));
-        assert_eq!(lifetime(&[Duration::from_millis(10)]), Duration::from_secs(1));
+        assert_eq!(
+            lifetime(&[Duration::from_millis(10)]),
+            Duration::from_secs(1)
+        );
     }
 }

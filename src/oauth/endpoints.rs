@@ -46,7 +46,12 @@ impl Call<'_> {
             reason: Some(error.to_string()),
             ..details
         };
-        if let Err(audit_error) = self.services.audit.record(kind, Outcome::Deny, details).await {
+        if let Err(audit_error) = self
+            .services
+            .audit
+            .record(kind, Outcome::Deny, details)
+            .await
+        {
             tracing::error!(%audit_error, %error, "refusal could not be audited");
         }
         error
@@ -59,7 +64,10 @@ fn form(req: &HttpRequest, body: &Bytes) -> Result<Params, OAuthError> {
         .get(CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        .is_some_and(|mime| {
+            mime.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
     if !form {
         return Err(OAuthError::InvalidRequest(
             "the body must be application/x-www-form-urlencoded".into(),
@@ -105,7 +113,11 @@ async fn authenticate(
             };
             if let Err(audit_error) = services
                 .audit
-                .record(EventKind::ClientAuthenticationFailed, Outcome::Deny, details)
+                .record(
+                    EventKind::ClientAuthenticationFailed,
+                    Outcome::Deny,
+                    details,
+                )
                 .await
             {
                 tracing::error!(%audit_error, "authentication failure could not be audited");
@@ -155,12 +167,20 @@ async fn token_endpoint(
     };
     let grant_type = match params.require("grant_type") {
         Ok(grant_type) => grant_type,
-        Err(error) => return Err(call.deny(EventKind::TokenDenied, error, call.details()).await),
+        Err(error) => {
+            return Err(call
+                .deny(EventKind::TokenDenied, error, call.details())
+                .await);
+        }
     };
     match grant_type {
         CLIENT_CREDENTIALS => client_credentials(&call, &authenticated, &params).await,
         _ => Err(call
-            .deny(EventKind::TokenDenied, OAuthError::UnsupportedGrantType, call.details())
+            .deny(
+                EventKind::TokenDenied,
+                OAuthError::UnsupportedGrantType,
+                call.details(),
+            )
             .await),
     }
 }
@@ -200,19 +220,31 @@ async fn client_credentials(
     let decision: Decision = match decided {
         Ok(decision) => decision,
         Err(DecisionError::Denied(denial)) => {
-            return Err(call.deny(EventKind::TokenDenied, denial.into(), details).await);
+            return Err(call
+                .deny(EventKind::TokenDenied, denial.into(), details)
+                .await);
         }
         Err(DecisionError::Registry(error)) => {
             tracing::error!(%error, "registry unavailable");
             return Err(call
-                .deny(EventKind::TokenDenied, OAuthError::TemporarilyUnavailable, details)
+                .deny(
+                    EventKind::TokenDenied,
+                    OAuthError::TemporarilyUnavailable,
+                    details,
+                )
                 .await);
         }
     };
     let issued = call
         .services
         .issuer()
-        .issue(authenticated, &decision, EventKind::TokenIssued, &call.request_id, unix_now())
+        .issue(
+            authenticated,
+            &decision,
+            EventKind::TokenIssued,
+            &call.request_id,
+            unix_now(),
+        )
         .await
         .map_err(|error| {
             tracing::error!(%error, "token not issued");
@@ -229,7 +261,10 @@ async fn client_credentials(
 }
 
 /// Our own token, if it is one, still valid and not revoked.
-async fn active_token(services: &Services, token: &str) -> Result<Option<AccessTokenClaims>, OAuthError> {
+async fn active_token(
+    services: &Services,
+    token: &str,
+) -> Result<Option<AccessTokenClaims>, OAuthError> {
     let claims = match crate::tokens::validate_own(
         &services.keys.current(),
         &services.tokens.issuer,
@@ -237,11 +272,13 @@ async fn active_token(services: &Services, token: &str) -> Result<Option<AccessT
         unix_now(),
     ) {
         Ok(claims) => claims,
-        Err(TokenRejection::Malformed
-        | TokenRejection::WrongType
-        | TokenRejection::UnknownKey
-        | TokenRejection::Invalid
-        | TokenRejection::Expired) => return Ok(None),
+        Err(
+            TokenRejection::Malformed
+            | TokenRejection::WrongType
+            | TokenRejection::UnknownKey
+            | TokenRejection::Invalid
+            | TokenRejection::Expired,
+        ) => return Ok(None),
     };
     let revoked = crate::tokens::is_revoked(&services.pool, &claims.jti)
         .await
@@ -283,7 +320,14 @@ async fn introspect_endpoint(
     let details = EventDetails {
         jti: claims.as_ref().map(|claims| claims.jti.clone()),
         audience: claims.as_ref().map(|claims| claims.aud.clone()),
-        reason: Some(if claims.is_some() { "active" } else { "inactive" }.to_owned()),
+        reason: Some(
+            if claims.is_some() {
+                "active"
+            } else {
+                "inactive"
+            }
+            .to_owned(),
+        ),
         ..call.details()
     };
     services
@@ -339,9 +383,8 @@ async fn revoke_endpoint(
         ..call.details()
     };
     if caller.client.id.as_str() != claims.client_id && !caller.client.is_admin {
-        let error = OAuthError::UnauthorizedClient(
-            "the token was not issued to this client".into(),
-        );
+        let error =
+            OAuthError::UnauthorizedClient("the token was not issued to this client".into());
         return Err(call.deny(EventKind::TokenRevoked, error, details).await);
     }
     crate::tokens::revoke(&services.pool, &claims, caller.client.id.as_str())
@@ -367,7 +410,11 @@ async fn metadata_endpoint(services: web::Data<Services>) -> HttpResponse {
         "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
         "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
     });
-    let auth_methods = json!(["tls_client_auth", "self_signed_tls_client_auth", "private_key_jwt"]);
+    let auth_methods = json!([
+        "tls_client_auth",
+        "self_signed_tls_client_auth",
+        "private_key_jwt"
+    ]);
     let algorithms = json!(["ES256", "EdDSA", "PS256"]);
     let mut body = json!({
         "issuer": issuer,

@@ -86,7 +86,10 @@ impl ResponseError for OAuthError {
             .insert_header((CACHE_CONTROL, "no-store"))
             .insert_header((PRAGMA, "no-cache"));
         if matches!(self, Self::InvalidClient) {
-            response.insert_header((WWW_AUTHENTICATE, r#"Bearer realm="tessera", error="invalid_client""#));
+            response.insert_header((
+                WWW_AUTHENTICATE,
+                r#"Bearer realm="tessera", error="invalid_client""#,
+            ));
         }
         if matches!(self, Self::TemporarilyUnavailable) {
             response.insert_header(("Retry-After", "1"));

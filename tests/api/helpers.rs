@@ -143,6 +143,20 @@ impl Drop for TestDatabase {
     }
 }
 
+pub const ISSUER: &str = "https://tessera.test";
+
+pub fn random_kek() -> tessera::config::Kek {
+    use base64::Engine;
+    let mut key = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut key).unwrap();
+    tessera::config::Kek::parse(
+        "keys.kek",
+        "test",
+        &base64::engine::general_purpose::STANDARD.encode(key),
+    )
+    .unwrap()
+}
+
 pub fn test_settings(database_url: &str) -> Settings {
     let pki = pki();
     let mut settings = Settings::load_with(
@@ -154,6 +168,8 @@ pub fn test_settings(database_url: &str) -> Settings {
                 client_ca: pki.ca_cert(),
             }),
             database_url: Some(SecretString::from(database_url.to_owned())),
+            issuer: Some(ISSUER.to_owned()),
+            kek: Some(random_kek()),
         },
     )
     .unwrap();
@@ -165,6 +181,7 @@ pub fn test_settings(database_url: &str) -> Settings {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub settings: Settings,
     pub pool: PgPool,
     pub handle: ServerHandle,
     pub client_trust: Arc<ClientTrust>,
@@ -178,6 +195,81 @@ impl TestApp {
         format!("https://localhost:{}{path}", self.addr.port())
     }
 
+    /// Posts a form to an OAuth endpoint as the given certificate identity.
+    pub async fn post_form(
+        &self,
+        identity: Option<&str>,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> (u16, serde_json::Value) {
+        let response = self
+            .client(identity)
+            .post(self.url(path))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// `client_credentials` for the tls_client_auth client `client_id`, presenting `identity`.
+    pub async fn client_credentials(
+        &self,
+        identity: Option<&str>,
+        client_id: &str,
+        extra: &[(&str, &str)],
+    ) -> (u16, serde_json::Value) {
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id),
+        ];
+        form.extend_from_slice(extra);
+        self.post_form(identity, "/oauth2/token", &form).await
+    }
+
+    /// How many audit records of `kind` exist.
+    pub async fn audited(&self, kind: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE kind = $1")
+            .bind(kind)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// The reasons of audited refusals, oldest first.
+    pub async fn denial_reasons(&self) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT record ->> 'reason' FROM audit_events WHERE outcome = 'deny'
+              ORDER BY recorded_at, seq",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Asserts the refusal's status and error code, that a refusal was audited, and that no
+    /// token was issued.
+    pub async fn assert_refused(
+        &self,
+        (status, body): (u16, serde_json::Value),
+        expected_status: u16,
+        error: &str,
+    ) {
+        assert_eq!(status, expected_status, "{body}");
+        assert_eq!(body["error"], error, "{body}");
+        assert!(body.get("access_token").is_none());
+        assert_eq!(self.audited("token_issued").await, 0, "a token was issued");
+        assert!(
+            !self.denial_reasons().await.is_empty(),
+            "the refusal was not audited"
+        );
+    }
+
     /// A client presenting the named dev-PKI identity, or none.
     pub fn client(&self, identity: Option<&str>) -> reqwest::Client {
         client_with(identity, &[&rustls::version::TLS13])
@@ -189,10 +281,12 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_on(db, |_| {}).await
 }
 
+/// Starts the server on `db` after seeding the test registry into it.
 pub async fn spawn_app_on(db: TestDatabase, adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = test_settings(&db.url);
     adjust(&mut settings);
     let pool = tessera::storage::pool(&settings.database).unwrap();
+    crate::fixtures::registry().apply(&pool).await.unwrap();
     let application = Application::build(&settings, pool.clone()).await.unwrap();
     let addr = application.local_addr();
     let handle = application.handle();
@@ -200,6 +294,7 @@ pub async fn spawn_app_on(db: TestDatabase, adjust: impl FnOnce(&mut Settings)) 
     let server = tokio::spawn(application.run());
     TestApp {
         addr,
+        settings,
         pool,
         handle,
         client_trust,
@@ -221,8 +316,22 @@ pub fn client_tls(
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> rustls::ClientConfig {
     let pki = pki();
+    let identity = identity.map(|name| {
+        (
+            certificates(&pki.client_cert(name)),
+            PrivateKeyDer::from_pem_file(pki.client_key(name)).unwrap(),
+        )
+    });
+    client_tls_presenting(identity, versions)
+}
+
+/// A rustls client configuration trusting the dev CA and presenting exactly this chain.
+pub fn client_tls_presenting(
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in certificates(&pki.ca_cert()) {
+    for cert in certificates(&pki().ca_cert()) {
         roots.add(cert).unwrap();
     }
     let builder = rustls::ClientConfig::builder_with_provider(tessera::tls::crypto_provider())
@@ -230,22 +339,21 @@ pub fn client_tls(
         .unwrap()
         .with_root_certificates(roots);
     match identity {
-        Some(name) => builder
-            .with_client_auth_cert(
-                certificates(&pki.client_cert(name)),
-                PrivateKeyDer::from_pem_file(pki.client_key(name)).unwrap(),
-            )
-            .unwrap(),
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
         None => builder.with_no_client_auth(),
     }
+}
+
+pub fn http_client(tls: rustls::ClientConfig) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap()
 }
 
 pub fn client_with(
     identity: Option<&str>,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> reqwest::Client {
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(client_tls(identity, versions))
-        .build()
-        .unwrap()
+    http_client(client_tls(identity, versions))
 }

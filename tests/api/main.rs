@@ -1,6 +1,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod client_auth;
+mod client_credentials;
+mod fixtures;
 mod helpers;
+mod introspection;
+mod keys;
 mod ops;
 mod startup;
 mod tls;

@@ -25,6 +25,12 @@ fn serve_env(command: &mut Command) -> &mut Command {
         .env("TESSERA_SERVER__KEY", pki.server_key())
         .env("TESSERA_SERVER__CLIENT_CA", pki.ca_cert())
         .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env("TESSERA_TOKENS__ISSUER", crate::helpers::ISSUER)
+        .env("TESSERA_KEYS__KEK_ID", "test")
+        .env(
+            "TESSERA_KEYS__KEK",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        )
 }
 
 fn start_failure(command: &mut Command) -> String {
@@ -89,13 +95,25 @@ fn a_malformed_setting_in_the_file_names_it() {
 }
 
 #[test]
-fn serve_starts_from_the_example_configuration_and_stops_on_sigterm() {
+fn a_key_encryption_key_of_the_wrong_size_names_the_setting() {
+    let stderr =
+        start_failure(serve_env(&mut tessera(&["serve"])).env("TESSERA_KEYS__KEK", "c2hvcnQ="));
+    assert!(
+        stderr.contains("setting `keys.kek`: must decode to exactly 32 bytes"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn serve_starts_from_the_example_configuration_and_stops_on_sigterm() {
+    let db = crate::helpers::TestDatabase::create().await;
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("tessera.example.toml");
     let mut child = serve_env(&mut tessera(&[
         "serve",
         "--config",
         example.to_str().unwrap(),
     ]))
+    .env("DATABASE_URL", &db.url)
     .env("TESSERA_LOG__FORMAT", "json")
     .stderr(Stdio::piped())
     .spawn()

@@ -1,0 +1,172 @@
+use serde_json::Value;
+
+use crate::helpers::{TestApp, spawn_app};
+
+async fn ledger_token(app: &TestApp) -> String {
+    let (status, body) = app
+        .client_credentials(
+            Some("partner-a"),
+            "partner-a-treasury",
+            &[("resource", "https://ledger.test")],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn introspect(
+    app: &TestApp,
+    identity: Option<&str>,
+    client_id: &str,
+    token: &str,
+) -> (u16, Value) {
+    app.post_form(
+        identity,
+        "/oauth2/introspect",
+        &[("client_id", client_id), ("token", token)],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_audiences_resource_server_sees_the_token_active_with_its_claims() {
+    let app = spawn_app().await;
+    let token = ledger_token(&app).await;
+    let (status, body) = introspect(&app, Some("admin"), "ledger-rs", &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["active"], true);
+    assert_eq!(body["client_id"], "partner-a-treasury");
+    assert_eq!(body["aud"], "https://ledger.test");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["scope"], "ledger:read ledger:write");
+    for claim in ["exp", "iat", "jti", "cnf"] {
+        assert!(body.get(claim).is_some(), "{claim} missing: {body}");
+    }
+}
+
+#[tokio::test]
+async fn another_audiences_resource_server_sees_inactive() {
+    let app = spawn_app().await;
+    let token = ledger_token(&app).await;
+    let (status, body) = introspect(&app, Some("admin"), "settlement-rs", &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, serde_json::json!({ "active": false }));
+}
+
+#[tokio::test]
+async fn introspection_requires_authentication() {
+    let app = spawn_app().await;
+    let token = ledger_token(&app).await;
+    let (status, body) = introspect(&app, None, "ledger-rs", &token).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    let (status, body) = app
+        .post_form(None, "/oauth2/introspect", &[("token", &token)])
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+}
+
+#[tokio::test]
+async fn garbage_and_tampered_tokens_are_inactive() {
+    let app = spawn_app().await;
+    let token = ledger_token(&app).await;
+    let mut tampered = token.clone();
+    tampered.pop();
+    tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+    for candidate in ["garbage", "a.b.c", tampered.as_str()] {
+        let (status, body) = introspect(&app, Some("admin"), "ops-admin", candidate).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["active"], false, "{candidate}");
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_token_reads_inactive() {
+    let app = spawn_app().await;
+    let token = ledger_token(&app).await;
+    let (status, _) = app
+        .post_form(
+            Some("partner-a"),
+            "/oauth2/revoke",
+            &[("client_id", "partner-a-treasury"), ("token", &token)],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, body) = introspect(&app, Some("admin"), "ledger-rs", &token).await;
+    assert_eq!(body["active"], false);
+    assert_eq!(app.audited("token_revoked").await, 1);
+}
+
+#[tokio::test]
+async fn nobody_revokes_someone_elses_token() {
+    let app = spawn_app().await;
+    let token = ledger_token(&app).await;
+    let (status, body) = app
+        .post_form(
+            Some("partner-b"),
+            "/oauth2/revoke",
+            &[("client_id", "partner-b-reconciliation"), ("token", &token)],
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("unauthorized_client"))
+    );
+    let (_, body) = introspect(&app, Some("admin"), "ledger-rs", &token).await;
+    assert_eq!(body["active"], true, "the token must still be active");
+    let revoked: i64 = sqlx::query_scalar("SELECT count(*) FROM revoked_tokens")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(revoked, 0);
+}
+
+#[tokio::test]
+async fn an_admin_may_revoke_any_token_and_unknown_tokens_get_200() {
+    let app = spawn_app().await;
+    let token = ledger_token(&app).await;
+    let (status, _) = app
+        .post_form(
+            Some("admin"),
+            "/oauth2/revoke",
+            &[("client_id", "ops-admin"), ("token", &token)],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, body) = introspect(&app, Some("admin"), "ledger-rs", &token).await;
+    assert_eq!(body["active"], false);
+    let (status, _) = app
+        .post_form(
+            Some("admin"),
+            "/oauth2/revoke",
+            &[("client_id", "ops-admin"), ("token", "unknown")],
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn revocation_is_503_never_200_when_the_store_cannot_record_it() {
+    let app = spawn_app().await;
+    let token = ledger_token(&app).await;
+    sqlx::query("ALTER TABLE revoked_tokens RENAME TO revoked_tokens_away")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let (status, body) = app
+        .post_form(
+            Some("partner-a"),
+            "/oauth2/revoke",
+            &[("client_id", "partner-a-treasury"), ("token", &token)],
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("temporarily_unavailable"))
+    );
+}
