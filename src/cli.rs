@@ -36,10 +36,31 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Signing-key operations.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Certificate utilities.
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Promote the published `next` key to `active`, retire the old one and publish a new
+    /// `next`; every node switches within `keys.refresh_interval_ms`.
+    Rotate {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Re-wrap every stored key under the current `keys.kek` (older ones must still be listed
+    /// in `keys.previous_keks`).
+    Rewrap {
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -63,6 +84,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
+        Command::Keys { command } => keys(command).await,
         Command::Certs {
             command: CertsCommand::Dev { out },
         } => {
@@ -71,6 +93,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    let config = match &command {
+        KeysCommand::Rotate { config } | KeysCommand::Rewrap { config } => config.clone(),
+    };
+    let settings = Settings::load(config.as_deref())?;
+    let pool = crate::storage::pool(&settings.database)?;
+    match command {
+        KeysCommand::Rotate { .. } => {
+            crate::keys::ensure_keys(&pool, &settings.keys).await?;
+            let rotation = crate::keys::rotate(
+                &pool,
+                &settings.keys,
+                settings.tokens.max_lifetime,
+                false,
+            )
+            .await?
+            .context("no key was rotated")?;
+            println!(
+                "rotated: {} retired, {} active, {} published as next",
+                rotation.retired, rotation.activated, rotation.next
+            );
+        }
+        KeysCommand::Rewrap { .. } => {
+            let count = crate::keys::rewrap(&pool, &settings.keys).await?;
+            println!("re-wrapped {count} key(s) under key-encryption key `{}`", settings.keys.kek.id);
+        }
+    }
+    Ok(())
 }
 
 async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {

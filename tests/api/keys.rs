@@ -141,3 +141,29 @@ async fn metadata_lists_exactly_what_is_supported() {
         format!("{}/oauth2/token", crate::helpers::ISSUER)
     );
 }
+
+#[tokio::test]
+async fn rewrapping_moves_every_key_to_the_new_key_encryption_key() {
+    let app = spawn_app().await;
+    let old = app.settings.keys.clone();
+    let mut new_kek = crate::helpers::random_kek();
+    new_kek.id = "kek-2".into();
+
+    // Without the old KEK configured, the stored keys cannot be opened.
+    let mut only_new = old.clone();
+    only_new.kek = new_kek.clone();
+    only_new.previous_keks = Vec::new();
+    assert!(tessera::keys::KeyRing::load(&app.pool, only_new.clone()).await.is_err());
+
+    let mut rotating = only_new.clone();
+    rotating.previous_keks = vec![old.kek.clone()];
+    let count = tessera::keys::rewrap(&app.pool, &rotating).await.unwrap();
+    assert_eq!(count, 2);
+    let ring = tessera::keys::KeyRing::load(&app.pool, only_new).await.unwrap();
+    assert!(!ring.current().active.kid.is_empty());
+    let kek_ids: Vec<String> = sqlx::query_scalar("SELECT DISTINCT kek_id FROM signing_keys")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(kek_ids, ["kek-2"]);
+}
