@@ -1,22 +1,23 @@
--- The audit trail. Each node appends to its own hash chain (chain_id, seq); `record` is the
--- canonical event, `hash` = SHA-256(prev_hash || canonical bytes of record). The queryable
--- columns are generated from the record, so they cannot drift from what the hash covers.
+-- The audit trail. Each node appends to its own hash chain (chain_id, seq);
+-- hash = SHA-256(prev_hash || record), where record is the canonical JSON text.
 
 CREATE TABLE audit_events (
     chain_id     UUID NOT NULL,
     seq          BIGINT NOT NULL CHECK (seq > 0),
-    record       JSONB NOT NULL,
+    -- The canonical JSON text exactly as hashed; the columns below repeat some of its fields
+    -- for queries, and verification checks that they agree with it.
+    record       TEXT NOT NULL,
     prev_hash    BYTEA NOT NULL,
     hash         BYTEA NOT NULL,
     recorded_at  TIMESTAMPTZ NOT NULL,
-    kind         TEXT GENERATED ALWAYS AS (record ->> 'kind') STORED,
-    outcome      TEXT GENERATED ALWAYS AS (record ->> 'outcome') STORED,
-    client_id    TEXT GENERATED ALWAYS AS (record ->> 'client_id') STORED,
-    partner      TEXT GENERATED ALWAYS AS (record ->> 'partner') STORED,
-    audience     TEXT GENERATED ALWAYS AS (record ->> 'audience') STORED,
-    consent_id   TEXT GENERATED ALWAYS AS (record ->> 'consent_id') STORED,
-    txn          TEXT GENERATED ALWAYS AS (record ->> 'txn') STORED,
-    jti          TEXT GENERATED ALWAYS AS (record ->> 'jti') STORED,
+    kind         TEXT NOT NULL,
+    outcome      TEXT NOT NULL,
+    client_id    TEXT,
+    partner      TEXT,
+    audience     TEXT,
+    consent_id   TEXT,
+    txn          TEXT,
+    jti          TEXT,
     PRIMARY KEY (chain_id, seq)
 );
 CREATE INDEX audit_events_time ON audit_events (recorded_at);

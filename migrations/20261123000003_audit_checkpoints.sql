@@ -77,3 +77,7 @@ GRANT EXECUTE ON FUNCTION audit_prune(UUID, BIGINT, INTERVAL) TO tessera_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON partners, audiences, clients, client_audiences,
     signing_keys, revoked_tokens, client_assertion_jtis TO tessera_app;
 GRANT INSERT ON audit_keys TO tessera_app;
+
+-- Governance: when each client last authenticated, and when the certificate it last
+-- presented expires (written in batches by each node, off the hot path).
+ALTER TABLE clients ADD COLUMN certificate_not_after TIMESTAMPTZ;

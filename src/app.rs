@@ -10,11 +10,12 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use sqlx::PgPool;
 
-use crate::audit::AuditLog;
-use crate::clients::{Registry, RegistryError};
+use crate::audit::{AuditLog, AuditSigner, CheckpointPolicy};
+use crate::clients::{Registry, RegistryError, UsageTracker};
 use crate::config::{Settings, TokenSettings};
 use crate::grants::Issuer;
-use crate::http::{Metrics, request_context};
+use crate::http::request_context;
+use crate::metrics::Metrics;
 use crate::keys::{KeyError, KeyRing};
 use crate::storage::StorageError;
 use crate::tls::{ClientTrust, TlsError};
@@ -46,6 +47,8 @@ pub struct Services {
     pub audit: AuditLog,
     pub tokens: TokenSettings,
     pub rotation_interval: Duration,
+    pub metrics: Metrics,
+    pub usage: Arc<UsageTracker>,
 }
 
 impl Services {
@@ -64,6 +67,7 @@ pub struct Application {
     pool: PgPool,
     client_trust: Arc<ClientTrust>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    audit_writer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -81,14 +85,29 @@ impl Application {
         client_trust.replace_pinned(crate::clients::self_signed_certificates(&pool).await?);
         crate::keys::ensure_keys(&pool, &settings.keys).await?;
         let keys = KeyRing::load(&pool, settings.keys.clone()).await?;
-        let audit = if settings.audit.enabled {
-            AuditLog::start(pool.clone(), node_name(), settings.audit.batch_max)
+        let metrics = Metrics::new()?;
+        let (audit, audit_writer) = if settings.audit.enabled {
+            let signer = AuditSigner::load(&pool, &settings.keys).await?;
+            let (audit, writer) = AuditLog::start(
+                pool.clone(),
+                node_name(),
+                settings.audit.batch_max,
+                signer,
+                CheckpointPolicy {
+                    every_records: settings.audit.checkpoint_every_records,
+                    every: settings.audit.checkpoint_interval,
+                },
+                Some(metrics.clone()),
+            );
+            (audit, Some(writer))
         } else {
             tracing::warn!("audit trail disabled: benchmark mode, never for production");
-            AuditLog::disabled()
+            (AuditLog::disabled(), None)
         };
+        let usage = Arc::new(UsageTracker::default());
         let background = vec![
-            keys.spawn_maintenance(pool.clone(), settings.tokens.max_lifetime),
+            spawn_usage_flush(usage.clone(), pool.clone()),
+            keys.spawn_maintenance(pool.clone(), settings.tokens.max_lifetime, audit.clone()),
             spawn_pinned_refresh(
                 client_trust.clone(),
                 pool.clone(),
@@ -102,8 +121,10 @@ impl Application {
             audit,
             tokens: settings.tokens.clone(),
             rotation_interval: settings.keys.rotation_interval,
+            metrics: metrics.clone(),
+            usage,
         });
-        let metrics = web::Data::new(Metrics::new()?);
+        let metrics = web::Data::new(metrics);
         let pool_data = web::Data::new(pool.clone());
         let trust_data = web::Data::from(client_trust.clone());
         let body_limit = settings.server.body_limit_bytes;
@@ -148,6 +169,7 @@ impl Application {
             pool,
             client_trust,
             background,
+            audit_writer,
         })
     }
 
@@ -178,6 +200,13 @@ impl Application {
         signals.abort();
         for task in self.background {
             task.abort();
+        }
+        // The writer ends once the last handler holding the audit log is gone: it commits
+        // what is queued and signs a final checkpoint.
+        if let Some(writer) = self.audit_writer {
+            if tokio::time::timeout(Duration::from_secs(10), writer).await.is_err() {
+                tracing::error!("audit writer did not finish within 10 s");
+            }
         }
         self.pool.close().await;
         tracing::info!("server stopped");
@@ -224,6 +253,18 @@ fn spawn_pinned_refresh(
                 Err(error) => {
                     tracing::warn!(%error, "refreshing pinned client certificates failed")
                 }
+            }
+        }
+    })
+}
+
+fn spawn_usage_flush(usage: Arc<UsageTracker>, pool: PgPool) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            ticker.tick().await;
+            if let Err(error) = usage.flush(&pool).await {
+                tracing::warn!(%error, "client usage not recorded");
             }
         }
     })

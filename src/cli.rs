@@ -41,6 +41,11 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Audit trail: verify, export, verify an export offline, publish the key, prune.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Certificate utilities.
     Certs {
         #[command(subcommand)]
@@ -59,6 +64,54 @@ pub enum KeysCommand {
     /// Re-wrap every stored key under the current `keys.kek` (older ones must still be listed
     /// in `keys.previous_keks`).
     Rewrap {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check every chain and checkpoint; names the first broken link. Exit 0 only if intact.
+    Verify {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Write records of a time window (RFC 3339, UTC) as JSON lines, with the links and signed
+    /// checkpoints needed to verify them offline.
+    Export {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        since: String,
+        #[arg(long)]
+        until: String,
+        #[arg(long)]
+        partner: Option<String>,
+        #[arg(long)]
+        client: Option<String>,
+        #[arg(long)]
+        consent: Option<String>,
+        #[arg(long)]
+        txn: Option<String>,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify an export with only the published audit key set; needs no database.
+    VerifyExport {
+        file: PathBuf,
+        /// The audit JWKS (`tessera audit jwks`, or GET /audit/jwks.json).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Print the audit key set that verifies checkpoints.
+    Jwks {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Remove records older than `audit.retention_days`, each chain down to a signed
+    /// checkpoint, so what remains still verifies. Export first.
+    Prune {
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -85,6 +138,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command } => keys(command).await,
+        Command::Audit { command } => audit(command).await,
         Command::Certs {
             command: CertsCommand::Dev { out },
         } => {
@@ -112,6 +166,21 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             )
             .await?
             .context("no key was rotated")?;
+            let signer = crate::audit::AuditSigner::load(&pool, &settings.keys).await?;
+            let (audit, writer) = crate::audit::AuditLog::start(
+                pool.clone(),
+                format!("cli/{}", std::process::id()),
+                1,
+                signer,
+                crate::audit::CheckpointPolicy {
+                    every_records: 1,
+                    every: std::time::Duration::from_secs(60),
+                },
+                None,
+            );
+            rotation.audit(&audit, "operator").await?;
+            drop(audit);
+            writer.await?;
             println!(
                 "rotated: {} retired, {} active, {} published as next",
                 rotation.retired, rotation.activated, rotation.next
@@ -123,6 +192,102 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn parse_time(name: &str, value: &str) -> anyhow::Result<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("--{name}: expected an RFC 3339 time such as 2026-11-23T00:00:00Z"))
+}
+
+async fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    use crate::audit::{AuditSigner, ExportFilter};
+    match command {
+        AuditCommand::VerifyExport { file, key } => {
+            let keys: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(
+                &std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?,
+            )
+            .with_context(|| format!("{} is not a JWK set", key.display()))?;
+            let input = std::io::BufReader::new(
+                std::fs::File::open(&file).with_context(|| format!("reading {}", file.display()))?,
+            );
+            let summary = crate::audit::verify_export(input, &keys)
+                .map_err(|problem| anyhow::anyhow!("export does not verify: {problem}"))?;
+            println!(
+                "export verifies: {} records, {} links, {} checkpoints",
+                summary.records, summary.links, summary.checkpoints
+            );
+            Ok(())
+        }
+        AuditCommand::Verify { config } => {
+            let database = Settings::load_database(config.as_deref())?;
+            let pool = crate::storage::pool(&database)?;
+            match crate::audit::verify_all(&pool).await? {
+                Ok(summary) => {
+                    println!(
+                        "audit trail intact: {} chains, {} records, {} checkpoints",
+                        summary.chains, summary.records, summary.checkpoints
+                    );
+                    Ok(())
+                }
+                Err(broken) => Err(anyhow::anyhow!("audit trail broken: {broken}")),
+            }
+        }
+        AuditCommand::Jwks { config } => {
+            let database = Settings::load_database(config.as_deref())?;
+            let pool = crate::storage::pool(&database)?;
+            println!("{}", crate::audit::audit_jwks(&pool).await?);
+            Ok(())
+        }
+        AuditCommand::Export {
+            config,
+            since,
+            until,
+            partner,
+            client,
+            consent,
+            txn,
+            out,
+        } => {
+            let settings = Settings::load(config.as_deref())?;
+            let pool = crate::storage::pool(&settings.database)?;
+            let signer = AuditSigner::load(&pool, &settings.keys).await?;
+            let filter = ExportFilter {
+                since: parse_time("since", &since)?,
+                until: parse_time("until", &until)?,
+                partner,
+                client,
+                consent,
+                txn,
+            };
+            let summary = match out {
+                Some(path) => {
+                    let mut file = std::io::BufWriter::new(
+                        std::fs::File::create(&path)
+                            .with_context(|| format!("creating {}", path.display()))?,
+                    );
+                    let summary = crate::audit::export(&pool, &signer, &filter, &mut file).await?;
+                    std::io::Write::flush(&mut file)?;
+                    summary
+                }
+                None => {
+                    let mut stdout = std::io::stdout().lock();
+                    crate::audit::export(&pool, &signer, &filter, &mut stdout).await?
+                }
+            };
+            eprintln!(
+                "exported {} records, {} links, {} checkpoints",
+                summary.records, summary.links, summary.checkpoints
+            );
+            Ok(())
+        }
+        AuditCommand::Prune { config } => {
+            let settings = Settings::load(config.as_deref())?;
+            let pool = crate::storage::pool(&settings.database)?;
+            let removed = crate::audit::prune(&pool, settings.audit.retention).await?;
+            println!("pruned {removed} records older than the retention period");
+            Ok(())
+        }
+    }
 }
 
 async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {

@@ -353,3 +353,42 @@ mod tests {
         assert!(ClientId::parse(&"a".repeat(129)).is_none());
     }
 }
+
+/// When clients last authenticated and when their certificates expire, gathered in memory on
+/// the hot path and written in one statement every few seconds.
+#[derive(Default)]
+pub struct UsageTracker {
+    seen: std::sync::Mutex<HashMap<ClientId, Option<i64>>>,
+}
+
+impl UsageTracker {
+    pub fn record(&self, client: &ClientId, certificate_not_after: Option<i64>) {
+        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.insert(client.clone(), certificate_not_after);
+    }
+
+    pub async fn flush(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let seen = std::mem::take(
+            &mut *self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let (ids, not_after): (Vec<String>, Vec<Option<i64>>) = seen
+            .into_iter()
+            .map(|(id, not_after)| (id.0, not_after))
+            .unzip();
+        sqlx::query(
+            "UPDATE clients c
+                SET last_used_at = now(),
+                    certificate_not_after = COALESCE(to_timestamp(u.not_after), c.certificate_not_after)
+               FROM UNNEST($1::text[], $2::bigint[]) AS u (id, not_after)
+              WHERE c.id = u.id",
+        )
+        .bind(ids)
+        .bind(not_after)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+}

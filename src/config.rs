@@ -82,6 +82,9 @@ struct RawRegistry {
 struct RawAudit {
     enabled: bool,
     batch_max: usize,
+    checkpoint_every_records: i64,
+    checkpoint_interval_s: u64,
+    retention_days: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,6 +155,9 @@ impl Default for RawSettings {
             audit: RawAudit {
                 enabled: true,
                 batch_max: 512,
+                checkpoint_every_records: 10_000,
+                checkpoint_interval_s: 60,
+                retention_days: 2_557,
             },
         }
     }
@@ -256,6 +262,10 @@ pub struct AuditSettings {
     /// Off only for benchmarking the cost of the audit trail; never in production.
     pub enabled: bool,
     pub batch_max: usize,
+    pub checkpoint_every_records: i64,
+    pub checkpoint_interval: Duration,
+    /// Records older than this may be pruned (after export), down to a checkpoint.
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -413,6 +423,18 @@ impl Settings {
                 "must be at most 60000: suspensions must take effect within seconds",
             ));
         }
+        if raw.audit.checkpoint_every_records <= 0 || raw.audit.checkpoint_interval_s == 0 {
+            return Err(ConfigError::invalid(
+                "audit.checkpoint_every_records",
+                "checkpoints need a positive record count and interval",
+            ));
+        }
+        if raw.audit.retention_days == 0 {
+            return Err(ConfigError::invalid(
+                "audit.retention_days",
+                "must be at least one day",
+            ));
+        }
         if raw.audit.batch_max == 0 {
             return Err(ConfigError::invalid(
                 "audit.batch_max",
@@ -442,6 +464,9 @@ impl Settings {
             audit: AuditSettings {
                 enabled: raw.audit.enabled,
                 batch_max: raw.audit.batch_max,
+                checkpoint_every_records: raw.audit.checkpoint_every_records,
+                checkpoint_interval: Duration::from_secs(raw.audit.checkpoint_interval_s),
+                retention: Duration::from_secs(u64::from(raw.audit.retention_days) * 86_400),
             },
         })
     }

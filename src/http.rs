@@ -9,9 +9,9 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tracing::Instrument;
 
+use crate::metrics::Metrics;
 use crate::tls::{ClientCertificate, ClientTrust};
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -58,52 +58,6 @@ impl FromRequest for PeerCertificate {
     }
 }
 
-#[derive(Clone)]
-pub struct Metrics {
-    registry: Registry,
-    requests: IntCounterVec,
-    latency: HistogramVec,
-}
-
-impl Metrics {
-    pub fn new() -> Result<Self, prometheus::Error> {
-        let labels = ["route", "method", "status"];
-        let requests = IntCounterVec::new(
-            Opts::new("tessera_http_requests_total", "HTTP requests served"),
-            &labels,
-        )?;
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "tessera_http_request_duration_seconds",
-                "Time from request head to response head",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
-            &labels,
-        )?;
-        let registry = Registry::new();
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(latency.clone()))?;
-        Ok(Self {
-            registry,
-            requests,
-            latency,
-        })
-    }
-
-    pub fn render(&self) -> Result<String, prometheus::Error> {
-        prometheus::TextEncoder::new().encode_to_string(&self.registry.gather())
-    }
-
-    fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
-        let status = status.to_string();
-        let labels = [route, method, status.as_str()];
-        self.requests.with_label_values(&labels).inc();
-        self.latency.with_label_values(&labels).observe(seconds);
-    }
-}
-
 /// Gives every request an id (echoed in `X-Request-Id`), a tracing span, one log line when it
 /// completes, and its count and latency in the metrics, labelled by route pattern so that
 /// arbitrary paths cannot explode the label set.
@@ -128,7 +82,7 @@ pub async fn request_context(
         Err(error) => error.as_response_error().status_code(),
     };
     if let Some(metrics) = metrics {
-        metrics.observe(&route, &method, status.as_u16(), elapsed.as_secs_f64());
+        metrics.observe_request(&route, &method, status.as_u16(), elapsed.as_secs_f64());
     }
     span.in_scope(|| {
         tracing::info!(

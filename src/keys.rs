@@ -72,7 +72,11 @@ impl std::fmt::Debug for SigningKey {
 }
 
 impl SigningKey {
-    fn from_pkcs8(kid: &str, algorithm: SigningAlgorithm, pkcs8: &[u8]) -> Result<Self, KeyError> {
+    pub(crate) fn from_pkcs8(
+        kid: &str,
+        algorithm: SigningAlgorithm,
+        pkcs8: &[u8],
+    ) -> Result<Self, KeyError> {
         let malformed = |_| KeyError::Malformed {
             kid: kid.to_owned(),
         };
@@ -99,9 +103,18 @@ impl SigningKey {
 
     /// A compact JWS of `payload` with the access-token header (`typ: at+jwt`).
     pub fn sign_access_token(&self, payload: &[u8]) -> Result<String, KeyError> {
-        let mut jws =
-            String::with_capacity(self.access_token_header.len() + payload.len() * 4 / 3 + 400);
-        jws.push_str(&self.access_token_header);
+        self.sign_compact(&self.access_token_header, payload)
+    }
+
+    /// A compact JWS with a header naming this key and `typ`.
+    pub(crate) fn sign_typed(&self, typ: &str, payload: &[u8]) -> Result<String, KeyError> {
+        let header = json!({ "alg": self.algorithm.as_str(), "typ": typ, "kid": self.kid });
+        self.sign_compact(&URL_SAFE_NO_PAD.encode(header.to_string()), payload)
+    }
+
+    fn sign_compact(&self, header: &str, payload: &[u8]) -> Result<String, KeyError> {
+        let mut jws = String::with_capacity(header.len() + payload.len() * 4 / 3 + 400);
+        jws.push_str(header);
         jws.push('.');
         URL_SAFE_NO_PAD.encode_string(payload, &mut jws);
         let signature = match &self.material {
@@ -126,7 +139,7 @@ impl SigningKey {
         Ok(jws)
     }
 
-    fn public_jwk(&self) -> Value {
+    pub(crate) fn public_jwk(&self) -> Value {
         let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
         let mut jwk = match &self.material {
             KeyMaterial::Es256(key) => {
@@ -153,7 +166,7 @@ impl SigningKey {
     }
 }
 
-fn generate_pkcs8(algorithm: SigningAlgorithm) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+pub(crate) fn generate_pkcs8(algorithm: SigningAlgorithm) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     let rng = SystemRandom::new();
     let pkcs8 = match algorithm {
         SigningAlgorithm::Es256 => {
@@ -206,14 +219,14 @@ fn open(key: &[u8], kid: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyE
 }
 
 /// The envelope of one private key.
-struct Envelope {
-    sealed_private_key: Vec<u8>,
-    wrapped_data_key: Vec<u8>,
-    kek_id: String,
+pub(crate) struct Envelope {
+    pub(crate) sealed_private_key: Vec<u8>,
+    pub(crate) wrapped_data_key: Vec<u8>,
+    pub(crate) kek_id: String,
 }
 
 impl Envelope {
-    fn seal(kek: &Kek, kid: &str, pkcs8: &[u8]) -> Result<Self, KeyError> {
+    pub(crate) fn seal(kek: &Kek, kid: &str, pkcs8: &[u8]) -> Result<Self, KeyError> {
         let mut data_key = Zeroizing::new([0u8; 32]);
         SystemRandom::new().fill(data_key.as_mut())?;
         Ok(Self {
@@ -223,7 +236,7 @@ impl Envelope {
         })
     }
 
-    fn open(&self, keks: &[&Kek], kid: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    pub(crate) fn open(&self, keks: &[&Kek], kid: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         let kek = keks
             .iter()
             .find(|kek| kek.id == self.kek_id)
@@ -384,6 +397,30 @@ pub async fn rotate(
     }))
 }
 
+impl Rotation {
+    pub async fn audit(
+        &self,
+        audit: &crate::audit::AuditLog,
+        by: &str,
+    ) -> Result<(), crate::audit::AuditError> {
+        audit
+            .record(
+                crate::audit::EventKind::KeyRotated,
+                crate::audit::Outcome::Allow,
+                crate::audit::EventDetails {
+                    reason: Some(format!("rotation ({by})")),
+                    changes: Some(json!({
+                        "retired": self.retired,
+                        "activated": self.activated,
+                        "next": self.next,
+                    })),
+                    ..crate::audit::EventDetails::default()
+                },
+            )
+            .await
+    }
+}
+
 /// Re-wraps every stored data key under the current key-encryption key; the previous ones
 /// must still be configured to unwrap. Returns how many keys were re-wrapped.
 pub async fn rewrap(pool: &PgPool, settings: &KeySettings) -> Result<usize, KeyError> {
@@ -427,7 +464,7 @@ pub async fn rewrap(pool: &PgPool, settings: &KeySettings) -> Result<usize, KeyE
     Ok(rows.len())
 }
 
-fn all_keks(settings: &KeySettings) -> Vec<&Kek> {
+pub(crate) fn all_keks(settings: &KeySettings) -> Vec<&Kek> {
     std::iter::once(&settings.kek)
         .chain(settings.previous_keks.iter())
         .collect()
@@ -501,6 +538,7 @@ impl KeyRing {
         self: &Arc<Self>,
         pool: PgPool,
         max_token_lifetime: Duration,
+        audit: crate::audit::AuditLog,
     ) -> tokio::task::JoinHandle<()> {
         let ring = self.clone();
         tokio::spawn(async move {
@@ -512,6 +550,9 @@ impl KeyRing {
                     match rotate(&pool, &ring.settings, max_token_lifetime, true).await {
                         Ok(Some(rotation)) => {
                             tracing::info!(activated = %rotation.activated, "signing key rotated on schedule");
+                            if let Err(error) = rotation.audit(&audit, "scheduled").await {
+                                tracing::error!(%error, "key rotation not audited");
+                            }
                         }
                         Ok(None) => {}
                         Err(error) => tracing::warn!(%error, "scheduled key rotation failed"),

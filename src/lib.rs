@@ -13,6 +13,7 @@ pub mod grants;
 pub mod http;
 pub mod keys;
 pub mod local_postgres;
+pub mod metrics;
 pub mod oauth;
 pub mod ops;
 pub mod pki;

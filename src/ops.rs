@@ -7,7 +7,8 @@ use actix_web::{HttpResponse, get, web};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::http::{Metrics, PeerCertificate};
+use crate::http::PeerCertificate;
+use crate::metrics::Metrics;
 use crate::problem::Problem;
 
 pub fn routes(config: &mut web::ServiceConfig) {
@@ -15,7 +16,24 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .service(healthz)
         .service(readyz)
         .service(metrics)
-        .service(identity);
+        .service(identity)
+        .service(audit_jwks);
+}
+
+/// The key set that verifies audit checkpoints, for auditors verifying exports offline.
+#[get("/audit/jwks.json")]
+async fn audit_jwks(pool: web::Data<PgPool>) -> Result<HttpResponse, Problem> {
+    let jwks = crate::audit::audit_jwks(&pool).await.map_err(|error| {
+        tracing::error!(%error, "audit keys unavailable");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            "the audit key set is temporarily unavailable",
+        )
+    })?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "public, max-age=300"))
+        .json(jwks))
 }
 
 #[get("/healthz")]
@@ -38,8 +56,11 @@ async fn readyz(pool: web::Data<PgPool>) -> HttpResponse {
 }
 
 #[get("/metrics")]
-async fn metrics(metrics: web::Data<Metrics>) -> Result<HttpResponse, Problem> {
-    let body = metrics.render().map_err(|error| {
+async fn metrics(
+    metrics: web::Data<Metrics>,
+    pool: web::Data<PgPool>,
+) -> Result<HttpResponse, Problem> {
+    let body = metrics.render(&pool).await.map_err(|error| {
         tracing::error!(%error, "rendering metrics failed");
         Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,

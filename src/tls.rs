@@ -295,6 +295,8 @@ pub struct ClientCertificate {
     pub intermediates: Vec<CertificateDer<'static>>,
     pub thumbprint: Thumbprint,
     pub subject: DistinguishedName,
+    /// End of validity, seconds since the epoch (governance metrics watch for expiry).
+    pub not_after: i64,
     pub subject_alt_names: Vec<SubjectAltName>,
 }
 
@@ -318,7 +320,9 @@ impl ClientCertificate {
                     .collect()
             })
             .unwrap_or_default();
+        let not_after = certificate.validity().not_after.timestamp();
         Ok(Self {
+            not_after,
             thumbprint: Thumbprint::of(der.as_ref()),
             der,
             intermediates,

@@ -42,6 +42,11 @@ impl Call<'_> {
     /// Audits the refusal, then returns the error the caller sees. A refusal is returned even
     /// when its record cannot be written: nothing is released by it.
     async fn deny(&self, kind: EventKind, error: OAuthError, details: EventDetails) -> OAuthError {
+        self.services
+            .metrics
+            .tokens_denied
+            .with_label_values(&[grant_label(kind), error.code()])
+            .inc();
         let details = EventDetails {
             reason: Some(error.to_string()),
             ..details
@@ -55,6 +60,16 @@ impl Call<'_> {
             tracing::error!(%audit_error, %error, "refusal could not be audited");
         }
         error
+    }
+}
+
+/// The metrics label of the request a refusal answers.
+fn grant_label(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::TokenIntrospected => "introspection",
+        EventKind::TokenRevoked => "revocation",
+        EventKind::TokenExchanged => "token_exchange",
+        _ => "token",
     }
 }
 
@@ -99,7 +114,13 @@ async fn authenticate(
     )
     .await;
     match result {
-        Ok(authenticated) => Ok(authenticated),
+        Ok(authenticated) => {
+            services.usage.record(
+                &authenticated.client.id,
+                authenticated.certificate.as_ref().map(|certificate| certificate.not_after),
+            );
+            Ok(authenticated)
+        }
         Err(AuthError::Failed { client_id, reason }) => {
             let call = Call {
                 services,
@@ -122,6 +143,11 @@ async fn authenticate(
             {
                 tracing::error!(%audit_error, "authentication failure could not be audited");
             }
+            services
+                .metrics
+                .tokens_denied
+                .with_label_values(&["client_authentication", "invalid_client"])
+                .inc();
             Err(OAuthError::InvalidClient)
         }
         Err(AuthError::Unavailable(error)) => {
@@ -252,6 +278,11 @@ async fn client_credentials(
                 IssueError::Keys(_) | IssueError::Audit(_) => OAuthError::TemporarilyUnavailable,
             }
         })?;
+    call.services
+        .metrics
+        .tokens_issued
+        .with_label_values(&[CLIENT_CREDENTIALS, &issued.claims.aud])
+        .inc();
     Ok(no_store(HttpResponse::Ok()).json(json!({
         "access_token": issued.access_token,
         "token_type": "Bearer",
@@ -286,6 +317,9 @@ async fn active_token(
             tracing::error!(%error, "revocation list unavailable");
             OAuthError::TemporarilyUnavailable
         })?;
+    if revoked {
+        services.metrics.revoked_presentations.inc();
+    }
     Ok((!revoked).then_some(claims))
 }
 

@@ -44,7 +44,7 @@ pub enum OAuthError {
 }
 
 impl OAuthError {
-    fn code(&self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidRequest(_) => "invalid_request",
             Self::InvalidClient => "invalid_client",

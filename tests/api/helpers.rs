@@ -244,7 +244,7 @@ impl TestApp {
     /// The reasons of audited refusals, oldest first.
     pub async fn denial_reasons(&self) -> Vec<String> {
         sqlx::query_scalar(
-            "SELECT record ->> 'reason' FROM audit_events WHERE outcome = 'deny'
+            "SELECT record::jsonb ->> 'reason' FROM audit_events WHERE outcome = 'deny'
               ORDER BY recorded_at, seq",
         )
         .fetch_all(&self.pool)

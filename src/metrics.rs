@@ -1,0 +1,143 @@
+//! Prometheus metrics: HTTP traffic, token governance and the audit writer.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry,
+};
+use sqlx::PgPool;
+
+/// The windows, in days, of the "unused clients" and "expiring certificates" gauges.
+const GOVERNANCE_WINDOWS_DAYS: [i32; 2] = [30, 90];
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    /// Issued tokens by grant type and audience.
+    pub tokens_issued: IntCounterVec,
+    /// Refusals by grant type and OAuth error code.
+    pub tokens_denied: IntCounterVec,
+    /// Presentations of revoked tokens (introspection, revocation, exchange).
+    pub revoked_presentations: IntCounter,
+    pub audit_write_seconds: Histogram,
+    pub audit_batch_size: Histogram,
+    unused_clients: IntGaugeVec,
+    expiring_certificates: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let labels = ["route", "method", "status"];
+        let requests = IntCounterVec::new(
+            Opts::new("tessera_http_requests_total", "HTTP requests served"),
+            &labels,
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "tessera_http_request_duration_seconds",
+                "Time from request head to response head",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &labels,
+        )?;
+        let tokens_issued = IntCounterVec::new(
+            Opts::new("tessera_tokens_issued_total", "Access tokens issued"),
+            &["grant", "audience"],
+        )?;
+        let tokens_denied = IntCounterVec::new(
+            Opts::new(
+                "tessera_tokens_denied_total",
+                "Token, introspection and revocation requests refused, by OAuth error",
+            ),
+            &["grant", "error"],
+        )?;
+        let revoked_presentations = IntCounter::new(
+            "tessera_revoked_token_presentations_total",
+            "Revoked tokens presented to the server",
+        )?;
+        let audit_write_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "tessera_audit_write_seconds",
+                "Time to commit one audit batch",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5]),
+        )?;
+        let audit_batch_size = Histogram::with_opts(
+            HistogramOpts::new("tessera_audit_batch_size", "Events per audit commit")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+        )?;
+        let unused_clients = IntGaugeVec::new(
+            Opts::new(
+                "tessera_clients_unused",
+                "Active clients that have not authenticated within the window",
+            ),
+            &["days"],
+        )?;
+        let expiring_certificates = IntGaugeVec::new(
+            Opts::new(
+                "tessera_client_certificates_expiring",
+                "Active clients whose last presented certificate expires within the window",
+            ),
+            &["days"],
+        )?;
+        let registry = Registry::new();
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(tokens_issued.clone()))?;
+        registry.register(Box::new(tokens_denied.clone()))?;
+        registry.register(Box::new(revoked_presentations.clone()))?;
+        registry.register(Box::new(audit_write_seconds.clone()))?;
+        registry.register(Box::new(audit_batch_size.clone()))?;
+        registry.register(Box::new(unused_clients.clone()))?;
+        registry.register(Box::new(expiring_certificates.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            latency,
+            tokens_issued,
+            tokens_denied,
+            revoked_presentations,
+            audit_write_seconds,
+            audit_batch_size,
+            unused_clients,
+            expiring_certificates,
+        })
+    }
+
+    /// Refreshes the registry-derived gauges, then renders everything in the text format.
+    pub async fn render(&self, pool: &PgPool) -> Result<String, prometheus::Error> {
+        for days in GOVERNANCE_WINDOWS_DAYS {
+            let counts: Result<(i64, i64), sqlx::Error> = sqlx::query_as(
+                "SELECT
+                    count(*) FILTER (WHERE last_used_at IS NULL
+                                        OR last_used_at < now() - make_interval(days => $1)),
+                    count(*) FILTER (WHERE certificate_not_after < now() + make_interval(days => $1))
+                   FROM clients WHERE status = 'active'",
+            )
+            .bind(days)
+            .fetch_one(pool)
+            .await;
+            match counts {
+                Ok((unused, expiring)) => {
+                    let label = days.to_string();
+                    self.unused_clients.with_label_values(&[&label]).set(unused);
+                    self.expiring_certificates
+                        .with_label_values(&[&label])
+                        .set(expiring);
+                }
+                Err(error) => tracing::warn!(%error, "governance gauges not refreshed"),
+            }
+        }
+        prometheus::TextEncoder::new().encode_to_string(&self.registry.gather())
+    }
+
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let status = status.to_string();
+        let labels = [route, method, status.as_str()];
+        self.requests.with_label_values(&labels).inc();
+        self.latency.with_label_values(&labels).observe(seconds);
+    }
+}
