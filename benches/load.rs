@@ -81,12 +81,15 @@ async fn main() -> Result<()> {
     let (database_server, cluster) = database(&root).await?;
     println!(
         "machine: {} cores; window {seconds} s per scenario; server and load generator share the machine",
-        std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
     );
 
     for audit in [true, false] {
         let database_name = format!("tessera_bench_{}", uuid::Uuid::new_v4().simple());
-        let database_url = tessera::storage::ensure_database(&database_server, &database_name).await?;
+        let database_url =
+            tessera::storage::ensure_database(&database_server, &database_name).await?;
         let (pki, _) = DevPki::ensure(&root.join("pki"))?;
         let jwt_key = prepare(&database_url).await?;
         let mut server = start_server(&pki, &database_url, audit)?;
@@ -116,17 +119,21 @@ async fn main() -> Result<()> {
             if scenario == Scenario::Healthz {
                 healthz_rate = Some(report.rate());
             }
-            if scenario == Scenario::ClientCredentials && connections == 64 {
-                if let Some(ceiling) = healthz_rate {
-                    println!(
-                        "{:<44} {:>9.2}",
-                        "(a) client_credentials / (d) healthz",
-                        report.rate() / ceiling
-                    );
-                }
+            if let (Scenario::ClientCredentials, 64, Some(ceiling)) =
+                (scenario, connections, healthz_rate)
+            {
+                println!(
+                    "{:<44} {:>9.2}",
+                    "(a) client_credentials / (d) healthz",
+                    report.rate() / ceiling
+                );
             }
         }
-        println!("{:<44} {:>9} MiB", "server peak RSS (VmHWM)", peak_rss_mib(server.0.id()));
+        println!(
+            "{:<44} {:>9} MiB",
+            "server peak RSS (VmHWM)",
+            peak_rss_mib(server.0.id())
+        );
         if audit {
             let issued: i64 = {
                 use sqlx::Connection;
@@ -157,7 +164,9 @@ async fn database(root: &Path) -> Result<(String, Option<LocalCluster>)> {
         std::fs::set_permissions(path, permissions)?;
         dir = path.parent();
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let (cluster, _) = LocalCluster::start(&root.join("pgdata"), port).await?;
     Ok((cluster.admin_url(), Some(cluster)))
 }
@@ -177,8 +186,11 @@ async fn prepare(database_url: &str) -> Result<Vec<u8>> {
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
         .map_err(|_| anyhow!("key parsing"))?;
     let point = pair.public_key().as_ref();
-    let audiences: std::collections::BTreeMap<String, Vec<String>> =
-        [("https://ledger.bench".to_owned(), vec!["ledger:read".to_owned()])].into();
+    let audiences: std::collections::BTreeMap<String, Vec<String>> = [(
+        "https://ledger.bench".to_owned(),
+        vec!["ledger:read".to_owned()],
+    )]
+    .into();
     let seed = Seed {
         partners: vec![PartnerSeed {
             id: "partner-a".into(),
@@ -231,7 +243,9 @@ async fn prepare(database_url: &str) -> Result<Vec<u8>> {
 }
 
 fn start_server(pki: &DevPki, database_url: &str, audit: bool) -> Result<(Child, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_tessera"));
     let child = Command::new(binary)
         .arg("serve")
@@ -241,7 +255,10 @@ fn start_server(pki: &DevPki, database_url: &str, audit: bool) -> Result<(Child,
         .env("TESSERA_SERVER__CLIENT_CA", pki.ca_cert())
         .env("TESSERA_TOKENS__ISSUER", ISSUER)
         .env("TESSERA_KEYS__KEK_ID", "bench")
-        .env("TESSERA_KEYS__KEK", "YmVuY2hiZW5jaGJlbmNoYmVuY2hiZW5jaGJlbmNoYmU=")
+        .env(
+            "TESSERA_KEYS__KEK",
+            "YmVuY2hiZW5jaGJlbmNoYmVuY2hiZW5jaGJlbmNoYmU=",
+        )
         .env("TESSERA_AUDIT__ENABLED", audit.to_string())
         .env("TESSERA_DATABASE__MAX_CONNECTIONS", "32")
         .env("TESSERA_LOG__FILTER", "warn")
@@ -333,7 +350,12 @@ fn assertion(key: &[u8]) -> Result<String> {
 
 async fn one_request(bench: &Bench, client: &reqwest::Client, scenario: Scenario) -> Result<()> {
     let response = match scenario {
-        Scenario::Healthz => client.get(format!("{}/healthz", bench.base_url)).send().await?,
+        Scenario::Healthz => {
+            client
+                .get(format!("{}/healthz", bench.base_url))
+                .send()
+                .await?
+        }
         Scenario::ClientCredentials | Scenario::FullHandshake => {
             client
                 .post(format!("{}/oauth2/token", bench.base_url))
@@ -379,7 +401,9 @@ async fn run(
 ) -> Result<Report> {
     let name = match scenario {
         Scenario::ClientCredentials => format!("(a) client_credentials, {connections} kept-alive"),
-        Scenario::FullHandshake => format!("(b) full TLS 1.3 mTLS handshake each, {connections} conc."),
+        Scenario::FullHandshake => {
+            format!("(b) full TLS 1.3 mTLS handshake each, {connections} conc.")
+        }
         Scenario::PrivateKeyJwt => format!("(c) private_key_jwt, {connections} kept-alive"),
         Scenario::Healthz => format!("(d) /healthz, {connections} kept-alive"),
     };

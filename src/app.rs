@@ -10,13 +10,13 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use sqlx::PgPool;
 
-use crate::audit::{AuditLog, AuditSigner, CheckpointPolicy};
+use crate::audit::{AuditLog, AuditSigner, CheckpointPolicy, WriterHandle};
 use crate::clients::{Registry, RegistryError, UsageTracker};
 use crate::config::{Settings, TokenSettings};
 use crate::grants::Issuer;
 use crate::http::request_context;
-use crate::metrics::Metrics;
 use crate::keys::{KeyError, KeyRing};
+use crate::metrics::Metrics;
 use crate::storage::StorageError;
 use crate::tls::{ClientTrust, TlsError};
 
@@ -67,7 +67,7 @@ pub struct Application {
     pool: PgPool,
     client_trust: Arc<ClientTrust>,
     background: Vec<tokio::task::JoinHandle<()>>,
-    audit_writer: Option<tokio::task::JoinHandle<()>>,
+    audit_writer: Option<WriterHandle>,
 }
 
 impl Application {
@@ -201,12 +201,8 @@ impl Application {
         for task in self.background {
             task.abort();
         }
-        // The writer ends once the last handler holding the audit log is gone: it commits
-        // what is queued and signs a final checkpoint.
         if let Some(writer) = self.audit_writer {
-            if tokio::time::timeout(Duration::from_secs(10), writer).await.is_err() {
-                tracing::error!("audit writer did not finish within 10 s");
-            }
+            writer.finish().await;
         }
         self.pool.close().await;
         tracing::info!("server stopped");

@@ -158,14 +158,10 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::Rotate { .. } => {
             crate::keys::ensure_keys(&pool, &settings.keys).await?;
-            let rotation = crate::keys::rotate(
-                &pool,
-                &settings.keys,
-                settings.tokens.max_lifetime,
-                false,
-            )
-            .await?
-            .context("no key was rotated")?;
+            let rotation =
+                crate::keys::rotate(&pool, &settings.keys, settings.tokens.max_lifetime, false)
+                    .await?
+                    .context("no key was rotated")?;
             let signer = crate::audit::AuditSigner::load(&pool, &settings.keys).await?;
             let (audit, writer) = crate::audit::AuditLog::start(
                 pool.clone(),
@@ -179,8 +175,7 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 None,
             );
             rotation.audit(&audit, "operator").await?;
-            drop(audit);
-            writer.await?;
+            writer.finish().await;
             println!(
                 "rotated: {} retired, {} active, {} published as next",
                 rotation.retired, rotation.activated, rotation.next
@@ -188,15 +183,19 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Rewrap { .. } => {
             let count = crate::keys::rewrap(&pool, &settings.keys).await?;
-            println!("re-wrapped {count} key(s) under key-encryption key `{}`", settings.keys.kek.id);
+            println!(
+                "re-wrapped {count} key(s) under key-encryption key `{}`",
+                settings.keys.kek.id
+            );
         }
     }
     Ok(())
 }
 
 fn parse_time(name: &str, value: &str) -> anyhow::Result<time::OffsetDateTime> {
-    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
-        .with_context(|| format!("--{name}: expected an RFC 3339 time such as 2026-11-23T00:00:00Z"))
+    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).with_context(
+        || format!("--{name}: expected an RFC 3339 time such as 2026-11-23T00:00:00Z"),
+    )
 }
 
 async fn audit(command: AuditCommand) -> anyhow::Result<()> {
@@ -208,7 +207,8 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             )
             .with_context(|| format!("{} is not a JWK set", key.display()))?;
             let input = std::io::BufReader::new(
-                std::fs::File::open(&file).with_context(|| format!("reading {}", file.display()))?,
+                std::fs::File::open(&file)
+                    .with_context(|| format!("reading {}", file.display()))?,
             );
             let summary = crate::audit::verify_export(input, &keys)
                 .map_err(|problem| anyhow::anyhow!("export does not verify: {problem}"))?;

@@ -363,13 +363,19 @@ pub struct UsageTracker {
 
 impl UsageTracker {
     pub fn record(&self, client: &ClientId, certificate_not_after: Option<i64>) {
-        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         seen.insert(client.clone(), certificate_not_after);
     }
 
     pub async fn flush(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
         let seen = std::mem::take(
-            &mut *self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            &mut *self
+                .seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         if seen.is_empty() {
             return Ok(());

@@ -1,8 +1,7 @@
 //! Prometheus metrics: HTTP traffic, token governance and the audit writer.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 use sqlx::PgPool;
 
@@ -63,11 +62,14 @@ impl Metrics {
                 "tessera_audit_write_seconds",
                 "Time to commit one audit batch",
             )
-            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5]),
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+            ]),
         )?;
         let audit_batch_size = Histogram::with_opts(
-            HistogramOpts::new("tessera_audit_batch_size", "Events per audit commit")
-                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+            HistogramOpts::new("tessera_audit_batch_size", "Events per audit commit").buckets(
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+            ),
         )?;
         let unused_clients = IntGaugeVec::new(
             Opts::new(

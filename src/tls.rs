@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use actix_tls::accept::rustls_0_23::TlsStream;
@@ -106,6 +107,9 @@ pub struct ClientTrust {
     /// Thumbprints of registered self-signed client certificates (RFC 8705 §2.2), accepted
     /// without a CA; the application still matches them to their client.
     pinned: RwLock<Arc<HashSet<[u8; 32]>>>,
+    /// Bumped whenever what is trusted changes; a connection re-verifies its certificate only
+    /// when the generation it was verified under is no longer current.
+    generation: AtomicU64,
 }
 
 impl ClientTrust {
@@ -113,6 +117,7 @@ impl ClientTrust {
         Ok(Arc::new(Self {
             current: RwLock::new(Self::verifier(roots)?),
             pinned: RwLock::default(),
+            generation: AtomicU64::new(0),
         }))
     }
 
@@ -122,6 +127,7 @@ impl ClientTrust {
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = verifier;
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -154,11 +160,15 @@ impl ClientTrust {
                     .is_ok_and(|(_, parsed)| parsed.validity().is_valid())
             })
             .map(|certificate| Thumbprint::of(certificate.as_ref()).0)
-            .collect();
-        *self
+            .collect::<HashSet<_>>();
+        let mut current = self
             .pinned
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(pinned);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if **current != pinned {
+            *current = Arc::new(pinned);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     fn is_pinned(
@@ -174,15 +184,28 @@ impl ClientTrust {
                 .contains(&Thumbprint::of(end_entity.as_ref()).0)
     }
 
-    /// Whether the certificate still chains to the roots trusted now. Connections outlive
-    /// trust changes (keep-alive), so each request re-checks what its handshake proved.
+    /// Whether the certificate is still within its validity and still chains to what is
+    /// trusted now. Connections outlive trust changes (keep-alive), so each request re-checks
+    /// what its handshake proved: the full path validation reruns only after trust changed.
     pub fn still_trusts(&self, certificate: &ClientCertificate) -> bool {
-        self.verify_client_cert(
-            &certificate.der,
-            &certificate.intermediates,
-            UnixTime::now(),
-        )
-        .is_ok()
+        let now = UnixTime::now();
+        let unexpired = i64::try_from(now.as_secs()).is_ok_and(|now| now < certificate.not_after);
+        let generation = self.generation.load(Ordering::Acquire);
+        if !unexpired {
+            return false;
+        }
+        if certificate.verified_generation.load(Ordering::Acquire) == generation {
+            return true;
+        }
+        let trusted = self
+            .verify_client_cert(&certificate.der, &certificate.intermediates, now)
+            .is_ok();
+        if trusted {
+            certificate
+                .verified_generation
+                .store(generation, Ordering::Release);
+        }
+        trusted
     }
 
     fn current(&self) -> Arc<dyn ClientCertVerifier> {
@@ -295,8 +318,11 @@ pub struct ClientCertificate {
     pub intermediates: Vec<CertificateDer<'static>>,
     pub thumbprint: Thumbprint,
     pub subject: DistinguishedName,
-    /// End of validity, seconds since the epoch (governance metrics watch for expiry).
+    /// End of validity, seconds since the epoch.
     pub not_after: i64,
+    /// The trust generation this connection's certificate was last verified under
+    /// (`u64::MAX`: not yet); shared by the connection's requests.
+    verified_generation: Arc<AtomicU64>,
     pub subject_alt_names: Vec<SubjectAltName>,
 }
 
@@ -323,6 +349,7 @@ impl ClientCertificate {
         let not_after = certificate.validity().not_after.timestamp();
         Ok(Self {
             not_after,
+            verified_generation: Arc::new(AtomicU64::new(u64::MAX)),
             thumbprint: Thumbprint::of(der.as_ref()),
             der,
             intermediates,

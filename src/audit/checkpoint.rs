@@ -131,7 +131,9 @@ pub fn verify_checkpoint(
         return Err("checkpoint has the wrong type or algorithm");
     }
     let kid = header.kid.ok_or("checkpoint names no key")?;
-    let jwk = keys.find(&kid).ok_or("checkpoint signed by an unknown key")?;
+    let jwk = keys
+        .find(&kid)
+        .ok_or("checkpoint signed by an unknown key")?;
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|_| "unusable audit key")?;
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
     validation.required_spec_claims.clear();

@@ -196,7 +196,11 @@ pub fn verify_export(
 ) -> Result<ExportSummary, String> {
     let mut open: BTreeMap<String, Open> = BTreeMap::new();
     let mut summary = ExportSummary::default();
-    let decode = |text: &str| URL_SAFE_NO_PAD.decode(text).map_err(|_| "hash is not base64url");
+    let decode = |text: &str| {
+        URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| "hash is not base64url")
+    };
     for (index, line) in input.lines().enumerate() {
         let number = index + 1;
         let fail = |problem: &str| format!("line {number}: {problem}");
@@ -213,7 +217,10 @@ pub fn verify_export(
                 hash,
                 record,
             } => {
-                let (prev_hash, hash) = (decode(&prev_hash).map_err(fail)?, decode(&hash).map_err(fail)?);
+                let (prev_hash, hash) = (
+                    decode(&prev_hash).map_err(fail)?,
+                    decode(&hash).map_err(fail)?,
+                );
                 if chained_hash(&prev_hash, &record).as_slice() != hash.as_slice() {
                     return Err(fail("the record does not match its hash"));
                 }
@@ -232,7 +239,10 @@ pub fn verify_export(
                 prev_hash,
                 hash,
             } => {
-                let (prev_hash, hash) = (decode(&prev_hash).map_err(fail)?, decode(&hash).map_err(fail)?);
+                let (prev_hash, hash) = (
+                    decode(&prev_hash).map_err(fail)?,
+                    decode(&hash).map_err(fail)?,
+                );
                 link(&open, &chain_id, seq, &prev_hash).map_err(fail)?;
                 open.insert(chain_id, Open { seq, hash });
                 summary.links += 1;

@@ -121,12 +121,13 @@ pub async fn prune(pool: &PgPool, retention: Duration) -> Result<i64, sqlx::Erro
     .await?;
     let mut removed = 0;
     for (chain_id, seq) in boundaries {
-        let count: i64 = sqlx::query_scalar("SELECT audit_prune($1, $2, make_interval(secs => $3))")
-            .bind(chain_id)
-            .bind(seq)
-            .bind(retention.as_secs_f64())
-            .fetch_one(pool)
-            .await?;
+        let count: i64 =
+            sqlx::query_scalar("SELECT audit_prune($1, $2, make_interval(secs => $3))")
+                .bind(chain_id)
+                .bind(seq)
+                .bind(retention.as_secs_f64())
+                .fetch_one(pool)
+                .await?;
         removed += count;
     }
     Ok(removed)
@@ -147,8 +148,7 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Starts this node's writer with a new chain. The returned handle finishes once every
-    /// `AuditLog` clone is dropped and the last batch and checkpoint are written.
+    /// Starts this node's writer with a new chain.
     pub fn start(
         pool: PgPool,
         node: String,
@@ -156,8 +156,9 @@ impl AuditLog {
         signer: AuditSigner,
         policy: CheckpointPolicy,
         metrics: Option<Metrics>,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    ) -> (Self, WriterHandle) {
         let (sender, receiver) = mpsc::channel(batch_max * 4);
+        let (stop, stopped) = oneshot::channel();
         let writer = Writer {
             pool,
             node,
@@ -171,12 +172,12 @@ impl AuditLog {
             checkpointed_at: Instant::now(),
             metrics,
         };
-        let handle = tokio::spawn(writer.run(receiver));
+        let task = tokio::spawn(writer.run(receiver, stopped));
         (
             Self {
                 sender: Some(sender),
             },
-            handle,
+            WriterHandle { stop, task },
         )
     }
 
@@ -210,6 +211,22 @@ impl AuditLog {
     }
 }
 
+/// Stops the writer: events already queued are committed, later ones are refused, and the
+/// chain head gets a final signed checkpoint.
+pub struct WriterHandle {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WriterHandle {
+    pub async fn finish(self) {
+        let _ = self.stop.send(());
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "audit writer failed");
+        }
+    }
+}
+
 struct Writer {
     pool: PgPool,
     node: String,
@@ -236,12 +253,23 @@ struct Row {
 }
 
 impl Writer {
-    async fn run(mut self, mut receiver: mpsc::Receiver<Pending>) {
+    async fn run(
+        mut self,
+        mut receiver: mpsc::Receiver<Pending>,
+        mut stopped: oneshot::Receiver<()>,
+    ) {
         let mut batch = Vec::with_capacity(self.batch_max);
         let mut ticker = tokio::time::interval(self.policy.every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = &mut stopped => {
+                    receiver.close();
+                    while receiver.recv_many(&mut batch, self.batch_max).await > 0 {
+                        self.commit_batch(&mut batch).await;
+                    }
+                    break;
+                }
                 received = receiver.recv_many(&mut batch, self.batch_max) => {
                     if received == 0 {
                         break;
@@ -378,12 +406,24 @@ async fn insert(
     )
     .bind(chain_id)
     .bind(first_seq)
-    .bind(rows.iter().map(|row| row.record.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|row| row.prev_hash.to_vec()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|row| row.record.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|row| row.prev_hash.to_vec())
+            .collect::<Vec<_>>(),
+    )
     .bind(rows.iter().map(|row| row.hash.to_vec()).collect::<Vec<_>>())
     .bind(rows.iter().map(|row| row.recorded_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|row| label(&row.kind)).collect::<Vec<_>>())
-    .bind(rows.iter().map(|row| label(&row.outcome)).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|row| label(&row.outcome))
+            .collect::<Vec<_>>(),
+    )
     .bind(column(|row| row.details.client_id.clone()))
     .bind(column(|row| row.details.partner.clone()))
     .bind(column(|row| row.details.audience.clone()))
@@ -425,8 +465,14 @@ mod tests {
         let original = chained_hash(&GENESIS, &record().canonical().unwrap());
         let mut altered = record();
         altered.details.scopes.push("b".into());
-        assert_ne!(chained_hash(&GENESIS, &altered.canonical().unwrap()), original);
-        assert_ne!(chained_hash(&[1; 32], &record().canonical().unwrap()), original);
+        assert_ne!(
+            chained_hash(&GENESIS, &altered.canonical().unwrap()),
+            original
+        );
+        assert_ne!(
+            chained_hash(&[1; 32], &record().canonical().unwrap()),
+            original
+        );
     }
 
     #[test]

@@ -18,7 +18,11 @@ pub struct Broken {
 
 impl std::fmt::Display for Broken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "chain {} at seq {}: {}", self.chain_id, self.seq, self.problem)
+        write!(
+            f,
+            "chain {} at seq {}: {}",
+            self.chain_id, self.seq, self.problem
+        )
     }
 }
 
@@ -59,10 +63,8 @@ struct ChainState {
 
 /// `Ok(Err(broken))` names the first problem found; `Err` is a database failure.
 pub async fn verify_all(pool: &PgPool) -> Result<Result<VerifySummary, Broken>, sqlx::Error> {
-    let keys: jsonwebtoken::jwk::JwkSet =
-        serde_json::from_value(super::audit_jwks(pool).await?).unwrap_or(
-            jsonwebtoken::jwk::JwkSet { keys: Vec::new() },
-        );
+    let keys: jsonwebtoken::jwk::JwkSet = serde_json::from_value(super::audit_jwks(pool).await?)
+        .unwrap_or(jsonwebtoken::jwk::JwkSet { keys: Vec::new() });
     let mut checkpoints: BTreeMap<(uuid::Uuid, i64), Checkpoint> = BTreeMap::new();
     let rows: Vec<(uuid::Uuid, i64, Vec<u8>, String)> =
         sqlx::query_as("SELECT chain_id, seq, head_hash, jws FROM audit_checkpoints")
@@ -106,7 +108,9 @@ pub async fn verify_all(pool: &PgPool) -> Result<Result<VerifySummary, Broken>, 
             seq: row.seq,
             problem,
         };
-        let continuing = state.as_ref().filter(|chain| chain.chain_id == row.chain_id);
+        let continuing = state
+            .as_ref()
+            .filter(|chain| chain.chain_id == row.chain_id);
         match continuing {
             Some(chain) => {
                 if row.seq != chain.last_seq + 1 {
@@ -140,8 +144,7 @@ pub async fn verify_all(pool: &PgPool) -> Result<Result<VerifySummary, Broken>, 
                 };
                 if !anchored {
                     return Ok(Err(broken(
-                        "the chain's first record is not anchored (genesis or a checkpoint)"
-                            .into(),
+                        "the chain's first record is not anchored (genesis or a checkpoint)".into(),
                     )));
                 }
             }
@@ -149,10 +152,13 @@ pub async fn verify_all(pool: &PgPool) -> Result<Result<VerifySummary, Broken>, 
         if let Some(problem) = check_row(&row) {
             return Ok(Err(broken(problem)));
         }
-        if let Some(checkpoint) = checkpoints.get(&(row.chain_id, row.seq)) {
-            if checkpoint.head != row.hash {
-                return Ok(Err(broken("hash differs from the signed checkpoint".into())));
-            }
+        if checkpoints
+            .get(&(row.chain_id, row.seq))
+            .is_some_and(|checkpoint| checkpoint.head != row.hash)
+        {
+            return Ok(Err(broken(
+                "hash differs from the signed checkpoint".into(),
+            )));
         }
         summary.records += 1;
         state = Some(ChainState {

@@ -117,7 +117,10 @@ async fn authenticate(
         Ok(authenticated) => {
             services.usage.record(
                 &authenticated.client.id,
-                authenticated.certificate.as_ref().map(|certificate| certificate.not_after),
+                authenticated
+                    .certificate
+                    .as_ref()
+                    .map(|certificate| certificate.not_after),
             );
             Ok(authenticated)
         }

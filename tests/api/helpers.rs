@@ -357,3 +357,86 @@ pub fn client_with(
 ) -> reqwest::Client {
     http_client(client_tls(identity, versions))
 }
+
+/// A `tessera serve` process on `database_url` (already migrated and seeded), on a free port.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+    /// The server's log lines, as they arrive.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ServerProcess {
+    pub fn start(database_url: &str) -> Self {
+        use std::io::{BufRead, BufReader};
+        let pki = pki();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("TESSERA_SERVER__BIND", "127.0.0.1:0")
+            .env("TESSERA_SERVER__CERT", pki.server_cert())
+            .env("TESSERA_SERVER__KEY", pki.server_key())
+            .env("TESSERA_SERVER__CLIENT_CA", pki.ca_cert())
+            .env("TESSERA_TOKENS__ISSUER", ISSUER)
+            .env("TESSERA_KEYS__KEK_ID", "test")
+            .env("TESSERA_KEYS__KEK", PROCESS_KEK)
+            .env("TESSERA_LOG__FORMAT", "json")
+            .env("DATABASE_URL", database_url)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut port = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if line.contains("serving HTTPS") {
+                let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let addr: SocketAddr = event["addr"].as_str().unwrap().parse().unwrap();
+                port = Some(addr.port());
+                break;
+            }
+        }
+        // Keep draining the log so the server never blocks on a full pipe.
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            child,
+            port: port.expect("server did not start"),
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+}
+
+/// The key-encryption key of server processes started by tests (one per database is enough;
+/// tests that share a database between processes must share it).
+pub const PROCESS_KEK: &str = "dGVzc2VyYS10ZXN0LWtlay0wMTIzNDU2Nzg5YWJjZGU=";
+
+/// A migrated, seeded database for server processes.
+pub async fn seeded_database() -> TestDatabase {
+    let db = TestDatabase::create().await;
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    crate::fixtures::registry().apply(&pool).await.unwrap();
+    pool.close().await;
+    db
+}

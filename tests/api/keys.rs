@@ -153,13 +153,19 @@ async fn rewrapping_moves_every_key_to_the_new_key_encryption_key() {
     let mut only_new = old.clone();
     only_new.kek = new_kek.clone();
     only_new.previous_keks = Vec::new();
-    assert!(tessera::keys::KeyRing::load(&app.pool, only_new.clone()).await.is_err());
+    assert!(
+        tessera::keys::KeyRing::load(&app.pool, only_new.clone())
+            .await
+            .is_err()
+    );
 
     let mut rotating = only_new.clone();
     rotating.previous_keks = vec![old.kek.clone()];
     let count = tessera::keys::rewrap(&app.pool, &rotating).await.unwrap();
     assert_eq!(count, 2);
-    let ring = tessera::keys::KeyRing::load(&app.pool, only_new).await.unwrap();
+    let ring = tessera::keys::KeyRing::load(&app.pool, only_new)
+        .await
+        .unwrap();
     assert!(!ring.current().active.kid.is_empty());
     let kek_ids: Vec<String> = sqlx::query_scalar("SELECT DISTINCT kek_id FROM signing_keys")
         .fetch_all(&app.pool)
