@@ -17,6 +17,7 @@ use crate::grants::Issuer;
 use crate::http::request_context;
 use crate::keys::{KeyError, KeyRing};
 use crate::metrics::Metrics;
+use crate::policy::{PolicyEngine, PolicyError};
 use crate::storage::StorageError;
 use crate::tls::{ClientTrust, TlsError};
 
@@ -37,6 +38,8 @@ pub enum StartupError {
     Keys(#[from] KeyError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error("policies: {0}")]
+    Policy(#[from] PolicyError),
 }
 
 /// The running server's shared parts, handed to every handler.
@@ -49,6 +52,8 @@ pub struct Services {
     pub rotation_interval: Duration,
     pub metrics: Metrics,
     pub usage: Arc<UsageTracker>,
+    pub policy: Arc<PolicyEngine>,
+    pub max_delegation_depth: u32,
 }
 
 impl Services {
@@ -57,6 +62,7 @@ impl Services {
             keys: &self.keys,
             audit: &self.audit,
             settings: &self.tokens,
+            pool: &self.pool,
         }
     }
 }
@@ -105,8 +111,10 @@ impl Application {
             (AuditLog::disabled(), None)
         };
         let usage = Arc::new(UsageTracker::default());
+        let policy = Arc::new(PolicyEngine::load(&settings.policy_dir)?);
         let background = vec![
             spawn_usage_flush(usage.clone(), pool.clone()),
+            spawn_policy_reload(policy.clone(), audit.clone()),
             keys.spawn_maintenance(pool.clone(), settings.tokens.max_lifetime, audit.clone()),
             spawn_pinned_refresh(
                 client_trust.clone(),
@@ -123,6 +131,8 @@ impl Application {
             rotation_interval: settings.keys.rotation_interval,
             metrics: metrics.clone(),
             usage,
+            policy,
+            max_delegation_depth: settings.max_delegation_depth,
         });
         let metrics = web::Data::new(metrics);
         let pool_data = web::Data::new(pool.clone());
@@ -261,6 +271,50 @@ fn spawn_usage_flush(usage: Arc<UsageTracker>, pool: PgPool) -> tokio::task::Joi
             ticker.tick().await;
             if let Err(error) = usage.flush(&pool).await {
                 tracing::warn!(%error, "client usage not recorded");
+            }
+        }
+    })
+}
+
+/// SIGHUP reloads the policies; an invalid set is refused and the running one stays.
+fn spawn_policy_reload(policy: Arc<PolicyEngine>, audit: AuditLog) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            tracing::error!("cannot listen for SIGHUP; policies reload only on restart");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            let before = policy.hash();
+            let (outcome, details) = match policy.reload() {
+                Ok(hash) => {
+                    tracing::info!(%hash, "policies reloaded");
+                    (
+                        crate::audit::Outcome::Allow,
+                        crate::audit::EventDetails {
+                            policy_set_hash: Some(hash.clone()),
+                            changes: Some(serde_json::json!({ "before": before, "after": hash })),
+                            ..crate::audit::EventDetails::default()
+                        },
+                    )
+                }
+                Err(error) => {
+                    tracing::error!(%error, "policy reload refused; the running set stays");
+                    (
+                        crate::audit::Outcome::Deny,
+                        crate::audit::EventDetails {
+                            policy_set_hash: Some(before),
+                            reason: Some(error.to_string()),
+                            ..crate::audit::EventDetails::default()
+                        },
+                    )
+                }
+            };
+            if let Err(error) = audit
+                .record(crate::audit::EventKind::PolicyReloaded, outcome, details)
+                .await
+            {
+                tracing::error!(%error, "policy reload not audited");
             }
         }
     })

@@ -48,6 +48,9 @@ pub struct Audience {
     pub max_lifetime: Duration,
     pub require_certificate_bound: bool,
     pub region: String,
+    /// "standard" or "settlement" (policy keeps settlement reachable by exchange only).
+    pub kind: String,
+    pub cross_region_allowed: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -58,6 +61,8 @@ struct AudienceRow {
     max_lifetime_s: i32,
     require_certificate_bound: bool,
     region: String,
+    kind: String,
+    cross_region_allowed: bool,
 }
 
 impl From<AudienceRow> for Option<Audience> {
@@ -69,6 +74,8 @@ impl From<AudienceRow> for Option<Audience> {
             max_lifetime: Duration::from_secs(u64::try_from(row.max_lifetime_s).ok()?),
             require_certificate_bound: row.require_certificate_bound,
             region: row.region,
+            kind: row.kind,
+            cross_region_allowed: row.cross_region_allowed,
         })
     }
 }
@@ -78,7 +85,8 @@ pub async fn find(
     id: &AudienceId,
 ) -> Result<Option<Audience>, sqlx::Error> {
     let row: Option<AudienceRow> = sqlx::query_as(
-        "SELECT id, name, scopes, max_lifetime_s, require_certificate_bound, region
+        "SELECT id, name, scopes, max_lifetime_s, require_certificate_bound, region, kind,
+                cross_region_allowed
            FROM audiences WHERE id = $1",
     )
     .bind(id.as_str())

@@ -46,6 +46,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Cedar policies: validate against the schema, run the policy tests.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Certificate utilities.
     Certs {
         #[command(subcommand)]
@@ -118,6 +123,20 @@ pub enum AuditCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Parse the policies and validate them strictly against the schema.
+    Check {
+        #[arg(long, default_value = "policies")]
+        dir: PathBuf,
+    },
+    /// Run the cases in `<dir>/tests/*.json` (request → expected decision).
+    Test {
+        #[arg(long, default_value = "policies")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum CertsCommand {
     /// Generate a fresh development PKI (replacing any in the directory).
     Dev {
@@ -139,6 +158,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys { command } => keys(command).await,
         Command::Audit { command } => audit(command).await,
+        Command::Policy { command } => policy(command),
         Command::Certs {
             command: CertsCommand::Dev { out },
         } => {
@@ -190,6 +210,26 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn policy(command: PolicyCommand) -> anyhow::Result<()> {
+    match command {
+        PolicyCommand::Check { dir } => {
+            let engine = crate::policy::PolicyEngine::load(&dir)?;
+            println!("policies valid; policy-set hash {}", engine.hash());
+            Ok(())
+        }
+        PolicyCommand::Test { dir } => {
+            let engine = crate::policy::PolicyEngine::load(&dir)?;
+            let (total, failed) = engine.run_tests()?;
+            for failure in &failed {
+                eprintln!("FAILED {failure}");
+            }
+            println!("{} passed, {} failed", total - failed.len(), failed.len());
+            anyhow::ensure!(failed.is_empty(), "{} policy test(s) failed", failed.len());
+            Ok(())
+        }
+    }
 }
 
 fn parse_time(name: &str, value: &str) -> anyhow::Result<time::OffsetDateTime> {

@@ -53,6 +53,18 @@ struct RawSettings {
     keys: RawKeys,
     registry: RawRegistry,
     audit: RawAudit,
+    policy: RawPolicy,
+    exchange: RawExchange,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RawPolicy {
+    dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RawExchange {
+    max_delegation_depth: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,6 +164,12 @@ impl Default for RawSettings {
             registry: RawRegistry {
                 cache_ttl_ms: 2_000,
             },
+            policy: RawPolicy {
+                dir: PathBuf::from("policies"),
+            },
+            exchange: RawExchange {
+                max_delegation_depth: 3,
+            },
             audit: RawAudit {
                 enabled: true,
                 batch_max: 512,
@@ -172,6 +190,10 @@ pub struct Settings {
     pub keys: KeySettings,
     pub registry: RegistrySettings,
     pub audit: AuditSettings,
+    /// The directory holding `schema.cedarschema`, `*.cedar` and `tests/`.
+    pub policy_dir: PathBuf,
+    /// Most actors in a token's `act` chain.
+    pub max_delegation_depth: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -458,6 +480,8 @@ impl Settings {
             },
             tokens,
             keys,
+            policy_dir: raw.policy.dir,
+            max_delegation_depth: raw.exchange.max_delegation_depth,
             registry: RegistrySettings {
                 cache_ttl: Duration::from_millis(raw.registry.cache_ttl_ms),
             },

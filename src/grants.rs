@@ -9,8 +9,10 @@ use crate::client_auth::AuthenticatedClient;
 use crate::clients::Registry;
 use crate::config::TokenSettings;
 use crate::keys::{KeyError, KeyRing};
+use crate::policy::PolicyDecision;
 use crate::scopes::ScopeSet;
 use crate::tokens::{AccessTokenClaims, Confirmation};
+use sqlx::PgPool;
 
 pub const CLIENT_CREDENTIALS: &str = "client_credentials";
 
@@ -124,6 +126,10 @@ pub enum IssueError {
     Keys(#[from] KeyError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error("token lineage: {0}")]
+    Lineage(#[from] sqlx::Error),
+    #[error("the subject token expires now")]
+    SubjectExpired,
 }
 
 /// Everything issuance needs from the running server.
@@ -131,29 +137,53 @@ pub struct Issuer<'a> {
     pub keys: &'a KeyRing,
     pub audit: &'a AuditLog,
     pub settings: &'a TokenSettings,
+    pub pool: &'a PgPool,
+}
+
+/// What a decided grant puts into the token beyond the client, audience and scopes.
+#[derive(Debug, Default)]
+pub struct Provenance {
+    /// `sub`; the client itself unless a subject token names someone else.
+    pub subject: Option<String>,
+    /// The subject token's expiry: no exchanged token outlives it.
+    pub not_after: Option<i64>,
+    pub act: Option<serde_json::Value>,
+    pub consent_id: Option<String>,
+    pub txn: Option<String>,
+    /// The subject token's `jti`, recorded as the new token's parent.
+    pub parent_jti: Option<String>,
+    pub policy: Option<PolicyDecision>,
 }
 
 impl Issuer<'_> {
-    /// Mints the token and returns it only after its audit record has committed.
+    /// Mints the token and returns it only after its lineage (for exchanges) and its audit
+    /// record have committed.
     pub async fn issue(
         &self,
         authenticated: &AuthenticatedClient,
         decision: &Decision,
+        provenance: Provenance,
         kind: EventKind,
         request_id: &str,
         now: i64,
     ) -> Result<Issued, IssueError> {
         let client = &authenticated.client;
-        let lifetime = crate::tokens::lifetime(&[
+        let mut expires_in = crate::tokens::lifetime(&[
             self.settings.default_lifetime,
             self.settings.max_lifetime,
             client.max_lifetime,
             decision.audience.max_lifetime,
-        ]);
-        let expires_in = lifetime.as_secs();
+        ])
+        .as_secs();
+        if let Some(not_after) = provenance.not_after {
+            expires_in = expires_in.min(u64::try_from(not_after - now).unwrap_or(0));
+        }
+        if expires_in == 0 {
+            return Err(IssueError::SubjectExpired);
+        }
         let claims = AccessTokenClaims {
             iss: self.settings.issuer.clone(),
-            sub: client.id.to_string(),
+            sub: provenance.subject.unwrap_or_else(|| client.id.to_string()),
             aud: decision.audience.id.to_string(),
             exp: now + i64::try_from(expires_in).unwrap_or(i64::MAX / 2),
             iat: now,
@@ -167,11 +197,18 @@ impl Issuer<'_> {
                 .map(|certificate| Confirmation {
                     x5t_s256: certificate.thumbprint.to_base64url(),
                 }),
-            act: None,
-            consent_id: None,
-            txn: None,
+            act: provenance.act,
+            consent_id: provenance.consent_id,
+            txn: provenance.txn,
         };
         let access_token = crate::tokens::mint(&self.keys.current(), &claims)?;
+        if let Some(parent) = &provenance.parent_jti {
+            crate::tokens::record_lineage(self.pool, &claims, parent).await?;
+        }
+        let (policies, policy_set_hash) = provenance
+            .policy
+            .map(|policy| (policy.determining, Some(policy.policy_set_hash)))
+            .unwrap_or_default();
         self.audit
             .record(
                 kind,
@@ -184,6 +221,12 @@ impl Issuer<'_> {
                     audience: Some(claims.aud.clone()),
                     scopes: decision.scopes.to_vec(),
                     jti: Some(claims.jti.clone()),
+                    consent_id: claims.consent_id.clone(),
+                    txn: claims.txn.clone(),
+                    actor_chain: claims.act.clone(),
+                    parent_jti: provenance.parent_jti,
+                    policies,
+                    policy_set_hash,
                     ..EventDetails::default()
                 },
             )

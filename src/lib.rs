@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod ops;
 pub mod pki;
+pub mod policy;
 pub mod problem;
 pub mod scopes;
 pub mod seed;

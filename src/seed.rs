@@ -35,6 +35,10 @@ pub struct AudienceSeed {
     #[serde(default = "yes")]
     pub require_certificate_bound: bool,
     pub region: String,
+    #[serde(default = "standard")]
+    pub kind: String,
+    #[serde(default)]
+    pub cross_region_allowed: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -64,6 +68,10 @@ pub struct ClientSeed {
 
 fn active() -> String {
     "active".to_owned()
+}
+
+fn standard() -> String {
+    "standard".to_owned()
 }
 
 fn yes() -> bool {
@@ -111,13 +119,15 @@ impl Seed {
         for audience in &self.audiences {
             sqlx::query(
                 "INSERT INTO audiences
-                    (id, name, scopes, max_lifetime_s, require_certificate_bound, region)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                    (id, name, scopes, max_lifetime_s, require_certificate_bound, region, kind,
+                     cross_region_allowed)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (id) DO UPDATE
                    SET name = EXCLUDED.name, scopes = EXCLUDED.scopes,
                        max_lifetime_s = EXCLUDED.max_lifetime_s,
                        require_certificate_bound = EXCLUDED.require_certificate_bound,
-                       region = EXCLUDED.region",
+                       region = EXCLUDED.region, kind = EXCLUDED.kind,
+                       cross_region_allowed = EXCLUDED.cross_region_allowed",
             )
             .bind(&audience.id)
             .bind(&audience.name)
@@ -125,6 +135,8 @@ impl Seed {
             .bind(audience.max_lifetime_s)
             .bind(audience.require_certificate_bound)
             .bind(&audience.region)
+            .bind(&audience.kind)
+            .bind(audience.cross_region_allowed)
             .execute(&mut *tx)
             .await?;
         }

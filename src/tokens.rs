@@ -95,14 +95,22 @@ pub fn validate_own(
     Ok(claims)
 }
 
+/// Whether the token, or any token it was exchanged from, is revoked.
 pub async fn is_revoked(pool: &PgPool, jti: &str) -> Result<bool, sqlx::Error> {
     let Ok(jti) = uuid::Uuid::parse_str(jti) else {
         return Ok(false);
     };
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1)")
-        .bind(jti)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar(
+        "WITH RECURSIVE ancestry (jti) AS (
+             SELECT $1::uuid
+             UNION
+             SELECT l.parent_jti FROM token_lineage l JOIN ancestry a ON l.jti = a.jti
+         )
+         SELECT EXISTS (SELECT 1 FROM revoked_tokens r JOIN ancestry a ON r.jti = a.jti)",
+    )
+    .bind(jti)
+    .fetch_one(pool)
+    .await
 }
 
 /// Records the revocation; idempotent. The row is kept until the token would have expired.
@@ -123,6 +131,48 @@ pub async fn revoke(
     .bind(jti)
     .bind(&claims.client_id)
     .bind(revoked_by)
+    .bind(expires_at)
+    .execute(pool)
+    .await?;
+    // Every token exchanged from it, transitively, goes with it.
+    sqlx::query(
+        "WITH RECURSIVE descendants (jti, client_id, expires_at) AS (
+             SELECT jti, client_id, expires_at FROM token_lineage WHERE parent_jti = $1
+             UNION
+             SELECT l.jti, l.client_id, l.expires_at
+               FROM token_lineage l JOIN descendants d ON l.parent_jti = d.jti
+         )
+         INSERT INTO revoked_tokens (jti, client_id, revoked_by, expires_at)
+         SELECT jti, client_id, $2, expires_at FROM descendants
+         ON CONFLICT (jti) DO NOTHING",
+    )
+    .bind(jti)
+    .bind(revoked_by)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records that `claims` was exchanged from `parent` (kept until the token expires).
+pub async fn record_lineage(
+    pool: &PgPool,
+    claims: &AccessTokenClaims,
+    parent: &str,
+) -> Result<(), sqlx::Error> {
+    let (Ok(jti), Ok(parent)) = (
+        uuid::Uuid::parse_str(&claims.jti),
+        uuid::Uuid::parse_str(parent),
+    ) else {
+        return Err(sqlx::Error::Protocol("token ids must be UUIDs".into()));
+    };
+    let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp)
+        .map_err(|_| sqlx::Error::Protocol("expiry out of range".into()))?;
+    sqlx::query(
+        "INSERT INTO token_lineage (jti, parent_jti, client_id, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(jti)
+    .bind(parent)
+    .bind(&claims.client_id)
     .bind(expires_at)
     .execute(pool)
     .await?;

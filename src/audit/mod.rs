@@ -36,6 +36,8 @@ pub enum EventKind {
     TokenRevoked,
     ClientAuthenticationFailed,
     KeyRotated,
+    PolicyReloaded,
+    ConsentChanged,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +64,10 @@ pub struct EventDetails {
     pub policy_set_hash: Option<String>,
     pub actor_chain: Option<serde_json::Value>,
     pub changes: Option<serde_json::Value>,
+    /// The policies that determined a policy decision.
+    #[serde(default)]
+    pub policies: Vec<String>,
+    pub parent_jti: Option<String>,
 }
 
 /// One record. Its canonical form is `serde_json`'s compact serialization in field order; the

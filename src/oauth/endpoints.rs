@@ -7,9 +7,12 @@ use super::{OAuthError, Params};
 use crate::app::Services;
 use crate::audit::{EventDetails, EventKind, Outcome};
 use crate::client_auth::{self, AuthError, AuthenticatedClient, Credentials};
-use crate::grants::{self, CLIENT_CREDENTIALS, Decision, DecisionError, Denial, IssueError};
+use crate::grants::{
+    self, CLIENT_CREDENTIALS, Decision, DecisionError, Denial, IssueError, Provenance,
+};
 use crate::http::{PeerCertificate, RequestId};
 use crate::keys::unix_now;
+use crate::policy::{Action, PolicyContext};
 use crate::scopes::ScopeSet;
 use crate::tokens::{AccessTokenClaims, TokenRejection};
 
@@ -264,23 +267,49 @@ async fn client_credentials(
                 .await);
         }
     };
+    let client = &authenticated.client;
+    let policy = call.services.policy.decide(
+        Action::Issue,
+        client,
+        &decision.audience,
+        &PolicyContext {
+            scopes: &decision.scopes,
+            subject_partner: &client.partner.0,
+            subject_issuer: &call.services.tokens.issuer,
+            subject_region: &client.partner_region,
+            consent: false,
+            delegation_depth: 0,
+        },
+    );
+    if !policy.allowed {
+        let details = EventDetails {
+            scopes: decision.scopes.to_vec(),
+            policies: policy.determining,
+            policy_set_hash: Some(policy.policy_set_hash),
+            ..details
+        };
+        let error = OAuthError::InvalidTarget(
+            "policy does not allow this client a token for this audience".into(),
+        );
+        return Err(call.deny(EventKind::TokenDenied, error, details).await);
+    }
+    let provenance = Provenance {
+        policy: Some(policy),
+        ..Provenance::default()
+    };
     let issued = call
         .services
         .issuer()
         .issue(
             authenticated,
             &decision,
+            provenance,
             EventKind::TokenIssued,
             &call.request_id,
             unix_now(),
         )
         .await
-        .map_err(|error| {
-            tracing::error!(%error, "token not issued");
-            match error {
-                IssueError::Keys(_) | IssueError::Audit(_) => OAuthError::TemporarilyUnavailable,
-            }
-        })?;
+        .map_err(issue_failed)?;
     call.services
         .metrics
         .tokens_issued
@@ -292,6 +321,18 @@ async fn client_credentials(
         "expires_in": issued.expires_in,
         "scope": issued.scopes.to_string(),
     })))
+}
+
+fn issue_failed(error: IssueError) -> OAuthError {
+    tracing::error!(%error, "token not issued");
+    match error {
+        IssueError::SubjectExpired => {
+            OAuthError::InvalidRequest("the subject token has expired".into())
+        }
+        IssueError::Keys(_) | IssueError::Audit(_) | IssueError::Lineage(_) => {
+            OAuthError::TemporarilyUnavailable
+        }
+    }
 }
 
 /// Our own token, if it is one, still valid and not revoked.

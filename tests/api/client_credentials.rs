@@ -343,3 +343,29 @@ async fn malformed_requests_get_standard_errors() {
     assert_eq!(oversized.status(), 413);
     assert_eq!(app.audited("token_issued").await, 0);
 }
+
+#[tokio::test]
+async fn policy_keeps_settlement_audiences_out_of_reach_of_client_credentials() {
+    let app = spawn_app().await;
+    let refused = app
+        .client_credentials(
+            Some("partner-a"),
+            "partner-a-treasury",
+            &[
+                ("resource", "https://settlement.test"),
+                ("scope", "settlement:read"),
+            ],
+        )
+        .await;
+    app.assert_refused(refused, 400, "invalid_target").await;
+    let (policies, hash): (String, String) = sqlx::query_as(
+        "SELECT record::jsonb ->> 'policies', record::jsonb ->> 'policy_set_hash'
+           FROM audit_events WHERE kind = 'token_denied'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    // Default deny: no permit matched, so no policy determined the outcome.
+    assert_eq!(policies, "[]");
+    assert_eq!(hash.len(), 64);
+}
