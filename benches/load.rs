@@ -205,6 +205,8 @@ async fn prepare(database_url: &str) -> Result<Vec<u8>> {
             max_lifetime_s: 600,
             require_certificate_bound: false,
             region: "eu".into(),
+            kind: "standard".into(),
+            cross_region_allowed: false,
         }],
         clients: vec![
             ClientSeed {
