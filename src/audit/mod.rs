@@ -267,9 +267,15 @@ impl Writer {
         let mut batch = Vec::with_capacity(self.batch_max);
         let mut ticker = tokio::time::interval(self.policy.every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Without a handle to stop it, the writer runs until every `AuditLog` is dropped.
+        let mut stoppable = true;
         loop {
             tokio::select! {
-                _ = &mut stopped => {
+                stop = &mut stopped, if stoppable => {
+                    if stop.is_err() {
+                        stoppable = false;
+                        continue;
+                    }
                     receiver.close();
                     while receiver.recv_many(&mut batch, self.batch_max).await > 0 {
                         self.commit_batch(&mut batch).await;

@@ -7,6 +7,7 @@ use super::{OAuthError, Params};
 use crate::app::Services;
 use crate::audit::{EventDetails, EventKind, Outcome};
 use crate::client_auth::{self, AuthError, AuthenticatedClient, Credentials};
+use crate::exchange::{self, ExchangeError, ExchangeRequest, Exchanger, Refusal, TokenType};
 use crate::grants::{
     self, CLIENT_CREDENTIALS, Decision, DecisionError, Denial, IssueError, Provenance,
 };
@@ -207,6 +208,7 @@ async fn token_endpoint(
     };
     match grant_type {
         CLIENT_CREDENTIALS => client_credentials(&call, &authenticated, &params).await,
+        exchange::GRANT_TYPE => token_exchange(&call, &authenticated, &params).await,
         _ => Err(call
             .deny(
                 EventKind::TokenDenied,
@@ -323,6 +325,167 @@ async fn client_credentials(
     })))
 }
 
+/// The parts of an RFC 8693 request, parsed; anything malformed is `invalid_request` (or
+/// `invalid_target` / `invalid_scope` for those parameters).
+fn exchange_request(params: &Params) -> Result<(ExchangeRequest<'_>, TokenType), Denial> {
+    let token_type = |name: &str| -> Result<Option<TokenType>, Denial> {
+        params
+            .get(name)
+            .map(|value| {
+                TokenType::parse(value)
+                    .ok_or_else(|| Denial::InvalidRequest(format!("unsupported `{name}`")))
+            })
+            .transpose()
+    };
+    let subject_token = params
+        .get("subject_token")
+        .ok_or_else(|| Denial::InvalidRequest("parameter `subject_token` is required".into()))?;
+    token_type("subject_token_type")?.ok_or_else(|| {
+        Denial::InvalidRequest("parameter `subject_token_type` is required".into())
+    })?;
+    let actor_token = match (params.get("actor_token"), token_type("actor_token_type")?) {
+        (Some(token), Some(_)) => Some(token),
+        (None, None) => None,
+        _ => {
+            return Err(Denial::InvalidRequest(
+                "`actor_token` and `actor_token_type` must come together".into(),
+            ));
+        }
+    };
+    let requested = token_type("requested_token_type")?.unwrap_or(TokenType::AccessToken);
+    let target = grants::single_target(params.all("resource"), params.all("audience"))?;
+    let requested_scopes = params
+        .get("scope")
+        .map(|scope| {
+            ScopeSet::parse(scope)
+                .ok_or_else(|| Denial::InvalidScope("malformed scope parameter".into()))
+        })
+        .transpose()?;
+    Ok((
+        ExchangeRequest {
+            subject_token,
+            actor_token,
+            target,
+            requested_scopes,
+        },
+        requested,
+    ))
+}
+
+async fn token_exchange(
+    call: &Call<'_>,
+    authenticated: &AuthenticatedClient,
+    params: &Params,
+) -> Result<HttpResponse, OAuthError> {
+    let services = call.services;
+    let details = EventDetails {
+        audience: params
+            .all("resource")
+            .iter()
+            .chain(params.all("audience"))
+            .next()
+            .cloned(),
+        ..call.details()
+    };
+    if !authenticated.client.allows_grant(exchange::GRANT_TYPE) {
+        let error = OAuthError::UnauthorizedClient("this client may not exchange tokens".into());
+        return Err(call.deny(EventKind::TokenExchanged, error, details).await);
+    }
+    let (request, requested_type) = match exchange_request(params) {
+        Ok(parsed) => parsed,
+        Err(denial) => {
+            return Err(call
+                .deny(EventKind::TokenExchanged, denial.into(), details)
+                .await);
+        }
+    };
+    let keys = services.keys.current();
+    let exchanger = Exchanger {
+        keys: &keys,
+        issuer: &services.tokens.issuer,
+        pool: &services.pool,
+        registry: &services.registry,
+        policy: &services.policy,
+        max_delegation_depth: services.max_delegation_depth,
+    };
+    let now = unix_now();
+    let (decision, provenance) = match exchanger.decide(authenticated, &request, now).await {
+        Ok(decided) => decided,
+        Err(ExchangeError::Refused(refusal)) => {
+            let Refusal {
+                denial,
+                reason,
+                policy,
+            } = *refusal;
+            let (policies, policy_set_hash) = policy
+                .map(|policy| (policy.determining, Some(policy.policy_set_hash)))
+                .unwrap_or_default();
+            let details = EventDetails {
+                policies,
+                policy_set_hash,
+                ..details
+            };
+            services
+                .metrics
+                .tokens_denied
+                .with_label_values(&[
+                    exchange::GRANT_TYPE,
+                    OAuthError::from(denial.clone()).code(),
+                ])
+                .inc();
+            if let Err(error) = services
+                .audit
+                .record(
+                    EventKind::TokenExchanged,
+                    Outcome::Deny,
+                    EventDetails {
+                        reason: Some(reason),
+                        ..details
+                    },
+                )
+                .await
+            {
+                tracing::error!(%error, "refused exchange could not be audited");
+            }
+            return Err(denial.into());
+        }
+        Err(ExchangeError::Unavailable(error)) => {
+            tracing::error!(%error, "token exchange unavailable");
+            return Err(call
+                .deny(
+                    EventKind::TokenExchanged,
+                    OAuthError::TemporarilyUnavailable,
+                    details,
+                )
+                .await);
+        }
+    };
+    let issued = services
+        .issuer()
+        .issue(
+            authenticated,
+            &decision,
+            provenance,
+            EventKind::TokenExchanged,
+            &call.request_id,
+            now,
+        )
+        .await
+        .map_err(issue_failed)?;
+    services
+        .metrics
+        .tokens_issued
+        .with_label_values(&[exchange::GRANT_TYPE, &issued.claims.aud])
+        .inc();
+    Ok(no_store(HttpResponse::Ok()).json(json!({
+        "access_token": issued.access_token,
+        "issued_token_type": requested_type.urn(),
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+        "scope": issued.scopes.to_string(),
+    })))
+}
+
 fn issue_failed(error: IssueError) -> OAuthError {
     tracing::error!(%error, "token not issued");
     match error {
@@ -363,8 +526,21 @@ async fn active_token(
         })?;
     if revoked {
         services.metrics.revoked_presentations.inc();
+        return Ok(None);
     }
-    Ok((!revoked).then_some(claims))
+    if let Some(consent) = &claims.consent_id {
+        let active =
+            crate::consents::still_active(&services.pool, consent, time::OffsetDateTime::now_utc())
+                .await
+                .map_err(|error| {
+                    tracing::error!(%error, "consent store unavailable");
+                    OAuthError::TemporarilyUnavailable
+                })?;
+        if !active {
+            return Ok(None);
+        }
+    }
+    Ok(Some(claims))
 }
 
 /// RFC 7662. Callers authenticate; a resource server sees only tokens for its own audience,
@@ -497,7 +673,7 @@ async fn metadata_endpoint(services: web::Data<Services>) -> HttpResponse {
     let mut body = json!({
         "issuer": issuer,
         "jwks_uri": format!("{issuer}/jwks.json"),
-        "grant_types_supported": [CLIENT_CREDENTIALS],
+        "grant_types_supported": [CLIENT_CREDENTIALS, exchange::GRANT_TYPE],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": auth_methods,
         "token_endpoint_auth_signing_alg_values_supported": algorithms,

@@ -125,7 +125,10 @@ async fn metadata_lists_exactly_what_is_supported() {
     assert_eq!(metadata["issuer"], crate::helpers::ISSUER);
     assert_eq!(
         metadata["grant_types_supported"],
-        serde_json::json!(["client_credentials"])
+        serde_json::json!([
+            "client_credentials",
+            "urn:ietf:params:oauth:grant-type:token-exchange"
+        ])
     );
     assert_eq!(
         metadata["token_endpoint_auth_methods_supported"],

@@ -3,6 +3,7 @@
 mod audit;
 mod client_auth;
 mod client_credentials;
+mod exchange;
 mod fixtures;
 mod helpers;
 mod introspection;

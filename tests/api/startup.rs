@@ -131,8 +131,11 @@ async fn serve_starts_from_the_example_configuration_and_stops_on_sigterm() {
     }
     assert!(seen.contains("serving HTTPS"), "{seen}");
     let rest = std::thread::spawn(move || stderr.map_while(Result::ok).collect::<Vec<_>>());
-    stop_with_sigterm(&mut child);
+    let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        stop_with_sigterm(&mut child)
+    }));
     let rest = rest.join().unwrap().join("\n");
+    assert!(stopped.is_ok(), "{rest}");
     assert!(rest.contains("server stopped"), "{rest}");
 }
 

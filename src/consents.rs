@@ -1,0 +1,284 @@
+//! Consent records: a partner (grantor) authorising another partner, or one of its clients,
+//! to obtain tokens about the grantor's subjects for some audiences and scopes, for a time.
+//! Versioned: every change is a new row; the highest version is the record's state.
+
+use serde_json::json;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+
+use crate::audiences::AudienceId;
+use crate::audit::{AuditError, AuditLog, EventDetails, EventKind, Outcome};
+use crate::scopes::ScopeSet;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentStatus {
+    Active,
+    Revoked,
+}
+
+#[derive(Debug, Clone)]
+pub struct Consent {
+    pub id: uuid::Uuid,
+    pub version: i32,
+    pub grantor: String,
+    pub grantee_partner: String,
+    pub grantee_client: Option<String>,
+    pub scopes: ScopeSet,
+    pub audiences: Vec<String>,
+    pub effective_from: OffsetDateTime,
+    pub effective_until: OffsetDateTime,
+    pub legal_basis: String,
+    pub status: ConsentStatus,
+}
+
+/// Why no consent covers a request (for the audit trail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uncovered {
+    Absent,
+    Revoked,
+    NotYetEffective,
+    Expired,
+    AudienceNotCovered,
+}
+
+impl Uncovered {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Absent => "no consent from the subject's partner",
+            Self::Revoked => "the consent was revoked",
+            Self::NotYetEffective => "the consent is not yet effective",
+            Self::Expired => "the consent has expired",
+            Self::AudienceNotCovered => "the consent does not cover this audience",
+        }
+    }
+}
+
+impl Consent {
+    /// Active, in its window, and naming the audience.
+    pub fn covers(&self, audience: &AudienceId, now: OffsetDateTime) -> Result<(), Uncovered> {
+        if self.status == ConsentStatus::Revoked {
+            return Err(Uncovered::Revoked);
+        }
+        if now < self.effective_from {
+            return Err(Uncovered::NotYetEffective);
+        }
+        if now >= self.effective_until {
+            return Err(Uncovered::Expired);
+        }
+        if !self
+            .audiences
+            .iter()
+            .any(|covered| covered == audience.as_str())
+        {
+            return Err(Uncovered::AudienceNotCovered);
+        }
+        Ok(())
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ConsentRow {
+    id: uuid::Uuid,
+    version: i32,
+    grantor: String,
+    grantee_partner: String,
+    grantee_client: Option<String>,
+    scopes: Vec<String>,
+    audiences: Vec<String>,
+    effective_from: OffsetDateTime,
+    effective_until: OffsetDateTime,
+    legal_basis: String,
+    status: String,
+}
+
+impl From<ConsentRow> for Consent {
+    fn from(row: ConsentRow) -> Self {
+        Self {
+            id: row.id,
+            version: row.version,
+            grantor: row.grantor,
+            grantee_partner: row.grantee_partner,
+            grantee_client: row.grantee_client,
+            scopes: ScopeSet::from_stored(&row.scopes),
+            audiences: row.audiences,
+            effective_from: row.effective_from,
+            effective_until: row.effective_until,
+            legal_basis: row.legal_basis,
+            // Anything but an explicit "active" fails closed.
+            status: if row.status == "active" {
+                ConsentStatus::Active
+            } else {
+                ConsentStatus::Revoked
+            },
+        }
+    }
+}
+
+const CURRENT: &str =
+    "SELECT DISTINCT ON (id) id, version, grantor, grantee_partner, grantee_client,
+        scopes, audiences, effective_from, effective_until, legal_basis, status
+   FROM consents";
+
+/// The current state of every consent the grantor gave the grantee (or one of its clients).
+pub async fn between(
+    pool: &PgPool,
+    grantor: &str,
+    grantee_partner: &str,
+    grantee_client: &str,
+) -> Result<Vec<Consent>, sqlx::Error> {
+    let rows: Vec<ConsentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT * FROM ({CURRENT} WHERE grantor = $1 AND grantee_partner = $2
+                ORDER BY id, version DESC) current
+          WHERE grantee_client IS NULL OR grantee_client = $3"
+    )))
+    .bind(grantor)
+    .bind(grantee_partner)
+    .bind(grantee_client)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(Consent::from).collect())
+}
+
+pub async fn current(pool: &PgPool, id: uuid::Uuid) -> Result<Option<Consent>, sqlx::Error> {
+    let row: Option<ConsentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{CURRENT} WHERE id = $1 ORDER BY id, version DESC"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(Consent::from))
+}
+
+/// Whether tokens issued under the consent may still be used: its current version is active
+/// and in its window.
+pub async fn still_active(
+    pool: &PgPool,
+    id: &str,
+    now: OffsetDateTime,
+) -> Result<bool, sqlx::Error> {
+    let Ok(id) = uuid::Uuid::parse_str(id) else {
+        return Ok(false);
+    };
+    Ok(current(pool, id).await?.is_some_and(|consent| {
+        consent.status == ConsentStatus::Active
+            && consent.effective_from <= now
+            && now < consent.effective_until
+    }))
+}
+
+#[derive(Debug, Clone)]
+pub struct NewConsent {
+    pub grantor: String,
+    pub grantee_partner: String,
+    pub grantee_client: Option<String>,
+    pub scopes: Vec<String>,
+    pub audiences: Vec<String>,
+    pub effective_from: OffsetDateTime,
+    pub effective_until: OffsetDateTime,
+    pub legal_basis: String,
+    pub constraints: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsentError {
+    #[error("consent storage: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("no consent {0}")]
+    NotFound(uuid::Uuid),
+}
+
+fn audited(consent: &Consent, by: &str, change: &str) -> EventDetails {
+    EventDetails {
+        consent_id: Some(consent.id.to_string()),
+        partner: Some(consent.grantor.clone()),
+        client_id: consent.grantee_client.clone(),
+        scopes: consent.scopes.to_vec(),
+        reason: Some(format!("{change} by {by}")),
+        changes: Some(json!({
+            "version": consent.version,
+            "grantee_partner": consent.grantee_partner,
+            "audiences": consent.audiences,
+            "effective_from": consent.effective_from.unix_timestamp(),
+            "effective_until": consent.effective_until.unix_timestamp(),
+            "legal_basis": consent.legal_basis,
+            "status": if consent.status == ConsentStatus::Active { "active" } else { "revoked" },
+        })),
+        ..EventDetails::default()
+    }
+}
+
+/// Records a new consent (version 1) and audits it.
+pub async fn create(
+    pool: &PgPool,
+    audit: &AuditLog,
+    consent: &NewConsent,
+    by: &str,
+) -> Result<Consent, ConsentError> {
+    let id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO consents (id, version, grantor, grantee_partner, grantee_client, scopes,
+                               audiences, effective_from, effective_until, legal_basis,
+                               constraints, status, changed_by)
+         VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'active', $11)",
+    )
+    .bind(id)
+    .bind(&consent.grantor)
+    .bind(&consent.grantee_partner)
+    .bind(&consent.grantee_client)
+    .bind(&consent.scopes)
+    .bind(&consent.audiences)
+    .bind(consent.effective_from)
+    .bind(consent.effective_until)
+    .bind(&consent.legal_basis)
+    .bind(&consent.constraints)
+    .bind(by)
+    .execute(pool)
+    .await?;
+    let created = current(pool, id).await?.ok_or(ConsentError::NotFound(id))?;
+    audit
+        .record(
+            EventKind::ConsentChanged,
+            Outcome::Allow,
+            audited(&created, by, "created"),
+        )
+        .await?;
+    Ok(created)
+}
+
+/// Revokes the consent as a new version; tokens issued under it stop working at once.
+pub async fn revoke(
+    pool: &PgPool,
+    audit: &AuditLog,
+    id: uuid::Uuid,
+    by: &str,
+    reason: &str,
+) -> Result<Consent, ConsentError> {
+    let inserted = sqlx::query(
+        "INSERT INTO consents (id, version, grantor, grantee_partner, grantee_client, scopes,
+                               audiences, effective_from, effective_until, legal_basis,
+                               constraints, status, changed_by, revocation_reason)
+         SELECT id, version + 1, grantor, grantee_partner, grantee_client, scopes, audiences,
+                effective_from, effective_until, legal_basis, constraints, 'revoked', $2, $3
+           FROM consents WHERE id = $1 ORDER BY version DESC LIMIT 1",
+    )
+    .bind(id)
+    .bind(by)
+    .bind(reason)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Err(ConsentError::NotFound(id));
+    }
+    let revoked = current(pool, id).await?.ok_or(ConsentError::NotFound(id))?;
+    audit
+        .record(
+            EventKind::ConsentChanged,
+            Outcome::Allow,
+            audited(&revoked, by, &format!("revoked ({reason})")),
+        )
+        .await?;
+    Ok(revoked)
+}
