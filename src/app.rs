@@ -18,6 +18,7 @@ use crate::http::request_context;
 use crate::keys::{KeyError, KeyRing};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, PolicyError};
+use crate::trust::JwksCache;
 use crate::storage::StorageError;
 use crate::tls::{ClientTrust, TlsError};
 
@@ -40,6 +41,10 @@ pub enum StartupError {
     Registry(#[from] RegistryError),
     #[error("policies: {0}")]
     Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
+    #[error("setting `trust.jwks_ca_file`: {0}")]
+    JwksClient(String),
 }
 
 /// The running server's shared parts, handed to every handler.
@@ -54,6 +59,7 @@ pub struct Services {
     pub usage: Arc<UsageTracker>,
     pub policy: Arc<PolicyEngine>,
     pub max_delegation_depth: u32,
+    pub jwks: JwksCache,
 }
 
 impl Services {
@@ -80,6 +86,9 @@ impl Application {
     /// Loads keys and trust, binds the listener and prepares the server; nothing is served
     /// until [`Self::run`].
     pub async fn build(settings: &Settings, pool: PgPool) -> Result<Self, StartupError> {
+        // Every TLS client in the process (partner JWKS fetches) uses the same provider as
+        // the server; an already installed default is the same one.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let client_roots =
             crate::tls::read_certificates("server.client_ca", &settings.server.tls.client_ca)?;
         let client_trust = ClientTrust::new(&client_roots)?;
@@ -89,6 +98,10 @@ impl Application {
             client_trust.clone(),
         )?;
         client_trust.replace_pinned(crate::clients::self_signed_certificates(&pool).await?);
+        let partner_cas = crate::trust::client_cas(&pool).await?;
+        if !partner_cas.is_empty() {
+            client_trust.replace_roots(&[client_roots.clone(), partner_cas].concat())?;
+        }
         crate::keys::ensure_keys(&pool, &settings.keys).await?;
         let keys = KeyRing::load(&pool, settings.keys.clone()).await?;
         let metrics = Metrics::new()?;
@@ -116,8 +129,9 @@ impl Application {
             spawn_usage_flush(usage.clone(), pool.clone()),
             spawn_policy_reload(policy.clone(), audit.clone()),
             keys.spawn_maintenance(pool.clone(), settings.tokens.max_lifetime, audit.clone()),
-            spawn_pinned_refresh(
+            spawn_trust_refresh(
                 client_trust.clone(),
+                client_roots,
                 pool.clone(),
                 settings.registry.cache_ttl,
             ),
@@ -133,6 +147,7 @@ impl Application {
             usage,
             policy,
             max_delegation_depth: settings.max_delegation_depth,
+            jwks: JwksCache::new(jwks_client(settings.jwks_ca_file.as_deref())?),
         });
         let metrics = web::Data::new(metrics);
         let pool_data = web::Data::new(pool.clone());
@@ -243,25 +258,63 @@ fn node_name() -> String {
     format!("{host}/{}", std::process::id())
 }
 
-/// Keeps the pinned self-signed client certificates in step with the registry.
-fn spawn_pinned_refresh(
+/// Keeps client-certificate trust in step with the database: the configured CAs plus those of
+/// active partner trust profiles, and the pinned self-signed certificates of registered clients.
+fn spawn_trust_refresh(
     trust: Arc<ClientTrust>,
+    configured: Vec<rustls::pki_types::CertificateDer<'static>>,
     pool: PgPool,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(500)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut current_partner_cas = Vec::new();
         loop {
             ticker.tick().await;
             match crate::clients::self_signed_certificates(&pool).await {
                 Ok(certificates) => trust.replace_pinned(certificates),
-                Err(error) => {
-                    tracing::warn!(%error, "refreshing pinned client certificates failed")
+                Err(error) => tracing::warn!(%error, "refreshing pinned client certificates failed"),
+            }
+            match crate::trust::client_cas(&pool).await {
+                Ok(partner_cas) if partner_cas != current_partner_cas => {
+                    match trust.replace_roots(&[configured.clone(), partner_cas.clone()].concat()) {
+                        Ok(()) => current_partner_cas = partner_cas,
+                        Err(error) => tracing::error!(%error, "a partner CA is unusable; trust unchanged"),
+                    }
                 }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "refreshing partner CAs failed"),
             }
         }
     })
+}
+
+/// The HTTPS client that fetches partners' key sets.
+fn jwks_client(ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, StartupError> {
+    let builder = reqwest::Client::builder()
+        .user_agent("tessera")
+        .redirect(reqwest::redirect::Policy::none());
+    let builder = match ca_file {
+        None => builder,
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for certificate in crate::tls::read_certificates("trust.jwks_ca_file", path)? {
+                roots
+                    .add(certificate)
+                    .map_err(|error| StartupError::JwksClient(error.to_string()))?;
+            }
+            let tls = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|error| StartupError::JwksClient(error.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            builder.tls_backend_preconfigured(tls)
+        }
+    };
+    builder
+        .build()
+        .map_err(|error| StartupError::JwksClient(error.to_string()))
 }
 
 fn spawn_usage_flush(usage: Arc<UsageTracker>, pool: PgPool) -> tokio::task::JoinHandle<()> {

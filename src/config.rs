@@ -55,11 +55,17 @@ struct RawSettings {
     audit: RawAudit,
     policy: RawPolicy,
     exchange: RawExchange,
+    trust: RawTrust,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RawPolicy {
     dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct RawTrust {
+    jwks_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,6 +176,7 @@ impl Default for RawSettings {
             exchange: RawExchange {
                 max_delegation_depth: 3,
             },
+            trust: RawTrust::default(),
             audit: RawAudit {
                 enabled: true,
                 batch_max: 512,
@@ -194,6 +201,8 @@ pub struct Settings {
     pub policy_dir: PathBuf,
     /// Most actors in a token's `act` chain.
     pub max_delegation_depth: u32,
+    /// CA bundle for fetching partners' `jwks_uri` over HTTPS; the platform's roots when unset.
+    pub jwks_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -482,6 +491,7 @@ impl Settings {
             keys,
             policy_dir: raw.policy.dir,
             max_delegation_depth: raw.exchange.max_delegation_depth,
+            jwks_ca_file: raw.trust.jwks_ca_file,
             registry: RegistrySettings {
                 cache_ttl: Duration::from_millis(raw.registry.cache_ttl_ms),
             },

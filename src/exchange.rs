@@ -106,6 +106,7 @@ impl From<crate::clients::RegistryError> for ExchangeError {
 /// What the exchange decides with.
 pub struct Exchanger<'a> {
     pub keys: &'a KeySet,
+    pub jwks: &'a crate::trust::JwksCache,
     pub issuer: &'a str,
     pub pool: &'a PgPool,
     pub registry: &'a Registry,
@@ -148,15 +149,21 @@ impl Exchanger<'_> {
         Ok(Ok(claims))
     }
 
-    pub async fn decide(
+    /// The subject of the exchange, from one of our tokens or from a partner's JWT.
+    async fn subject(
         &self,
-        authenticated: &AuthenticatedClient,
-        request: &ExchangeRequest<'_>,
+        client: &crate::clients::Client,
+        token: &str,
         now: i64,
-    ) -> Result<(Decision, Provenance), ExchangeError> {
-        let client = &authenticated.client;
+    ) -> Result<Subject, ExchangeError> {
+        let issuer = jsonwebtoken::dangerous::insecure_decode::<Value>(token)
+            .ok()
+            .and_then(|data| data.claims.get("iss").and_then(Value::as_str).map(str::to_owned));
+        if issuer.as_deref() != Some(self.issuer) && issuer.is_some() {
+            return self.partner_subject(token, now).await;
+        }
         let subject = self
-            .live_token(request.subject_token, now)
+            .live_token(token, now)
             .await?
             .map_err(|reason| bad_subject(format!("subject_token {reason}")))?;
         let holds = subject.client_id == client.id.as_str()
@@ -169,6 +176,70 @@ impl Exchanger<'_> {
                 "the client is neither the subject token's client nor its audience",
             ));
         }
+        let owner_id = crate::clients::ClientId::parse(&subject.client_id)
+            .ok_or_else(|| bad_subject("subject token names a malformed client"))?;
+        let owner = self
+            .registry
+            .client(&owner_id)
+            .await?
+            .ok_or_else(|| bad_subject("the subject token's client is no longer registered"))?;
+        Ok(Subject {
+            sub: subject.sub,
+            issuer: subject.iss,
+            expires_at: subject.exp,
+            scopes: ScopeSet::parse(&subject.scope).unwrap_or_default(),
+            act: subject.act,
+            may_act: None,
+            partner: owner.partner.0.clone(),
+            region: owner.partner_region.clone(),
+            txn: subject.txn,
+            parent_jti: Some(subject.jti),
+            consent_id: subject.consent_id,
+            trust_profile_version: subject.trust_profile_version,
+            audiences: None,
+        })
+    }
+
+    async fn partner_subject(&self, token: &str, now: i64) -> Result<Subject, ExchangeError> {
+        let validated = crate::trust::validate_partner_jwt(self.pool, self.jwks, token, self.issuer, now)
+            .await
+            .map_err(|error| ExchangeError::Unavailable(error.to_string()))?;
+        let partner = match validated {
+            crate::trust::Validated::Accepted(partner) => partner,
+            crate::trust::Validated::Rejected(reason) => {
+                return Err(bad_subject(format!("partner subject_token: {reason}")));
+            }
+        };
+        let profile = &partner.profile;
+        let scopes = match &partner.scopes {
+            Some(claimed) => claimed.intersection(&profile.scopes),
+            None => profile.scopes.clone(),
+        };
+        Ok(Subject {
+            sub: partner.subject.clone(),
+            issuer: partner.issuer.clone(),
+            expires_at: partner.expires_at,
+            scopes,
+            act: None,
+            may_act: partner.may_act.clone(),
+            partner: profile.partner.clone(),
+            region: profile.region.clone(),
+            txn: None,
+            parent_jti: None,
+            consent_id: None,
+            trust_profile_version: Some(profile.version),
+            audiences: Some(profile.audiences.clone()),
+        })
+    }
+
+    pub async fn decide(
+        &self,
+        authenticated: &AuthenticatedClient,
+        request: &ExchangeRequest<'_>,
+        now: i64,
+    ) -> Result<(Decision, Provenance), ExchangeError> {
+        let client = &authenticated.client;
+        let subject = self.subject(client, request.subject_token, now).await?;
 
         let act = match request.actor_token {
             None => subject.act.clone(),
@@ -179,6 +250,11 @@ impl Exchanger<'_> {
                     .map_err(|reason| bad_actor(format!("actor_token {reason}")))?;
                 if actor.client_id != client.id.as_str() {
                     return Err(bad_actor("the actor_token was not issued to this client"));
+                }
+                if let Some(may_act) = &subject.may_act {
+                    if may_act.get("sub").and_then(Value::as_str) != Some(actor.sub.as_str()) {
+                        return Err(bad_actor("the subject's may_act does not name this actor"));
+                    }
                 }
                 let mut act = json!({ "sub": actor.sub, "client_id": actor.client_id });
                 if let Some(prior) = &subject.act {
@@ -195,45 +271,36 @@ impl Exchanger<'_> {
             )));
         }
 
-        let allowed_here = client.audiences.get(&request.target).ok_or_else(|| {
+        let not_allowed = || {
             refuse(
                 Denial::InvalidTarget("this audience is not allowed for this client".into()),
-                "audience not registered for the client",
+                "audience not registered for the client or the partner's trust profile",
             )
-        })?;
+        };
+        let allowed_here = client.audiences.get(&request.target).ok_or_else(not_allowed)?;
+        if subject
+            .audiences
+            .as_ref()
+            .is_some_and(|audiences| !audiences.iter().any(|a| a == request.target.as_str()))
+        {
+            return Err(not_allowed());
+        }
         let audience = self
             .registry
             .audience(&request.target)
             .await?
-            .ok_or_else(|| {
-                refuse(
-                    Denial::InvalidTarget("this audience is not allowed for this client".into()),
-                    "unknown audience",
-                )
-            })?;
-        let subject_scopes = ScopeSet::parse(&subject.scope).unwrap_or_default();
-        let mut allowed = subject_scopes
+            .ok_or_else(not_allowed)?;
+        let mut allowed = subject
+            .scopes
             .intersection(&audience.scopes)
             .intersection(allowed_here);
 
-        let subject_client = crate::clients::ClientId::parse(&subject.client_id)
-            .ok_or_else(|| bad_subject("subject token names a malformed client"))?;
-        let subject_owner = self
-            .registry
-            .client(&subject_client)
-            .await?
-            .ok_or_else(|| bad_subject("the subject token's client is no longer registered"))?;
         let mut consent_id = subject.consent_id.clone();
-        let cross_partner = subject_owner.partner != client.partner;
-        if cross_partner {
+        if subject.partner != client.partner.0 {
             let at = OffsetDateTime::from_unix_timestamp(now).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-            let candidates = consents::between(
-                self.pool,
-                &subject_owner.partner.0,
-                &client.partner.0,
-                client.id.as_str(),
-            )
-            .await?;
+            let candidates =
+                consents::between(self.pool, &subject.partner, &client.partner.0, client.id.as_str())
+                    .await?;
             let mut uncovered = consents::Uncovered::Absent;
             let mut covering = None;
             for consent in candidates {
@@ -257,11 +324,10 @@ impl Exchanger<'_> {
             allowed = allowed.intersection(&consent.scopes);
             consent_id = Some(consent.id.to_string());
         }
-        let scopes =
-            grant_scopes(&allowed, request.requested_scopes.as_ref()).map_err(|denial| {
-                let reason = denial.to_string();
-                refuse(denial, reason)
-            })?;
+        let scopes = grant_scopes(&allowed, request.requested_scopes.as_ref()).map_err(|denial| {
+            let reason = denial.to_string();
+            refuse(denial, reason)
+        })?;
 
         let decision = self.policy.decide(
             Action::Exchange,
@@ -269,9 +335,9 @@ impl Exchanger<'_> {
             &audience,
             &PolicyContext {
                 scopes: &scopes,
-                subject_partner: &subject_owner.partner.0,
-                subject_issuer: &subject.iss,
-                subject_region: &subject_owner.partner_region,
+                subject_partner: &subject.partner,
+                subject_issuer: &subject.issuer,
+                subject_region: &subject.region,
                 consent: consent_id.is_some(),
                 delegation_depth: i64::from(delegation_depth),
             },
@@ -285,26 +351,46 @@ impl Exchanger<'_> {
                 policy: Some(decision),
             })));
         }
-        let txn = subject
-            .txn
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         Ok((
             Decision {
                 audience: Arc::clone(&audience),
                 scopes,
             },
             Provenance {
-                subject: Some(subject.sub.clone()),
-                not_after: Some(subject.exp),
+                subject: Some(subject.sub),
+                not_after: Some(subject.expires_at),
                 act,
                 consent_id,
-                txn: Some(txn),
-                parent_jti: Some(subject.jti.clone()),
+                txn: Some(
+                    subject
+                        .txn
+                        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                ),
+                parent_jti: subject.parent_jti,
+                trust_profile_version: subject.trust_profile_version,
                 policy: Some(decision),
             },
         ))
     }
+}
+
+/// Whom an exchange is about, whichever kind of token named them.
+struct Subject {
+    sub: String,
+    issuer: String,
+    expires_at: i64,
+    scopes: ScopeSet,
+    act: Option<Value>,
+    may_act: Option<Value>,
+    partner: String,
+    region: String,
+    txn: Option<String>,
+    /// Our token's `jti`, recorded as the parent in the lineage.
+    parent_jti: Option<String>,
+    consent_id: Option<String>,
+    trust_profile_version: Option<i32>,
+    /// A partner's trust profile limits the audiences its subjects reach.
+    audiences: Option<Vec<String>>,
 }
 
 #[cfg(test)]

@@ -152,6 +152,7 @@ pub struct Provenance {
     pub txn: Option<String>,
     /// The subject token's `jti`, recorded as the new token's parent.
     pub parent_jti: Option<String>,
+    pub trust_profile_version: Option<i32>,
     pub policy: Option<PolicyDecision>,
 }
 
@@ -200,6 +201,7 @@ impl Issuer<'_> {
             act: provenance.act,
             consent_id: provenance.consent_id,
             txn: provenance.txn,
+            trust_profile_version: provenance.trust_profile_version,
         };
         let access_token = crate::tokens::mint(&self.keys.current(), &claims)?;
         if let Some(parent) = &provenance.parent_jti {
@@ -225,6 +227,7 @@ impl Issuer<'_> {
                     txn: claims.txn.clone(),
                     actor_chain: claims.act.clone(),
                     parent_jti: provenance.parent_jti,
+                    trust_profile_version: claims.trust_profile_version.map(i64::from),
                     policies,
                     policy_set_hash,
                     ..EventDetails::default()

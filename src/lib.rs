@@ -27,3 +27,4 @@ pub mod storage;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
+pub mod trust;

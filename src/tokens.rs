@@ -39,6 +39,9 @@ pub struct AccessTokenClaims {
     pub consent_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub txn: Option<String>,
+    /// The version of the partner trust profile a partner's JWT was accepted under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_profile_version: Option<i32>,
 }
 
 pub fn mint(keys: &KeySet, claims: &AccessTokenClaims) -> Result<String, KeyError> {

@@ -402,6 +402,7 @@ async fn token_exchange(
     let keys = services.keys.current();
     let exchanger = Exchanger {
         keys: &keys,
+        jwks: &services.jwks,
         issuer: &services.tokens.issuer,
         pool: &services.pool,
         registry: &services.registry,
