@@ -18,9 +18,9 @@ use crate::http::request_context;
 use crate::keys::{KeyError, KeyRing};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, PolicyError};
-use crate::trust::JwksCache;
 use crate::storage::StorageError;
 use crate::tls::{ClientTrust, TlsError};
+use crate::trust::JwksCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -274,13 +274,17 @@ fn spawn_trust_refresh(
             ticker.tick().await;
             match crate::clients::self_signed_certificates(&pool).await {
                 Ok(certificates) => trust.replace_pinned(certificates),
-                Err(error) => tracing::warn!(%error, "refreshing pinned client certificates failed"),
+                Err(error) => {
+                    tracing::warn!(%error, "refreshing pinned client certificates failed")
+                }
             }
             match crate::trust::client_cas(&pool).await {
                 Ok(partner_cas) if partner_cas != current_partner_cas => {
                     match trust.replace_roots(&[configured.clone(), partner_cas.clone()].concat()) {
                         Ok(()) => current_partner_cas = partner_cas,
-                        Err(error) => tracing::error!(%error, "a partner CA is unusable; trust unchanged"),
+                        Err(error) => {
+                            tracing::error!(%error, "a partner CA is unusable; trust unchanged")
+                        }
                     }
                 }
                 Ok(_) => {}

@@ -158,7 +158,12 @@ impl Exchanger<'_> {
     ) -> Result<Subject, ExchangeError> {
         let issuer = jsonwebtoken::dangerous::insecure_decode::<Value>(token)
             .ok()
-            .and_then(|data| data.claims.get("iss").and_then(Value::as_str).map(str::to_owned));
+            .and_then(|data| {
+                data.claims
+                    .get("iss")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            });
         if issuer.as_deref() != Some(self.issuer) && issuer.is_some() {
             return self.partner_subject(token, now).await;
         }
@@ -201,9 +206,10 @@ impl Exchanger<'_> {
     }
 
     async fn partner_subject(&self, token: &str, now: i64) -> Result<Subject, ExchangeError> {
-        let validated = crate::trust::validate_partner_jwt(self.pool, self.jwks, token, self.issuer, now)
-            .await
-            .map_err(|error| ExchangeError::Unavailable(error.to_string()))?;
+        let validated =
+            crate::trust::validate_partner_jwt(self.pool, self.jwks, token, self.issuer, now)
+                .await
+                .map_err(|error| ExchangeError::Unavailable(error.to_string()))?;
         let partner = match validated {
             crate::trust::Validated::Accepted(partner) => partner,
             crate::trust::Validated::Rejected(reason) => {
@@ -251,10 +257,15 @@ impl Exchanger<'_> {
                 if actor.client_id != client.id.as_str() {
                     return Err(bad_actor("the actor_token was not issued to this client"));
                 }
-                if let Some(may_act) = &subject.may_act {
-                    if may_act.get("sub").and_then(Value::as_str) != Some(actor.sub.as_str()) {
-                        return Err(bad_actor("the subject's may_act does not name this actor"));
-                    }
+                let named = |may_act: &Value| {
+                    may_act.get("sub").and_then(Value::as_str) == Some(actor.sub.as_str())
+                };
+                if subject
+                    .may_act
+                    .as_ref()
+                    .is_some_and(|may_act| !named(may_act))
+                {
+                    return Err(bad_actor("the subject's may_act does not name this actor"));
                 }
                 let mut act = json!({ "sub": actor.sub, "client_id": actor.client_id });
                 if let Some(prior) = &subject.act {
@@ -277,7 +288,10 @@ impl Exchanger<'_> {
                 "audience not registered for the client or the partner's trust profile",
             )
         };
-        let allowed_here = client.audiences.get(&request.target).ok_or_else(not_allowed)?;
+        let allowed_here = client
+            .audiences
+            .get(&request.target)
+            .ok_or_else(not_allowed)?;
         if subject
             .audiences
             .as_ref()
@@ -298,9 +312,13 @@ impl Exchanger<'_> {
         let mut consent_id = subject.consent_id.clone();
         if subject.partner != client.partner.0 {
             let at = OffsetDateTime::from_unix_timestamp(now).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-            let candidates =
-                consents::between(self.pool, &subject.partner, &client.partner.0, client.id.as_str())
-                    .await?;
+            let candidates = consents::between(
+                self.pool,
+                &subject.partner,
+                &client.partner.0,
+                client.id.as_str(),
+            )
+            .await?;
             let mut uncovered = consents::Uncovered::Absent;
             let mut covering = None;
             for consent in candidates {
@@ -324,10 +342,11 @@ impl Exchanger<'_> {
             allowed = allowed.intersection(&consent.scopes);
             consent_id = Some(consent.id.to_string());
         }
-        let scopes = grant_scopes(&allowed, request.requested_scopes.as_ref()).map_err(|denial| {
-            let reason = denial.to_string();
-            refuse(denial, reason)
-        })?;
+        let scopes =
+            grant_scopes(&allowed, request.requested_scopes.as_ref()).map_err(|denial| {
+                let reason = denial.to_string();
+                refuse(denial, reason)
+            })?;
 
         let decision = self.policy.decide(
             Action::Exchange,

@@ -72,7 +72,10 @@ impl TryFrom<ProfileRow> for TrustProfile {
         let algorithms = row
             .algorithms
             .iter()
-            .map(|name| name.parse::<Algorithm>().map_err(|_| format!("algorithm {name}")))
+            .map(|name| {
+                name.parse::<Algorithm>()
+                    .map_err(|_| format!("algorithm {name}"))
+            })
             .collect::<Result<_, _>>()?;
         Ok(Self {
             partner: row.partner_id,
@@ -81,11 +84,7 @@ impl TryFrom<ProfileRow> for TrustProfile {
             keys,
             algorithms,
             max_assertion_lifetime: i64::from(row.max_assertion_lifetime_s),
-            required_claims: row
-                .required_claims
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
+            required_claims: row.required_claims.as_object().cloned().unwrap_or_default(),
             single_use: row.single_use,
             audiences: row.audiences,
             scopes: ScopeSet::from_stored(&row.scopes),
@@ -118,7 +117,9 @@ pub async fn profile_for_issuer(
 }
 
 /// The CA certificates of every active profile: partner clients' certificates chain to these.
-pub async fn client_cas(pool: &PgPool) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TrustError> {
+pub async fn client_cas(
+    pool: &PgPool,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TrustError> {
     use rustls::pki_types::pem::PemObject;
     let pems: Vec<String> = sqlx::query_scalar(
         "SELECT p.client_ca_pem FROM trust_profiles p
@@ -188,7 +189,11 @@ pub async fn publish(
     .bind(&profile.audiences)
     .bind(&profile.scopes)
     .bind(&profile.region)
-    .bind(if profile.active { "active" } else { "suspended" })
+    .bind(if profile.active {
+        "active"
+    } else {
+        "suspended"
+    })
     .bind(by)
     .execute(&mut *tx)
     .await?;
@@ -245,14 +250,18 @@ impl JwksCache {
     }
 
     fn cached(&self, uri: &str) -> Option<(JwkSet, Instant)> {
-        let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         entries
             .get(uri)
             .map(|entry| (entry.keys.clone(), entry.fetched))
     }
 
     async fn fetch(&self, uri: &str) -> Result<JwkSet, TrustError> {
-        let unreachable = |error: reqwest::Error| TrustError::KeysUnreachable(error.without_url().to_string());
+        let unreachable =
+            |error: reqwest::Error| TrustError::KeysUnreachable(error.without_url().to_string());
         let keys: JwkSet = self
             .http
             .get(uri)
@@ -264,7 +273,10 @@ impl JwksCache {
             .json()
             .await
             .map_err(unreachable)?;
-        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         entries.insert(
             uri.to_owned(),
             CachedKeys {
@@ -381,10 +393,9 @@ pub async fn validate_partner_jwt(
         let Some(jti) = claims.jti.as_deref().filter(|jti| !jti.is_empty()) else {
             return reject("single-use assertions need a jti");
         };
-        let expires_at = OffsetDateTime::from_unix_timestamp(
-            claims.exp + FOREIGN_CLOCK_LEEWAY.as_secs() as i64,
-        )
-        .map_err(|_| TrustError::Malformed("exp out of range".into()))?;
+        let expires_at =
+            OffsetDateTime::from_unix_timestamp(claims.exp + FOREIGN_CLOCK_LEEWAY.as_secs() as i64)
+                .map_err(|_| TrustError::Malformed("exp out of range".into()))?;
         let inserted = sqlx::query(
             "INSERT INTO partner_assertion_jtis (issuer, jti, expires_at) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
@@ -399,7 +410,10 @@ pub async fn validate_partner_jwt(
             return reject("assertion replayed (jti already used)");
         }
     }
-    let scopes = claims.scope.as_deref().map(|scope| ScopeSet::parse(scope).unwrap_or_default());
+    let scopes = claims
+        .scope
+        .as_deref()
+        .map(|scope| ScopeSet::parse(scope).unwrap_or_default());
     Ok(Validated::Accepted(Box::new(PartnerSubject {
         issuer: issuer.to_owned(),
         subject: claims.sub,
@@ -415,6 +429,9 @@ struct PartnerClaims {
     sub: String,
     exp: i64,
     iat: Option<i64>,
+    /// Read so that a non-numeric `nbf` fails deserialisation (jsonwebtoken would skip it).
+    #[serde(rename = "nbf")]
+    _nbf: Option<i64>,
     jti: Option<String>,
     scope: Option<String>,
     may_act: Option<Value>,

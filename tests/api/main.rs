@@ -9,5 +9,6 @@ mod helpers;
 mod introspection;
 mod keys;
 mod ops;
+mod partner;
 mod startup;
 mod tls;

@@ -1,0 +1,462 @@
+//! Partner JWTs as subject tokens, accepted only under the partner's active trust profile,
+//! with the partner's keys served by a real HTTPS server started by the test.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, TestDatabase, pki, spawn_app_on};
+
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+const PARTNER_ISSUER: &str = "https://idp.partner-d.test";
+
+struct PartnerKey {
+    pkcs8: Vec<u8>,
+    jwk: Value,
+}
+
+fn partner_key(kid: &str) -> PartnerKey {
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+        .unwrap()
+        .as_ref()
+        .to_vec();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8).unwrap();
+    let point = pair.public_key().as_ref();
+    let jwk = json!({
+        "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+        "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+        "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+    });
+    PartnerKey { pkcs8, jwk }
+}
+
+/// The partner's identity provider: serves its JWKS over HTTPS, counts fetches, can go down.
+struct PartnerIdp {
+    url: String,
+    fetches: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
+}
+
+async fn start_idp(jwks: Value) -> PartnerIdp {
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let down = Arc::new(AtomicBool::new(false));
+    let (counter, switch) = (fetches.clone(), down.clone());
+    let jwks = web::Data::new(jwks);
+    let pki = pki();
+    use rustls::pki_types::pem::PemObject;
+    let tls = rustls::ServerConfig::builder_with_provider(tessera::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            crate::helpers::certificates(&pki.server_cert()),
+            rustls::pki_types::PrivateKeyDer::from_pem_file(pki.server_key()).unwrap(),
+        )
+        .unwrap();
+    let server = HttpServer::new(move || {
+        let (counter, switch) = (counter.clone(), switch.clone());
+        App::new().app_data(jwks.clone()).route(
+            "/jwks.json",
+            web::get().to(move |jwks: web::Data<Value>| {
+                let (counter, switch) = (counter.clone(), switch.clone());
+                async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if switch.load(Ordering::SeqCst) {
+                        HttpResponse::ServiceUnavailable().finish()
+                    } else {
+                        HttpResponse::Ok().json(jwks.get_ref())
+                    }
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .bind_rustls_0_23("127.0.0.1:0", tls)
+    .unwrap();
+    let port = server.addrs()[0].port();
+    tokio::spawn(server.run());
+    PartnerIdp {
+        url: format!("https://localhost:{port}/jwks.json"),
+        fetches,
+        down,
+    }
+}
+
+struct Setup {
+    app: TestApp,
+    key: PartnerKey,
+    idp: PartnerIdp,
+}
+
+async fn setup() -> Setup {
+    let key = partner_key("d-1");
+    let idp = start_idp(json!({ "keys": [key.jwk] })).await;
+    let app = spawn_app_on(TestDatabase::create().await, |settings| {
+        settings.jwks_ca_file = Some(pki().ca_cert());
+    })
+    .await;
+    publish(&app, "partner-d", &idp.url, true).await;
+    // Partner D consents to partner A's treasury acting on its subjects at the ledger.
+    let signer = tessera::audit::AuditSigner::load(&app.pool, &app.settings.keys)
+        .await
+        .unwrap();
+    let (audit, _writer) = tessera::audit::AuditLog::start(
+        app.pool.clone(),
+        "test-admin".into(),
+        8,
+        signer,
+        tessera::audit::CheckpointPolicy {
+            every_records: 100,
+            every: std::time::Duration::from_secs(60),
+        },
+        None,
+    );
+    let now = time::OffsetDateTime::now_utc();
+    tessera::consents::create(
+        &app.pool,
+        &audit,
+        &tessera::consents::NewConsent {
+            grantor: "partner-d".into(),
+            grantee_partner: "partner-a".into(),
+            grantee_client: Some("partner-a-treasury".into()),
+            scopes: vec!["ledger:read".into()],
+            audiences: vec!["https://ledger.test".into()],
+            effective_from: now - time::Duration::hours(1),
+            effective_until: now + time::Duration::hours(1),
+            legal_basis: "contract".into(),
+            constraints: json!({}),
+        },
+        "compliance-officer",
+    )
+    .await
+    .unwrap();
+    Setup { app, key, idp }
+}
+
+async fn publish(app: &TestApp, partner: &str, jwks_uri: &str, active: bool) -> i32 {
+    tessera::trust::publish(
+        &app.pool,
+        partner,
+        &tessera::trust::NewProfile {
+            issuers: vec![PARTNER_ISSUER.into()],
+            jwks_uri: Some(jwks_uri.into()),
+            algorithms: vec!["ES256".into()],
+            max_assertion_lifetime_s: 300,
+            required_claims: json!({ "tenant": "d" }),
+            single_use: true,
+            audiences: vec!["https://ledger.test".into()],
+            scopes: vec!["ledger:read".into()],
+            region: "eu".into(),
+            active,
+            ..tessera::trust::NewProfile::default()
+        },
+        "admin",
+    )
+    .await
+    .unwrap()
+}
+
+fn claims() -> Value {
+    let now = tessera::keys::unix_now();
+    json!({
+        "iss": PARTNER_ISSUER,
+        "sub": "employee-42@partner-d",
+        "aud": crate::helpers::ISSUER,
+        "iat": now,
+        "exp": now + 120,
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "tenant": "d",
+        "scope": "ledger:read",
+    })
+}
+
+fn sign(key: &PartnerKey, kid: &str, claims: &Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_ec_der(&key.pkcs8),
+    )
+    .unwrap()
+}
+
+fn forged(header: Value, claims: &Value, signature: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode(signature)
+    )
+}
+
+async fn exchange(app: &TestApp, subject: &str) -> (u16, Value) {
+    app.post_form(
+        Some("partner-a"),
+        "/oauth2/token",
+        &[
+            ("grant_type", EXCHANGE),
+            ("client_id", "partner-a-treasury"),
+            ("subject_token", subject),
+            ("subject_token_type", JWT_TYPE),
+            ("audience", "https://ledger.test"),
+        ],
+    )
+    .await
+}
+
+async fn issued(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE kind = 'token_exchanged' AND outcome = 'allow'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_partner_jwt_becomes_a_tessera_token_under_consent() {
+    let Setup { app, key, idp } = setup().await;
+    let (status, body) = exchange(&app, &sign(&key, "d-1", &claims())).await;
+    assert_eq!(status, 200, "{body}");
+    let token = crate::client_credentials::verify_with_jwks(
+        &app,
+        body["access_token"].as_str().unwrap(),
+        "https://ledger.test",
+    )
+    .await;
+    assert_eq!(token["sub"], "employee-42@partner-d");
+    assert_eq!(token["client_id"], "partner-a-treasury");
+    assert_eq!(token["trust_profile_version"], 1);
+    assert!(token.get("consent_id").is_some());
+    assert_eq!(idp.fetches.load(Ordering::SeqCst), 1);
+    let version: Option<String> = sqlx::query_scalar(
+        "SELECT record::jsonb ->> 'trust_profile_version' FROM audit_events WHERE kind = 'token_exchanged'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(version.as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn partner_jwt_refusals_are_invalid_request_and_issue_nothing() {
+    let Setup { app, key, .. } = setup().await;
+    let stranger = partner_key("e-1");
+    let now = tessera::keys::unix_now();
+    let with = |change: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+        let mut claims = claims();
+        change(claims.as_object_mut().unwrap());
+        claims
+    };
+    let public_jwk = key.jwk.to_string();
+    let hs256 = {
+        let base = claims();
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(json!({ "alg": "HS256", "kid": "d-1" }).to_string()),
+            URL_SAFE_NO_PAD.encode(base.to_string())
+        );
+        let tag = aws_lc_rs::hmac::sign(
+            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, public_jwk.as_bytes()),
+            input.as_bytes(),
+        );
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    };
+    let cases: Vec<(&str, String)> = vec![
+        ("alg none", forged(json!({ "alg": "none" }), &claims(), b"")),
+        ("HS256 keyed with the public key", hs256),
+        (
+            "wrong aud",
+            sign(
+                &key,
+                "d-1",
+                &with(&|c| {
+                    c.insert("aud".into(), json!("https://elsewhere.test"));
+                }),
+            ),
+        ),
+        (
+            "issuer in no profile",
+            sign(
+                &key,
+                "d-1",
+                &with(&|c| {
+                    c.insert("iss".into(), json!("https://idp.unknown.test"));
+                }),
+            ),
+        ),
+        (
+            "lifetime over the profile maximum",
+            sign(
+                &key,
+                "d-1",
+                &with(&|c| {
+                    c.insert("exp".into(), json!(now + 3600));
+                }),
+            ),
+        ),
+        (
+            "missing required claim",
+            sign(
+                &key,
+                "d-1",
+                &with(&|c| {
+                    c.remove("tenant");
+                }),
+            ),
+        ),
+        (
+            "exp as a string",
+            sign(
+                &key,
+                "d-1",
+                &with(&|c| {
+                    c.insert("exp".into(), json!((now + 60).to_string()));
+                }),
+            ),
+        ),
+        (
+            "nbf as a string",
+            sign(
+                &key,
+                "d-1",
+                &with(&|c| {
+                    c.insert("nbf".into(), json!(now.to_string()));
+                }),
+            ),
+        ),
+        (
+            "signed by another partner's key",
+            sign(&stranger, "d-1", &claims()),
+        ),
+        (
+            "expired",
+            sign(
+                &key,
+                "d-1",
+                &with(&|c| {
+                    c.insert("iat".into(), json!(now - 200));
+                    c.insert("exp".into(), json!(now - 100));
+                }),
+            ),
+        ),
+    ];
+    for (case, subject) in &cases {
+        let (status, body) = exchange(&app, subject).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{case}: {body}"
+        );
+    }
+    assert_eq!(issued(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_replayed_single_use_assertion_is_refused() {
+    let Setup { app, key, .. } = setup().await;
+    let assertion = sign(&key, "d-1", &claims());
+    assert_eq!(exchange(&app, &assertion).await.0, 200);
+    let (status, body) = exchange(&app, &assertion).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    assert_eq!(issued(&app).await, 1);
+}
+
+#[tokio::test]
+async fn an_unknown_key_gets_one_rate_limited_refetch_then_refusal() {
+    let Setup { app, key, idp } = setup().await;
+    assert_eq!(exchange(&app, &sign(&key, "d-1", &claims())).await.0, 200);
+    assert_eq!(idp.fetches.load(Ordering::SeqCst), 1);
+    let rotated = partner_key("d-2");
+    let (status, body) = exchange(&app, &sign(&rotated, "d-2", &claims())).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    assert_eq!(
+        idp.fetches.load(Ordering::SeqCst),
+        1,
+        "no refetch within the refetch interval"
+    );
+    assert_eq!(issued(&app).await, 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_jwks_is_503() {
+    let Setup { app, key, idp } = setup().await;
+    idp.down.store(true, Ordering::SeqCst);
+    let (status, body) = exchange(&app, &sign(&key, "d-1", &claims())).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("temporarily_unavailable"))
+    );
+    assert_eq!(issued(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_suspended_profile_refuses_and_versions_stay_readable() {
+    let Setup { app, key, idp } = setup().await;
+    let version = publish(&app, "partner-d", &idp.url, false).await;
+    assert_eq!(version, 2);
+    let (status, body) = exchange(&app, &sign(&key, "d-1", &claims())).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let versions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM trust_profiles WHERE partner_id = 'partner-d'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(versions, 2);
+    assert_eq!(issued(&app).await, 0);
+}
+
+#[tokio::test]
+async fn may_act_must_name_the_actor() {
+    let Setup { app, key, .. } = setup().await;
+    let mut subject = claims();
+    subject["may_act"] = json!({ "sub": "someone-else" });
+    let (_, actor) = app
+        .client_credentials(
+            Some("partner-a"),
+            "partner-a-treasury",
+            &[("resource", "https://ledger.test")],
+        )
+        .await;
+    let (status, body) = app
+        .post_form(
+            Some("partner-a"),
+            "/oauth2/token",
+            &[
+                ("grant_type", EXCHANGE),
+                ("client_id", "partner-a-treasury"),
+                ("subject_token", &sign(&key, "d-1", &subject)),
+                ("subject_token_type", JWT_TYPE),
+                ("actor_token", actor["access_token"].as_str().unwrap()),
+                (
+                    "actor_token_type",
+                    "urn:ietf:params:oauth:token-type:access_token",
+                ),
+                ("audience", "https://ledger.test"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+    assert_eq!(issued(&app).await, 0);
+}
