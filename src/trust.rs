@@ -155,9 +155,11 @@ pub struct NewProfile {
     pub active: bool,
 }
 
-/// Writes the next version of the partner's profile and makes it the active one.
+/// Writes the next version of the partner's profile, makes it the active one, and audits the
+/// change.
 pub async fn publish(
     pool: &PgPool,
+    audit: &crate::audit::AuditLog,
     partner: &str,
     profile: &NewProfile,
     by: &str,
@@ -206,6 +208,28 @@ pub async fn publish(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    audit
+        .record(
+            crate::audit::EventKind::TrustProfileChanged,
+            crate::audit::Outcome::Allow,
+            crate::audit::EventDetails {
+                partner: Some(partner.to_owned()),
+                trust_profile_version: Some(i64::from(version)),
+                reason: Some(format!("version {version} published by {by}")),
+                changes: Some(serde_json::json!({
+                    "issuers": profile.issuers,
+                    "jwks_uri": profile.jwks_uri,
+                    "algorithms": profile.algorithms,
+                    "audiences": profile.audiences,
+                    "scopes": profile.scopes,
+                    "region": profile.region,
+                    "active": profile.active,
+                })),
+                ..crate::audit::EventDetails::default()
+            },
+        )
+        .await
+        .map_err(|error| TrustError::Malformed(format!("change not audited: {error}")))?;
     Ok(version)
 }
 
@@ -239,6 +263,8 @@ pub struct JwksCache {
 struct CachedKeys {
     keys: JwkSet,
     fetched: Instant,
+    /// When an unknown `kid` last caused a fetch.
+    refetched_for_unknown_kid: Option<Instant>,
 }
 
 impl JwksCache {
@@ -249,17 +275,13 @@ impl JwksCache {
         }
     }
 
-    fn cached(&self, uri: &str) -> Option<(JwkSet, Instant)> {
-        let entries = self
-            .entries
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedKeys>> {
+        self.entries
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        entries
-            .get(uri)
-            .map(|entry| (entry.keys.clone(), entry.fetched))
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn fetch(&self, uri: &str) -> Result<JwkSet, TrustError> {
+    async fn fetch(&self, uri: &str, for_unknown_kid: bool) -> Result<JwkSet, TrustError> {
         let unreachable =
             |error: reqwest::Error| TrustError::KeysUnreachable(error.without_url().to_string());
         let keys: JwkSet = self
@@ -273,32 +295,46 @@ impl JwksCache {
             .json()
             .await
             .map_err(unreachable)?;
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut entries = self.entries();
+        let previous_refetch = entries
+            .get(uri)
+            .and_then(|entry| entry.refetched_for_unknown_kid);
         entries.insert(
             uri.to_owned(),
             CachedKeys {
                 keys: keys.clone(),
                 fetched: Instant::now(),
+                refetched_for_unknown_kid: if for_unknown_kid {
+                    Some(Instant::now())
+                } else {
+                    previous_refetch
+                },
             },
         );
         Ok(keys)
     }
 
-    /// The key set for `uri`, holding `kid` if the partner published it: fetched when absent
-    /// or stale, and fetched again for an unknown `kid` at most once per refetch interval.
+    /// The key set for `uri`: fetched when absent or stale, and fetched again for an unknown
+    /// `kid` (a partner rotating keys) at most once per refetch interval.
     async fn keys_for(&self, uri: &str, kid: Option<&str>) -> Result<JwkSet, TrustError> {
-        match self.cached(uri) {
-            None => self.fetch(uri).await,
-            Some((_, fetched)) if fetched.elapsed() >= JWKS_TTL => self.fetch(uri).await,
-            Some((keys, fetched)) => {
+        let cached = self.entries().get(uri).map(|entry| {
+            (
+                entry.keys.clone(),
+                entry.fetched,
+                entry.refetched_for_unknown_kid,
+            )
+        });
+        match cached {
+            None => self.fetch(uri, false).await,
+            Some((_, fetched, _)) if fetched.elapsed() >= JWKS_TTL => self.fetch(uri, false).await,
+            Some((keys, _, refetched)) => {
                 let known = kid.is_none_or(|kid| keys.find(kid).is_some());
-                if known || fetched.elapsed() < REFETCH_INTERVAL {
+                let may_refetch =
+                    refetched.is_none_or(|refetched| refetched.elapsed() >= REFETCH_INTERVAL);
+                if known || !may_refetch {
                     Ok(keys)
                 } else {
-                    self.fetch(uri).await
+                    self.fetch(uri, true).await
                 }
             }
         }

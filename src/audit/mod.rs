@@ -38,6 +38,7 @@ pub enum EventKind {
     KeyRotated,
     PolicyReloaded,
     ConsentChanged,
+    TrustProfileChanged,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
