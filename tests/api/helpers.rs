@@ -368,6 +368,11 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(database_url: &str) -> Self {
+        Self::start_with(database_url, &[])
+    }
+
+    /// Starts with extra `TESSERA_*` settings in the environment.
+    pub fn start_with(database_url: &str, settings: &[(&str, &std::path::Path)]) -> Self {
         use std::io::{BufRead, BufReader};
         let pki = pki();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -383,6 +388,7 @@ impl ServerProcess {
             .env("TESSERA_KEYS__KEK", PROCESS_KEK)
             .env("TESSERA_LOG__FORMAT", "json")
             .env("DATABASE_URL", database_url)
+            .envs(settings.iter().map(|(name, value)| (*name, *value)))
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();

@@ -10,5 +10,6 @@ mod introspection;
 mod keys;
 mod ops;
 mod partner;
+mod policy;
 mod startup;
 mod tls;
