@@ -25,6 +25,8 @@ struct Bench {
     base_url: String,
     database_url: String,
     jwt_key: Vec<u8>,
+    /// A token of bench-mtls for the ledger, exchanged in the exchange scenario.
+    subject_token: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -33,6 +35,7 @@ enum Scenario {
     FullHandshake,
     PrivateKeyJwt,
     Healthz,
+    Exchange,
 }
 
 struct Report {
@@ -93,12 +96,15 @@ async fn main() -> Result<()> {
         let (pki, _) = DevPki::ensure(&root.join("pki"))?;
         let jwt_key = prepare(&database_url).await?;
         let mut server = start_server(&pki, &database_url, audit)?;
-        let bench = Arc::new(Bench {
+        let mut bench = Bench {
             pki,
             base_url: server.1.clone(),
             database_url,
             jwt_key,
-        });
+            subject_token: String::new(),
+        };
+        bench.subject_token = subject_token(&bench).await?;
+        let bench = Arc::new(bench);
         let label = if audit { "audit on" } else { "audit off" };
         println!("\n== {label} ==");
         let scenarios: &[(Scenario, usize)] = if audit {
@@ -108,9 +114,10 @@ async fn main() -> Result<()> {
                 (Scenario::ClientCredentials, 64),
                 (Scenario::FullHandshake, 16),
                 (Scenario::PrivateKeyJwt, 64),
+                (Scenario::Exchange, 64),
             ]
         } else {
-            &[(Scenario::ClientCredentials, 64)]
+            &[(Scenario::ClientCredentials, 64), (Scenario::Exchange, 64)]
         };
         let mut healthz_rate = None;
         for &(scenario, connections) in scenarios {
@@ -186,10 +193,16 @@ async fn prepare(database_url: &str) -> Result<Vec<u8>> {
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
         .map_err(|_| anyhow!("key parsing"))?;
     let point = pair.public_key().as_ref();
-    let audiences: std::collections::BTreeMap<String, Vec<String>> = [(
-        "https://ledger.bench".to_owned(),
-        vec!["ledger:read".to_owned()],
-    )]
+    let audiences: std::collections::BTreeMap<String, Vec<String>> = [
+        (
+            "https://ledger.bench".to_owned(),
+            vec!["ledger:read".to_owned()],
+        ),
+        (
+            "https://archive.bench".to_owned(),
+            vec!["ledger:read".to_owned()],
+        ),
+    ]
     .into();
     let seed = Seed {
         partners: vec![PartnerSeed {
@@ -198,16 +211,19 @@ async fn prepare(database_url: &str) -> Result<Vec<u8>> {
             region: "eu".into(),
             status: "active".into(),
         }],
-        audiences: vec![AudienceSeed {
-            id: "https://ledger.bench".into(),
-            name: "Ledger".into(),
-            scopes: vec!["ledger:read".into()],
-            max_lifetime_s: 600,
-            require_certificate_bound: false,
-            region: "eu".into(),
-            kind: "standard".into(),
-            cross_region_allowed: false,
-        }],
+        audiences: ["https://ledger.bench", "https://archive.bench"]
+            .into_iter()
+            .map(|id| AudienceSeed {
+                id: id.into(),
+                name: id.into(),
+                scopes: vec!["ledger:read".into()],
+                max_lifetime_s: 600,
+                require_certificate_bound: false,
+                region: "eu".into(),
+                kind: "standard".into(),
+                cross_region_allowed: false,
+            })
+            .collect(),
         clients: vec![
             ClientSeed {
                 id: "bench-mtls".into(),
@@ -215,7 +231,10 @@ async fn prepare(database_url: &str) -> Result<Vec<u8>> {
                 name: "bench mTLS".into(),
                 auth_method: "tls_client_auth".into(),
                 tls_subject_dn: Some("CN=partner-a,O=Tessera Dev".into()),
-                grant_types: vec!["client_credentials".into()],
+                grant_types: vec![
+                    "client_credentials".into(),
+                    "urn:ietf:params:oauth:grant-type:token-exchange".into(),
+                ],
                 max_lifetime_s: 300,
                 status: "active".into(),
                 audiences: audiences.clone(),
@@ -335,6 +354,24 @@ fn client(bench: &Bench, identity: Option<&str>, keep_alive: bool) -> Result<req
     Ok(builder.build()?)
 }
 
+async fn subject_token(bench: &Bench) -> Result<String> {
+    let response: serde_json::Value = client(bench, Some("partner-a"), true)?
+        .post(format!("{}/oauth2/token", bench.base_url))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "bench-mtls"),
+            ("resource", "https://ledger.bench"),
+        ])
+        .send()
+        .await?
+        .json()
+        .await?;
+    response["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("no subject token: {response}"))
+}
+
 fn assertion(key: &[u8]) -> Result<String> {
     let now = tessera::keys::unix_now();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
@@ -365,6 +402,25 @@ async fn one_request(bench: &Bench, client: &reqwest::Client, scenario: Scenario
                     ("grant_type", "client_credentials"),
                     ("client_id", "bench-mtls"),
                     ("resource", "https://ledger.bench"),
+                ])
+                .send()
+                .await?
+        }
+        Scenario::Exchange => {
+            client
+                .post(format!("{}/oauth2/token", bench.base_url))
+                .form(&[
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange",
+                    ),
+                    ("client_id", "bench-mtls"),
+                    ("subject_token", bench.subject_token.as_str()),
+                    (
+                        "subject_token_type",
+                        "urn:ietf:params:oauth:token-type:access_token",
+                    ),
+                    ("audience", "https://archive.bench"),
                 ])
                 .send()
                 .await?
@@ -408,6 +464,7 @@ async fn run(
         }
         Scenario::PrivateKeyJwt => format!("(c) private_key_jwt, {connections} kept-alive"),
         Scenario::Healthz => format!("(d) /healthz, {connections} kept-alive"),
+        Scenario::Exchange => format!("(e) token exchange, {connections} kept-alive"),
     };
     let identity = match scenario {
         Scenario::PrivateKeyJwt => None,

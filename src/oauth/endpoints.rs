@@ -164,6 +164,20 @@ async fn authenticate(
     }
 }
 
+/// The form of a protected OAuth request and the client that sent it.
+async fn authenticated_form(
+    services: &Services,
+    req: &HttpRequest,
+    body: &Bytes,
+    peer: PeerCertificate,
+    request_id: RequestId,
+) -> Result<(Params, AuthenticatedClient, String), OAuthError> {
+    let params = form(req, body)?;
+    let request_id = request_id.0.to_string();
+    let client = authenticate(services, req, &params, peer, &request_id).await?;
+    Ok((params, client, request_id))
+}
+
 fn no_store(mut response: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
     response
         .insert_header((CACHE_CONTROL, "no-store"))
@@ -190,9 +204,8 @@ async fn token_endpoint(
     request_id: RequestId,
     services: web::Data<Services>,
 ) -> Result<HttpResponse, OAuthError> {
-    let params = form(&req, &body)?;
-    let request_id = request_id.0.to_string();
-    let authenticated = authenticate(&services, &req, &params, peer, &request_id).await?;
+    let (params, authenticated, request_id) =
+        authenticated_form(&services, &req, &body, peer, request_id).await?;
     let call = Call {
         services: &services,
         request_id,
@@ -554,9 +567,8 @@ async fn introspect_endpoint(
     request_id: RequestId,
     services: web::Data<Services>,
 ) -> Result<HttpResponse, OAuthError> {
-    let params = form(&req, &body)?;
-    let request_id = request_id.0.to_string();
-    let caller = authenticate(&services, &req, &params, peer, &request_id).await?;
+    let (params, caller, request_id) =
+        authenticated_form(&services, &req, &body, peer, request_id).await?;
     let token = params.require("token")?;
     let claims = active_token(&services, token).await?.filter(|claims| {
         let client = &caller.client;
@@ -612,9 +624,8 @@ async fn revoke_endpoint(
     request_id: RequestId,
     services: web::Data<Services>,
 ) -> Result<HttpResponse, OAuthError> {
-    let params = form(&req, &body)?;
-    let request_id = request_id.0.to_string();
-    let caller = authenticate(&services, &req, &params, peer, &request_id).await?;
+    let (params, caller, request_id) =
+        authenticated_form(&services, &req, &body, peer, request_id).await?;
     let token = params.require("token")?;
     let call = Call {
         services: &services,

@@ -509,20 +509,7 @@ struct Consents {
 
 impl Consents {
     async fn new(app: &TestApp) -> Self {
-        let signer = tessera::audit::AuditSigner::load(&app.pool, &app.settings.keys)
-            .await
-            .unwrap();
-        let (audit, _writer) = tessera::audit::AuditLog::start(
-            app.pool.clone(),
-            "test-admin".into(),
-            8,
-            signer,
-            tessera::audit::CheckpointPolicy {
-                every_records: 100,
-                every: std::time::Duration::from_secs(60),
-            },
-            None,
-        );
+        let audit = crate::helpers::admin_audit(app).await;
         Self {
             pool: app.pool.clone(),
             audit,

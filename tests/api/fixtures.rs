@@ -23,21 +23,24 @@ pub struct ClientKey {
 
 pub fn client_key() -> &'static ClientKey {
     static KEY: OnceLock<ClientKey> = OnceLock::new();
-    KEY.get_or_init(|| {
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .unwrap()
-            .as_ref()
-            .to_vec();
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8).unwrap();
-        let point = pair.public_key().as_ref();
-        let jwk = json!({
-            "kty": "EC", "crv": "P-256", "kid": JWT_KID, "alg": "ES256", "use": "sig",
-            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
-            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
-        });
-        ClientKey { pkcs8, jwk }
-    })
+    KEY.get_or_init(|| es256_key(JWT_KID))
+}
+
+/// A fresh ES256 key pair and its public JWK under `kid`.
+pub fn es256_key(kid: &str) -> ClientKey {
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+        .unwrap()
+        .as_ref()
+        .to_vec();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8).unwrap();
+    let point = pair.public_key().as_ref();
+    let jwk = json!({
+        "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+        "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+        "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+    });
+    ClientKey { pkcs8, jwk }
 }
 
 /// A self-signed client certificate (RFC 8705 §2.2) and its key.

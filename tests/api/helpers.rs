@@ -446,3 +446,22 @@ pub async fn seeded_database() -> TestDatabase {
     pool.close().await;
     db
 }
+
+/// An audit log of its own, as an admin tool has.
+pub async fn admin_audit(app: &TestApp) -> tessera::audit::AuditLog {
+    let signer = tessera::audit::AuditSigner::load(&app.pool, &app.settings.keys)
+        .await
+        .unwrap();
+    tessera::audit::AuditLog::start(
+        app.pool.clone(),
+        "test-admin".into(),
+        8,
+        signer,
+        tessera::audit::CheckpointPolicy {
+            every_records: 100,
+            every: std::time::Duration::from_secs(60),
+        },
+        None,
+    )
+    .0
+}

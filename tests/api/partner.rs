@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
@@ -16,26 +15,7 @@ const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 const PARTNER_ISSUER: &str = "https://idp.partner-d.test";
 
-struct PartnerKey {
-    pkcs8: Vec<u8>,
-    jwk: Value,
-}
-
-fn partner_key(kid: &str) -> PartnerKey {
-    let rng = aws_lc_rs::rand::SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-        .unwrap()
-        .as_ref()
-        .to_vec();
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8).unwrap();
-    let point = pair.public_key().as_ref();
-    let jwk = json!({
-        "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
-        "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
-        "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
-    });
-    PartnerKey { pkcs8, jwk }
-}
+use crate::fixtures::{ClientKey as PartnerKey, es256_key as partner_key};
 
 /// The partner's identity provider: serves its JWKS over HTTPS, counts fetches, can go down.
 struct PartnerIdp {
@@ -104,7 +84,7 @@ async fn setup() -> Setup {
     .await;
     publish(&app, "partner-d", &idp.url, true).await;
     // Partner D consents to partner A's treasury acting on its subjects at the ledger.
-    let audit = admin_audit(&app).await;
+    let audit = crate::helpers::admin_audit(&app).await;
     let now = time::OffsetDateTime::now_utc();
     tessera::consents::create(
         &app.pool,
@@ -127,25 +107,6 @@ async fn setup() -> Setup {
     Setup { app, key, idp }
 }
 
-/// An audit log of its own, as an admin tool has.
-async fn admin_audit(app: &TestApp) -> tessera::audit::AuditLog {
-    let signer = tessera::audit::AuditSigner::load(&app.pool, &app.settings.keys)
-        .await
-        .unwrap();
-    tessera::audit::AuditLog::start(
-        app.pool.clone(),
-        "test-admin".into(),
-        8,
-        signer,
-        tessera::audit::CheckpointPolicy {
-            every_records: 100,
-            every: std::time::Duration::from_secs(60),
-        },
-        None,
-    )
-    .0
-}
-
 async fn publish(app: &TestApp, partner: &str, jwks_uri: &str, active: bool) -> i32 {
     publish_with(app, partner, jwks_uri, active, None).await
 }
@@ -159,7 +120,7 @@ async fn publish_with(
 ) -> i32 {
     tessera::trust::publish(
         &app.pool,
-        &admin_audit(app).await,
+        &crate::helpers::admin_audit(app).await,
         partner,
         &tessera::trust::NewProfile {
             issuers: vec![PARTNER_ISSUER.into()],
