@@ -45,6 +45,8 @@ pub enum StartupError {
     Trust(#[from] crate::trust::TrustError),
     #[error("setting `trust.jwks_ca_file`: {0}")]
     JwksClient(String),
+    #[error("installing signal handlers: {source}")]
+    Signals { source: std::io::Error },
 }
 
 /// The running server's shared parts, handed to every handler.
@@ -80,6 +82,7 @@ pub struct Application {
     client_trust: Arc<ClientTrust>,
     background: Vec<tokio::task::JoinHandle<()>>,
     audit_writer: Option<WriterHandle>,
+    stop_signals: StopSignals,
 }
 
 impl Application {
@@ -89,6 +92,10 @@ impl Application {
         // Every TLS client in the process (partner JWKS fetches) uses the same provider as
         // the server; an already installed default is the same one.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let signal_error = |source| StartupError::Signals { source };
+        let stop_signals = StopSignals::install().map_err(signal_error)?;
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(signal_error)?;
         let client_roots =
             crate::tls::read_certificates("server.client_ca", &settings.server.tls.client_ca)?;
         let client_trust = ClientTrust::new(&client_roots)?;
@@ -127,7 +134,7 @@ impl Application {
         let policy = Arc::new(PolicyEngine::load(&settings.policy_dir)?);
         let background = vec![
             spawn_usage_flush(usage.clone(), pool.clone()),
-            spawn_policy_reload(policy.clone(), audit.clone()),
+            spawn_policy_reload(policy.clone(), audit.clone(), hangup),
             keys.spawn_maintenance(pool.clone(), settings.tokens.max_lifetime, audit.clone()),
             spawn_trust_refresh(
                 client_trust.clone(),
@@ -195,6 +202,7 @@ impl Application {
             client_trust,
             background,
             audit_writer,
+            stop_signals,
         })
     }
 
@@ -216,8 +224,9 @@ impl Application {
     /// (up to `server.shutdown_timeout_s`), then close the database pool.
     pub async fn run(self) -> std::io::Result<()> {
         let handle = self.server.handle();
+        let stop_signals = self.stop_signals;
         let signals = tokio::spawn(async move {
-            wait_for_stop_signal().await;
+            stop_signals.recv().await;
             tracing::info!("stop signal received; draining in-flight requests");
             handle.stop(true).await;
         });
@@ -235,18 +244,27 @@ impl Application {
     }
 }
 
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+/// SIGTERM and SIGINT, registered while the server is built: from then on they stop it
+/// gracefully instead of killing the process.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
     }
 }
 
@@ -334,13 +352,12 @@ fn spawn_usage_flush(usage: Arc<UsageTracker>, pool: PgPool) -> tokio::task::Joi
 }
 
 /// SIGHUP reloads the policies; an invalid set is refused and the running one stays.
-fn spawn_policy_reload(policy: Arc<PolicyEngine>, audit: AuditLog) -> tokio::task::JoinHandle<()> {
+fn spawn_policy_reload(
+    policy: Arc<PolicyEngine>,
+    audit: AuditLog,
+    mut hangup: tokio::signal::unix::Signal,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-            tracing::error!("cannot listen for SIGHUP; policies reload only on restart");
-            return;
-        };
         while hangup.recv().await.is_some() {
             let before = policy.hash();
             let (outcome, details) = match policy.reload() {
