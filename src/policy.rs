@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
+use std::collections::{HashMap, HashSet};
+
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, EntityUid, PolicyId, PolicySet, Request, Schema,
-    ValidationMode, Validator,
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
+    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::audiences::Audience;
 use crate::clients::Client;
@@ -117,43 +119,7 @@ impl PolicyEngine {
         context: &PolicyContext<'_>,
     ) -> PolicyDecision {
         let loaded = self.loaded();
-        let entities = json!([
-            {
-                "uid": { "type": "Tessera::Partner", "id": client.partner.0 },
-                "attrs": { "region": client.partner_region },
-                "parents": [],
-            },
-            {
-                "uid": { "type": "Tessera::Client", "id": client.id.as_str() },
-                "attrs": { "partner": client.partner.0, "region": client.partner_region },
-                "parents": [{ "type": "Tessera::Partner", "id": client.partner.0 }],
-            },
-            {
-                "uid": { "type": "Tessera::Audience", "id": audience.id.as_str() },
-                "attrs": {
-                    "region": audience.region,
-                    "kind": audience.kind,
-                    "cross_region_allowed": audience.cross_region_allowed,
-                },
-                "parents": [],
-            },
-        ]);
-        let context = json!({
-            "scopes": context.scopes.to_vec(),
-            "subject_partner": context.subject_partner,
-            "subject_issuer": context.subject_issuer,
-            "subject_region": context.subject_region,
-            "consent": context.consent,
-            "delegation_depth": context.delegation_depth,
-        });
-        let decided = evaluate(
-            &loaded,
-            &entities,
-            client.id.as_str(),
-            action.name(),
-            audience.id.as_str(),
-            context,
-        );
+        let decided = evaluate_request(&loaded, action, client, audience, context);
         match decided {
             Ok((allowed, determining)) => PolicyDecision {
                 allowed,
@@ -230,9 +196,118 @@ struct TestCase {
     expect: String,
 }
 
+/// The hot path: entities and context built directly (the policies were validated against the
+/// schema when loaded; the policy tests exercise the same shapes through the schema).
+fn evaluate_request(
+    loaded: &Loaded,
+    action: Action,
+    client: &Client,
+    audience: &Audience,
+    context: &PolicyContext<'_>,
+) -> Result<(bool, Vec<String>), String> {
+    let text = |value: &str| RestrictedExpression::new_string(value.to_owned());
+    let partner = uid("Partner", &client.partner.0)?;
+    let principal = uid("Client", client.id.as_str())?;
+    let resource = uid("Audience", audience.id.as_str())?;
+    let entity =
+        |uid: EntityUid, attrs: Vec<(&str, RestrictedExpression)>, parents: Vec<EntityUid>| {
+            Entity::new(
+                uid,
+                attrs
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value))
+                    .collect::<HashMap<_, _>>(),
+                parents.into_iter().collect::<HashSet<_>>(),
+            )
+            .map_err(|error| error.to_string())
+        };
+    let entities = Entities::from_entities(
+        [
+            entity(
+                partner.clone(),
+                vec![("region", text(&client.partner_region))],
+                Vec::new(),
+            )?,
+            entity(
+                principal.clone(),
+                vec![
+                    ("partner", text(&client.partner.0)),
+                    ("region", text(&client.partner_region)),
+                ],
+                vec![partner],
+            )?,
+            entity(
+                resource.clone(),
+                vec![
+                    ("region", text(&audience.region)),
+                    ("kind", text(&audience.kind)),
+                    (
+                        "cross_region_allowed",
+                        RestrictedExpression::new_bool(audience.cross_region_allowed),
+                    ),
+                ],
+                Vec::new(),
+            )?,
+        ],
+        None,
+    )
+    .map_err(|error| error.to_string())?;
+    let context = Context::from_pairs([
+        (
+            "scopes".to_owned(),
+            RestrictedExpression::new_set(
+                context
+                    .scopes
+                    .to_vec()
+                    .into_iter()
+                    .map(RestrictedExpression::new_string),
+            ),
+        ),
+        ("subject_partner".to_owned(), text(context.subject_partner)),
+        ("subject_issuer".to_owned(), text(context.subject_issuer)),
+        ("subject_region".to_owned(), text(context.subject_region)),
+        (
+            "consent".to_owned(),
+            RestrictedExpression::new_bool(context.consent),
+        ),
+        (
+            "delegation_depth".to_owned(),
+            RestrictedExpression::new_long(context.delegation_depth),
+        ),
+    ])
+    .map_err(|error| error.to_string())?;
+    let request = Request::new(
+        principal,
+        uid("Action", action.name())?,
+        resource,
+        context,
+        None,
+    )
+    .map_err(|error| error.to_string())?;
+    authorize(loaded, &request, &entities)
+}
+
+fn authorize(
+    loaded: &Loaded,
+    request: &Request,
+    entities: &Entities,
+) -> Result<(bool, Vec<String>), String> {
+    let response = Authorizer::new().is_authorized(request, &loaded.policies, entities);
+    if let Some(error) = response.diagnostics().errors().next() {
+        return Err(error.to_string());
+    }
+    let determining = response
+        .diagnostics()
+        .reason()
+        .map(PolicyId::to_string)
+        .collect();
+    Ok((response.decision() == Decision::Allow, determining))
+}
+
 fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
-    let escaped = serde_json::to_string(id).map_err(|error| error.to_string())?;
-    EntityUid::from_str(&format!("Tessera::{kind}::{escaped}")).map_err(|error| error.to_string())
+    let kind =
+        EntityTypeName::from_str(&format!("Tessera::{kind}")).map_err(|error| error.to_string())?;
+    Ok(EntityUid::from_type_name_and_id(kind, EntityId::new(id)))
 }
 
 fn evaluate(
@@ -256,16 +331,7 @@ fn evaluate(
         Some(&loaded.schema),
     )
     .map_err(|error| error.to_string())?;
-    let response = Authorizer::new().is_authorized(&request, &loaded.policies, &entities);
-    if let Some(error) = response.diagnostics().errors().next() {
-        return Err(error.to_string());
-    }
-    let determining = response
-        .diagnostics()
-        .reason()
-        .map(PolicyId::to_string)
-        .collect();
-    Ok((response.decision() == Decision::Allow, determining))
+    authorize(loaded, &request, &entities)
 }
 
 fn read(path: &Path) -> Result<String, PolicyError> {
