@@ -114,8 +114,15 @@ impl Application {
         let metrics = Metrics::new()?;
         let (audit, audit_writer) = if settings.audit.enabled {
             let signer = AuditSigner::load(&pool, &settings.keys).await?;
+            // The writer's own connections live on this runtime; request handlers run on the
+            // workers' runtimes, whose connections die with them at shutdown, before the
+            // writer's last batch and checkpoint.
+            let writer_pool = crate::storage::pool(&crate::config::DatabaseSettings {
+                max_connections: 2,
+                ..settings.database.clone()
+            })?;
             let (audit, writer) = AuditLog::start(
-                pool.clone(),
+                writer_pool,
                 node_name(),
                 settings.audit.batch_max,
                 signer,
