@@ -141,6 +141,7 @@ impl Application {
         let policy = Arc::new(PolicyEngine::load(&settings.policy_dir)?);
         let background = vec![
             spawn_usage_flush(usage.clone(), pool.clone()),
+            spawn_expiry(pool.clone()),
             spawn_policy_reload(policy.clone(), audit.clone(), hangup),
             keys.spawn_maintenance(pool.clone(), settings.tokens.max_lifetime, audit.clone()),
             spawn_trust_refresh(
@@ -344,6 +345,31 @@ fn jwks_client(ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, Sta
     builder
         .build()
         .map_err(|error| StartupError::JwksClient(error.to_string()))
+}
+
+/// Replay records, revocations and lineage are kept only while the tokens and assertions they
+/// guard could still be presented (an exchanged token never outlives its parent).
+fn spawn_expiry(pool: PgPool) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            ticker.tick().await;
+            for table in [
+                "client_assertion_jtis",
+                "partner_assertion_jtis",
+                "revoked_tokens",
+                "token_lineage",
+            ] {
+                let statement = format!("DELETE FROM {table} WHERE expires_at < now()");
+                if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(statement))
+                    .execute(&pool)
+                    .await
+                {
+                    tracing::warn!(%error, table, "expired rows not removed");
+                }
+            }
+        }
+    })
 }
 
 fn spawn_usage_flush(usage: Arc<UsageTracker>, pool: PgPool) -> tokio::task::JoinHandle<()> {

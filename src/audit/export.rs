@@ -84,41 +84,29 @@ pub async fn export(
     filter: &ExportFilter,
     out: &mut impl Write,
 ) -> Result<ExportSummary, ExportError> {
-    let spans: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let spans = sqlx::query_as::<_, (uuid::Uuid, i64, i64)>(sqlx::AssertSqlSafe(format!(
         "SELECT chain_id, min(seq), max(seq) FROM audit_events WHERE {MATCHES}
           GROUP BY chain_id ORDER BY chain_id"
-    )))
-    .bind(filter.since)
-    .bind(filter.until)
-    .bind(&filter.partner)
-    .bind(&filter.client)
-    .bind(&filter.consent)
-    .bind(&filter.txn)
-    .fetch_all(pool)
-    .await?;
+    )));
+    let spans = bind_filter(spans, filter).fetch_all(pool).await?;
     let mut summary = ExportSummary::default();
     for (chain_id, first, last) in spans {
         let checkpoint = covering_checkpoint(pool, signer, chain_id, last).await?;
         let Some((checkpoint_seq, jws)) = checkpoint else {
             continue;
         };
-        let mut rows = sqlx::query_as::<_, (i64, String, Vec<u8>, Vec<u8>, bool)>(
-            sqlx::AssertSqlSafe(format!(
+        let rows = sqlx::query_as::<_, (i64, String, Vec<u8>, Vec<u8>, bool)>(sqlx::AssertSqlSafe(
+            format!(
                 "SELECT seq, record, prev_hash, hash, ({MATCHES}) AS included
                    FROM audit_events WHERE chain_id = $7 AND seq BETWEEN $8 AND $9
                   ORDER BY seq"
-            )),
-        )
-        .bind(filter.since)
-        .bind(filter.until)
-        .bind(&filter.partner)
-        .bind(&filter.client)
-        .bind(&filter.consent)
-        .bind(&filter.txn)
-        .bind(chain_id)
-        .bind(first)
-        .bind(checkpoint_seq)
-        .fetch(pool);
+            ),
+        ));
+        let mut rows = bind_filter(rows, filter)
+            .bind(chain_id)
+            .bind(first)
+            .bind(checkpoint_seq)
+            .fetch(pool);
         while let Some((seq, record, prev_hash, hash, included)) = rows.try_next().await? {
             let line = if included {
                 summary.records += 1;
@@ -153,6 +141,20 @@ pub async fn export(
         out.write_all(b"\n")?;
     }
     Ok(summary)
+}
+
+/// Binds `$1`..`$6` of [`MATCHES`].
+fn bind_filter<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    filter: &ExportFilter,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(filter.partner.clone())
+        .bind(filter.client.clone())
+        .bind(filter.consent.clone())
+        .bind(filter.txn.clone())
 }
 
 /// The first checkpoint at or after `seq`, signing the chain's current head if there is none
