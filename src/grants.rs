@@ -204,7 +204,8 @@ impl Issuer<'_> {
             trust_profile_version: provenance.trust_profile_version,
         };
         let access_token = crate::tokens::mint(&self.keys.current(), &claims)?;
-        if let Some(parent) = &provenance.parent_jti {
+        // Lineage normally commits with the audit record; without the trail it is written here.
+        if let (Some(parent), false) = (&provenance.parent_jti, self.audit.is_enabled()) {
             crate::tokens::record_lineage(self.pool, &claims, parent).await?;
         }
         let (policies, policy_set_hash) = provenance
@@ -227,6 +228,7 @@ impl Issuer<'_> {
                     txn: claims.txn.clone(),
                     actor_chain: claims.act.clone(),
                     parent_jti: provenance.parent_jti,
+                    expires_at: Some(claims.exp),
                     trust_profile_version: claims.trust_profile_version.map(i64::from),
                     policies,
                     policy_set_hash,

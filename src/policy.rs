@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use std::collections::{HashMap, HashSet};
 
@@ -69,10 +69,22 @@ pub struct PolicyDecision {
     pub policy_set_hash: String,
 }
 
+/// Distinct requests whose decisions a loaded set remembers before it starts over.
+const DECISION_CACHE_ENTRIES: usize = 4096;
+
 struct Loaded {
     schema: Schema,
     policies: PolicySet,
     hash: String,
+    decisions: Mutex<HashMap<String, (bool, Vec<String>)>>,
+}
+
+impl Loaded {
+    fn decisions(&self) -> std::sync::MutexGuard<'_, HashMap<String, (bool, Vec<String>)>> {
+        self.decisions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 pub struct PolicyEngine {
@@ -119,7 +131,40 @@ impl PolicyEngine {
         context: &PolicyContext<'_>,
     ) -> PolicyDecision {
         let loaded = self.loaded();
-        let decided = evaluate_request(&loaded, action, client, audience, context);
+        // A decision is a pure function of these inputs and the loaded set, so it is cached
+        // with the set; changed attributes make a different key.
+        let key = format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+            action.name(),
+            client.id,
+            client.partner.0,
+            client.partner_region,
+            audience.id,
+            audience.region,
+            audience.kind,
+            audience.cross_region_allowed,
+            context.scopes,
+            context.subject_partner,
+            context.subject_issuer,
+            context.subject_region,
+            context.consent,
+            context.delegation_depth,
+        );
+        let cached = loaded.decisions().get(&key).cloned();
+        let decided = match cached {
+            Some(decided) => Ok(decided),
+            None => {
+                let decided = evaluate_request(&loaded, action, client, audience, context);
+                if let Ok(decided) = &decided {
+                    let mut decisions = loaded.decisions();
+                    if decisions.len() >= DECISION_CACHE_ENTRIES {
+                        decisions.clear();
+                    }
+                    decisions.insert(key, decided.clone());
+                }
+                decided
+            }
+        };
         match decided {
             Ok((allowed, determining)) => PolicyDecision {
                 allowed,
@@ -405,6 +450,7 @@ fn load(dir: &Path) -> Result<Loaded, PolicyError> {
         schema,
         policies,
         hash,
+        decisions: Mutex::new(HashMap::new()),
     })
 }
 

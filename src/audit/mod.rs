@@ -69,6 +69,8 @@ pub struct EventDetails {
     #[serde(default)]
     pub policies: Vec<String>,
     pub parent_jti: Option<String>,
+    /// The issued token's `exp`.
+    pub expires_at: Option<i64>,
 }
 
 /// One record. Its canonical form is `serde_json`'s compact serialization in field order; the
@@ -191,6 +193,11 @@ impl AuditLog {
     /// Records nothing; only for measuring what the trail costs (`audit.enabled = false`).
     pub fn disabled() -> Self {
         Self { sender: None }
+    }
+
+    /// Whether records (and the lineage that travels with them) are written.
+    pub fn is_enabled(&self) -> bool {
+        self.sender.is_some()
     }
 
     /// Returns once the event is committed; an error means it was not, and the caller must
@@ -388,6 +395,8 @@ enum BatchError {
     Database(#[from] sqlx::Error),
     #[error("audit record encoding: {0}")]
     Encoding(#[from] serde_json::Error),
+    #[error("an exchanged token's lineage is incomplete (jti, parent or expiry)")]
+    Lineage,
 }
 
 fn label<T: Serialize>(value: &T) -> String {
@@ -397,12 +406,15 @@ fn label<T: Serialize>(value: &T) -> String {
         .unwrap_or_default()
 }
 
+/// One transaction for the batch: the records and, for exchanged tokens, their lineage, which
+/// must be as durable as the record before the token leaves.
 async fn insert(
     pool: &PgPool,
     chain_id: uuid::Uuid,
     first_seq: i64,
     rows: &[Row],
-) -> Result<(), sqlx::Error> {
+) -> Result<(), BatchError> {
+    let mut tx = pool.begin().await?;
     let column = |pick: fn(&Row) -> Option<String>| rows.iter().map(pick).collect::<Vec<_>>();
     sqlx::query(
         "INSERT INTO audit_events
@@ -443,8 +455,48 @@ async fn insert(
     .bind(column(|row| row.details.consent_id.clone()))
     .bind(column(|row| row.details.txn.clone()))
     .bind(column(|row| row.details.jti.clone()))
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    let lineage = rows
+        .iter()
+        .filter(|row| row.outcome == Outcome::Allow)
+        .filter_map(|row| {
+            let details = &row.details;
+            Some((details.jti.as_deref()?, details.parent_jti.as_deref()?, row))
+        })
+        .map(|(jti, parent, row)| {
+            let uuid = |id: &str| uuid::Uuid::parse_str(id).map_err(|_| BatchError::Lineage);
+            let expires_at = row
+                .details
+                .expires_at
+                .and_then(|exp| OffsetDateTime::from_unix_timestamp(exp).ok())
+                .ok_or(BatchError::Lineage)?;
+            Ok((
+                uuid(jti)?,
+                uuid(parent)?,
+                row.details.client_id.clone(),
+                expires_at,
+            ))
+        })
+        .collect::<Result<Vec<_>, BatchError>>()?;
+    if !lineage.is_empty() {
+        sqlx::query(
+            "INSERT INTO token_lineage (jti, parent_jti, client_id, expires_at)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[])",
+        )
+        .bind(lineage.iter().map(|entry| entry.0).collect::<Vec<_>>())
+        .bind(lineage.iter().map(|entry| entry.1).collect::<Vec<_>>())
+        .bind(
+            lineage
+                .iter()
+                .map(|entry| entry.2.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(lineage.iter().map(|entry| entry.3).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 
