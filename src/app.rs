@@ -62,6 +62,7 @@ pub struct Services {
     pub policy: Arc<PolicyEngine>,
     pub max_delegation_depth: u32,
     pub jwks: JwksCache,
+    pub revocations: crate::tokens::RevocationCache,
 }
 
 impl Services {
@@ -163,6 +164,7 @@ impl Application {
             policy,
             max_delegation_depth: settings.max_delegation_depth,
             jwks: JwksCache::new(jwks_client(settings.jwks_ca_file.as_deref())?),
+            revocations: crate::tokens::RevocationCache::new(settings.registry.cache_ttl),
         });
         let metrics = web::Data::new(metrics);
         let pool_data = web::Data::new(pool.clone());

@@ -106,6 +106,7 @@ impl From<crate::clients::RegistryError> for ExchangeError {
 /// What the exchange decides with.
 pub struct Exchanger<'a> {
     pub keys: &'a KeySet,
+    pub revocations: &'a crate::tokens::RevocationCache,
     pub jwks: &'a crate::trust::JwksCache,
     pub issuer: &'a str,
     pub pool: &'a PgPool,
@@ -136,7 +137,7 @@ impl Exchanger<'_> {
             Ok(claims) => claims,
             Err(rejection) => return Ok(Err(rejection.to_string())),
         };
-        if crate::tokens::is_revoked(self.pool, &claims.jti).await? {
+        if self.revocations.is_revoked(self.pool, &claims.jti).await? {
             return Ok(Err("revoked, or exchanged from a revoked token".into()));
         }
         if let Some(consent) = &claims.consent_id {

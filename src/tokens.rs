@@ -116,6 +116,59 @@ pub async fn is_revoked(pool: &PgPool, jti: &str) -> Result<bool, sqlx::Error> {
     .await
 }
 
+/// A node's memory of recent revocation checks. An answer is reused for at most `ttl`, so a
+/// revocation made on another node is seen here within it; revocations made on this node clear
+/// the memory at once.
+pub struct RevocationCache {
+    ttl: std::time::Duration,
+    checked: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
+}
+
+/// Distinct tokens remembered before the memory starts over.
+const REVOCATION_CACHE_ENTRIES: usize = 16_384;
+
+impl RevocationCache {
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            ttl,
+            checked: std::sync::Mutex::default(),
+        }
+    }
+
+    fn checked(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (std::time::Instant, bool)>>
+    {
+        self.checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the token or an ancestor is revoked, asking the database when the remembered
+    /// answer is missing or older than the TTL.
+    pub async fn is_revoked(&self, pool: &PgPool, jti: &str) -> Result<bool, sqlx::Error> {
+        let remembered = self
+            .checked()
+            .get(jti)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, revoked)| *revoked);
+        if let Some(revoked) = remembered {
+            return Ok(revoked);
+        }
+        let revoked = is_revoked(pool, jti).await?;
+        let mut checked = self.checked();
+        if checked.len() >= REVOCATION_CACHE_ENTRIES {
+            checked.clear();
+        }
+        checked.insert(jti.to_owned(), (std::time::Instant::now(), revoked));
+        Ok(revoked)
+    }
+
+    pub fn forget_all(&self) {
+        self.checked().clear();
+    }
+}
+
 /// Records the revocation; idempotent. The row is kept until the token would have expired.
 pub async fn revoke(
     pool: &PgPool,

@@ -415,6 +415,7 @@ async fn token_exchange(
     let keys = services.keys.current();
     let exchanger = Exchanger {
         keys: &keys,
+        revocations: &services.revocations,
         jwks: &services.jwks,
         issuer: &services.tokens.issuer,
         pool: &services.pool,
@@ -532,7 +533,9 @@ async fn active_token(
             | TokenRejection::Expired,
         ) => return Ok(None),
     };
-    let revoked = crate::tokens::is_revoked(&services.pool, &claims.jti)
+    let revoked = services
+        .revocations
+        .is_revoked(&services.pool, &claims.jti)
         .await
         .map_err(|error| {
             tracing::error!(%error, "revocation list unavailable");
@@ -659,6 +662,8 @@ async fn revoke_endpoint(
             tracing::error!(%error, "revocation not recorded");
             OAuthError::TemporarilyUnavailable
         })?;
+    // This node stops trusting its remembered answers at once; others within their TTL.
+    services.revocations.forget_all();
     services
         .audit
         .record(EventKind::TokenRevoked, Outcome::Allow, details)

@@ -170,3 +170,62 @@ async fn revocation_is_503_never_200_when_the_store_cannot_record_it() {
         (503, Some("temporarily_unavailable"))
     );
 }
+
+#[tokio::test]
+async fn a_revocation_on_one_node_reaches_another_within_its_cache_ttl() {
+    use std::path::Path;
+    let db = crate::helpers::seeded_database().await;
+    let ttl = [("TESSERA_REGISTRY__CACHE_TTL_MS", Path::new("300"))];
+    let mut nodes = [
+        crate::helpers::ServerProcess::start_with(&db.url, &ttl),
+        crate::helpers::ServerProcess::start_with(&db.url, &ttl),
+    ];
+    let partner = crate::helpers::client_with(Some("partner-a"), &[&rustls::version::TLS13]);
+    let admin = crate::helpers::client_with(Some("admin"), &[&rustls::version::TLS13]);
+    let token: Value = partner
+        .post(nodes[0].url("/oauth2/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "partner-a-treasury"),
+            ("resource", "https://ledger.test"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap().to_owned();
+    let active_on_b = || async {
+        let body: Value = admin
+            .post(nodes[1].url("/oauth2/introspect"))
+            .form(&[("client_id", "ledger-rs"), ("token", token.as_str())])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["active"].as_bool().unwrap()
+    };
+    assert!(active_on_b().await);
+    let revoked = partner
+        .post(nodes[0].url("/oauth2/revoke"))
+        .form(&[
+            ("client_id", "partner-a-treasury"),
+            ("token", token.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(
+        !active_on_b().await,
+        "node B still trusts a token revoked on node A"
+    );
+    for node in &mut nodes {
+        node.signal("-TERM");
+        assert!(node.wait().success());
+    }
+}
