@@ -71,7 +71,6 @@ impl Services {
             keys: &self.keys,
             audit: &self.audit,
             settings: &self.tokens,
-            pool: &self.pool,
         }
     }
 }
@@ -136,7 +135,7 @@ impl Application {
             (audit, Some(writer))
         } else {
             tracing::warn!("audit trail disabled: benchmark mode, never for production");
-            (AuditLog::disabled(), None)
+            (AuditLog::disabled(pool.clone()), None)
         };
         let usage = Arc::new(UsageTracker::default());
         let policy = Arc::new(PolicyEngine::load(&settings.policy_dir)?);

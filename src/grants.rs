@@ -12,7 +12,6 @@ use crate::keys::{KeyError, KeyRing};
 use crate::policy::PolicyDecision;
 use crate::scopes::ScopeSet;
 use crate::tokens::{AccessTokenClaims, Confirmation};
-use sqlx::PgPool;
 
 pub const CLIENT_CREDENTIALS: &str = "client_credentials";
 
@@ -126,8 +125,6 @@ pub enum IssueError {
     Keys(#[from] KeyError),
     #[error(transparent)]
     Audit(#[from] AuditError),
-    #[error("token lineage: {0}")]
-    Lineage(#[from] sqlx::Error),
     #[error("the subject token expires now")]
     SubjectExpired,
 }
@@ -137,7 +134,6 @@ pub struct Issuer<'a> {
     pub keys: &'a KeyRing,
     pub audit: &'a AuditLog,
     pub settings: &'a TokenSettings,
-    pub pool: &'a PgPool,
 }
 
 /// What a decided grant puts into the token beyond the client, audience and scopes.
@@ -157,8 +153,8 @@ pub struct Provenance {
 }
 
 impl Issuer<'_> {
-    /// Mints the token and returns it only after its lineage (for exchanges) and its audit
-    /// record have committed.
+    /// Mints the token and returns it only after its audit record (with the lineage of an
+    /// exchanged token) has committed.
     pub async fn issue(
         &self,
         authenticated: &AuthenticatedClient,
@@ -204,38 +200,27 @@ impl Issuer<'_> {
             trust_profile_version: provenance.trust_profile_version,
         };
         let access_token = crate::tokens::mint(&self.keys.current(), &claims)?;
-        // Lineage normally commits with the audit record; without the trail it is written here.
-        if let (Some(parent), false) = (&provenance.parent_jti, self.audit.is_enabled()) {
-            crate::tokens::record_lineage(self.pool, &claims, parent).await?;
-        }
-        let (policies, policy_set_hash) = provenance
-            .policy
-            .map(|policy| (policy.determining, Some(policy.policy_set_hash)))
-            .unwrap_or_default();
-        self.audit
-            .record(
-                kind,
-                Outcome::Allow,
-                EventDetails {
-                    request_id: Some(request_id.to_owned()),
-                    client_id: Some(client.id.to_string()),
-                    partner: Some(client.partner.0.clone()),
-                    subject: Some(claims.sub.clone()),
-                    audience: Some(claims.aud.clone()),
-                    scopes: decision.scopes.to_vec(),
-                    jti: Some(claims.jti.clone()),
-                    consent_id: claims.consent_id.clone(),
-                    txn: claims.txn.clone(),
-                    actor_chain: claims.act.clone(),
-                    parent_jti: provenance.parent_jti,
-                    expires_at: Some(claims.exp),
-                    trust_profile_version: claims.trust_profile_version.map(i64::from),
-                    policies,
-                    policy_set_hash,
-                    ..EventDetails::default()
-                },
-            )
-            .await?;
+        let details = EventDetails {
+            request_id: Some(request_id.to_owned()),
+            client_id: Some(client.id.to_string()),
+            partner: Some(client.partner.0.clone()),
+            subject: Some(claims.sub.clone()),
+            audience: Some(claims.aud.clone()),
+            scopes: decision.scopes.to_vec(),
+            jti: Some(claims.jti.clone()),
+            consent_id: claims.consent_id.clone(),
+            txn: claims.txn.clone(),
+            actor_chain: claims.act.clone(),
+            parent_jti: provenance.parent_jti,
+            expires_at: Some(claims.exp),
+            trust_profile_version: claims.trust_profile_version.map(i64::from),
+            ..EventDetails::default()
+        };
+        let details = match provenance.policy {
+            Some(policy) => policy.audited(details),
+            None => details,
+        };
+        self.audit.record(kind, Outcome::Allow, details).await?;
         Ok(Issued {
             access_token,
             expires_in,

@@ -69,6 +69,17 @@ pub struct PolicyDecision {
     pub policy_set_hash: String,
 }
 
+impl PolicyDecision {
+    /// The audit record of a request this decision governed.
+    pub fn audited(self, details: crate::audit::EventDetails) -> crate::audit::EventDetails {
+        crate::audit::EventDetails {
+            policies: self.determining,
+            policy_set_hash: Some(self.policy_set_hash),
+            ..details
+        }
+    }
+}
+
 /// Distinct requests whose decisions a loaded set remembers before it starts over.
 const DECISION_CACHE_ENTRIES: usize = 4096;
 

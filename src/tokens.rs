@@ -164,13 +164,22 @@ impl RevocationCache {
         Ok(revoked)
     }
 
-    pub fn forget_all(&self) {
+    /// Records the revocation (and its descendants'); this node forgets every remembered
+    /// answer at once, other nodes within their TTL.
+    pub async fn revoke(
+        &self,
+        pool: &PgPool,
+        claims: &AccessTokenClaims,
+        revoked_by: &str,
+    ) -> Result<(), sqlx::Error> {
+        revoke(pool, claims, revoked_by).await?;
         self.checked().clear();
+        Ok(())
     }
 }
 
 /// Records the revocation; idempotent. The row is kept until the token would have expired.
-pub async fn revoke(
+async fn revoke(
     pool: &PgPool,
     claims: &AccessTokenClaims,
     revoked_by: &str,
@@ -204,32 +213,6 @@ pub async fn revoke(
     )
     .bind(jti)
     .bind(revoked_by)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// Records that `claims` was exchanged from `parent` (kept until the token expires).
-pub async fn record_lineage(
-    pool: &PgPool,
-    claims: &AccessTokenClaims,
-    parent: &str,
-) -> Result<(), sqlx::Error> {
-    let (Ok(jti), Ok(parent)) = (
-        uuid::Uuid::parse_str(&claims.jti),
-        uuid::Uuid::parse_str(parent),
-    ) else {
-        return Err(sqlx::Error::Protocol("token ids must be UUIDs".into()));
-    };
-    let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp)
-        .map_err(|_| sqlx::Error::Protocol("expiry out of range".into()))?;
-    sqlx::query(
-        "INSERT INTO token_lineage (jti, parent_jti, client_id, expires_at) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(jti)
-    .bind(parent)
-    .bind(&claims.client_id)
-    .bind(expires_at)
     .execute(pool)
     .await?;
     Ok(())

@@ -153,7 +153,14 @@ pub struct CheckpointPolicy {
 /// The handle requests record through. Cloning is cheap; all clones feed one writer.
 #[derive(Clone)]
 pub struct AuditLog {
-    sender: Option<mpsc::Sender<Pending>>,
+    sink: Sink,
+}
+
+#[derive(Clone)]
+enum Sink {
+    Chain(mpsc::Sender<Pending>),
+    /// No records, only the lineage of exchanged tokens (benchmark mode).
+    LineageOnly(PgPool),
 }
 
 impl AuditLog {
@@ -184,20 +191,18 @@ impl AuditLog {
         let task = tokio::spawn(writer.run(receiver, stopped));
         (
             Self {
-                sender: Some(sender),
+                sink: Sink::Chain(sender),
             },
             WriterHandle { stop, task },
         )
     }
 
-    /// Records nothing; only for measuring what the trail costs (`audit.enabled = false`).
-    pub fn disabled() -> Self {
-        Self { sender: None }
-    }
-
-    /// Whether records (and the lineage that travels with them) are written.
-    pub fn is_enabled(&self) -> bool {
-        self.sender.is_some()
+    /// Records nothing but the lineage of exchanged tokens, which revocation depends on; only
+    /// for measuring what the trail costs (`audit.enabled = false`).
+    pub fn disabled(pool: PgPool) -> Self {
+        Self {
+            sink: Sink::LineageOnly(pool),
+        }
     }
 
     /// Returns once the event is committed; an error means it was not, and the caller must
@@ -208,8 +213,17 @@ impl AuditLog {
         outcome: Outcome,
         details: EventDetails,
     ) -> Result<(), AuditError> {
-        let Some(sender) = &self.sender else {
-            return Ok(());
+        let sender = match &self.sink {
+            Sink::Chain(sender) => sender,
+            Sink::LineageOnly(pool) => {
+                let entry = lineage_of(outcome, &details).map_err(|_| AuditError::Unavailable)?;
+                if let Some(entry) = entry {
+                    insert_lineage(pool, &[entry])
+                        .await
+                        .map_err(|_| AuditError::Unavailable)?;
+                }
+                return Ok(());
+            }
         };
         let (done, committed) = oneshot::channel();
         sender
@@ -256,14 +270,13 @@ struct Writer {
 }
 
 /// One row as inserted.
+/// One row as inserted: the event, its canonical text and its place in the chain.
 struct Row {
+    event: AuditRecord,
     record: String,
     prev_hash: [u8; 32],
     hash: [u8; 32],
     recorded_at: OffsetDateTime,
-    kind: EventKind,
-    outcome: Outcome,
-    details: EventDetails,
 }
 
 impl Writer {
@@ -339,7 +352,7 @@ impl Writer {
         let mut rows = Vec::with_capacity(batch.len());
         for pending in batch {
             let recorded_at = OffsetDateTime::now_utc();
-            let record = AuditRecord {
+            let event = AuditRecord {
                 event_id: uuid::Uuid::new_v4().to_string(),
                 chain_id: self.chain_id.to_string(),
                 seq,
@@ -348,17 +361,15 @@ impl Writer {
                 kind: pending.kind,
                 outcome: pending.outcome,
                 details: pending.details.clone(),
-            }
-            .canonical()?;
+            };
+            let record = event.canonical()?;
             let hash = chained_hash(&head, &record);
             rows.push(Row {
+                event,
                 record,
                 prev_hash: head,
                 hash,
                 recorded_at,
-                kind: pending.kind,
-                outcome: pending.outcome,
-                details: pending.details.clone(),
             });
             head = hash;
             seq += 1;
@@ -443,60 +454,83 @@ async fn insert(
     )
     .bind(rows.iter().map(|row| row.hash.to_vec()).collect::<Vec<_>>())
     .bind(rows.iter().map(|row| row.recorded_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|row| label(&row.kind)).collect::<Vec<_>>())
     .bind(
         rows.iter()
-            .map(|row| label(&row.outcome))
+            .map(|row| label(&row.event.kind))
             .collect::<Vec<_>>(),
     )
-    .bind(column(|row| row.details.client_id.clone()))
-    .bind(column(|row| row.details.partner.clone()))
-    .bind(column(|row| row.details.audience.clone()))
-    .bind(column(|row| row.details.consent_id.clone()))
-    .bind(column(|row| row.details.txn.clone()))
-    .bind(column(|row| row.details.jti.clone()))
+    .bind(
+        rows.iter()
+            .map(|row| label(&row.event.outcome))
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(|row| row.event.details.client_id.clone()))
+    .bind(column(|row| row.event.details.partner.clone()))
+    .bind(column(|row| row.event.details.audience.clone()))
+    .bind(column(|row| row.event.details.consent_id.clone()))
+    .bind(column(|row| row.event.details.txn.clone()))
+    .bind(column(|row| row.event.details.jti.clone()))
     .execute(&mut *tx)
     .await?;
-    let lineage = rows
-        .iter()
-        .filter(|row| row.outcome == Outcome::Allow)
-        .filter_map(|row| {
-            let details = &row.details;
-            Some((details.jti.as_deref()?, details.parent_jti.as_deref()?, row))
-        })
-        .map(|(jti, parent, row)| {
-            let uuid = |id: &str| uuid::Uuid::parse_str(id).map_err(|_| BatchError::Lineage);
-            let expires_at = row
-                .details
-                .expires_at
-                .and_then(|exp| OffsetDateTime::from_unix_timestamp(exp).ok())
-                .ok_or(BatchError::Lineage)?;
-            Ok((
-                uuid(jti)?,
-                uuid(parent)?,
-                row.details.client_id.clone(),
-                expires_at,
-            ))
-        })
-        .collect::<Result<Vec<_>, BatchError>>()?;
-    if !lineage.is_empty() {
-        sqlx::query(
-            "INSERT INTO token_lineage (jti, parent_jti, client_id, expires_at)
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[])",
-        )
-        .bind(lineage.iter().map(|entry| entry.0).collect::<Vec<_>>())
-        .bind(lineage.iter().map(|entry| entry.1).collect::<Vec<_>>())
-        .bind(
-            lineage
-                .iter()
-                .map(|entry| entry.2.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(lineage.iter().map(|entry| entry.3).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
+    let mut lineage = Vec::new();
+    for row in rows {
+        lineage.extend(lineage_of(row.event.outcome, &row.event.details)?);
     }
+    insert_lineage(&mut *tx, &lineage).await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// An exchanged token's place in the lineage: (jti, parent, client, expiry).
+type LineageEntry = (uuid::Uuid, uuid::Uuid, Option<String>, OffsetDateTime);
+
+/// The lineage an allowed event carries, if it issued an exchanged token.
+fn lineage_of(
+    outcome: Outcome,
+    details: &EventDetails,
+) -> Result<Option<LineageEntry>, BatchError> {
+    let (Outcome::Allow, Some(jti), Some(parent)) = (
+        outcome,
+        details.jti.as_deref(),
+        details.parent_jti.as_deref(),
+    ) else {
+        return Ok(None);
+    };
+    let uuid = |id: &str| uuid::Uuid::parse_str(id).map_err(|_| BatchError::Lineage);
+    let expires_at = details
+        .expires_at
+        .and_then(|exp| OffsetDateTime::from_unix_timestamp(exp).ok())
+        .ok_or(BatchError::Lineage)?;
+    Ok(Some((
+        uuid(jti)?,
+        uuid(parent)?,
+        details.client_id.clone(),
+        expires_at,
+    )))
+}
+
+async fn insert_lineage<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    lineage: &[LineageEntry],
+) -> Result<(), sqlx::Error> {
+    if lineage.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO token_lineage (jti, parent_jti, client_id, expires_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[])",
+    )
+    .bind(lineage.iter().map(|entry| entry.0).collect::<Vec<_>>())
+    .bind(lineage.iter().map(|entry| entry.1).collect::<Vec<_>>())
+    .bind(
+        lineage
+            .iter()
+            .map(|entry| entry.2.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(lineage.iter().map(|entry| entry.3).collect::<Vec<_>>())
+    .execute(executor)
+    .await?;
     Ok(())
 }
 

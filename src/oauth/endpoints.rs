@@ -15,7 +15,7 @@ use crate::http::{PeerCertificate, RequestId};
 use crate::keys::unix_now;
 use crate::policy::{Action, PolicyContext};
 use crate::scopes::ScopeSet;
-use crate::tokens::{AccessTokenClaims, TokenRejection};
+use crate::tokens::AccessTokenClaims;
 
 pub fn routes(config: &mut web::ServiceConfig) {
     config
@@ -43,8 +43,9 @@ impl Call<'_> {
         }
     }
 
-    /// Audits the refusal, then returns the error the caller sees. A refusal is returned even
-    /// when its record cannot be written: nothing is released by it.
+    /// Counts and audits the refusal, then returns the error the caller sees. The audited
+    /// reason is the one in `details`, else the error itself. A refusal is returned even when
+    /// its record cannot be written: nothing is released by it.
     async fn deny(&self, kind: EventKind, error: OAuthError, details: EventDetails) -> OAuthError {
         self.services
             .metrics
@@ -52,7 +53,7 @@ impl Call<'_> {
             .with_label_values(&[grant_label(kind), error.code()])
             .inc();
         let details = EventDetails {
-            reason: Some(error.to_string()),
+            reason: details.reason.or_else(|| Some(error.to_string())),
             ..details
         };
         if let Err(audit_error) = self
@@ -72,7 +73,8 @@ fn grant_label(kind: EventKind) -> &'static str {
     match kind {
         EventKind::TokenIntrospected => "introspection",
         EventKind::TokenRevoked => "revocation",
-        EventKind::TokenExchanged => "token_exchange",
+        EventKind::TokenExchanged => exchange::GRANT_TYPE,
+        EventKind::ClientAuthenticationFailed => "client_authentication",
         _ => "token",
     }
 }
@@ -139,23 +141,13 @@ async fn authenticate(
                 reason: Some(reason.to_owned()),
                 ..call.details()
             };
-            if let Err(audit_error) = services
-                .audit
-                .record(
+            Err(call
+                .deny(
                     EventKind::ClientAuthenticationFailed,
-                    Outcome::Deny,
+                    OAuthError::InvalidClient,
                     details,
                 )
-                .await
-            {
-                tracing::error!(%audit_error, "authentication failure could not be audited");
-            }
-            services
-                .metrics
-                .tokens_denied
-                .with_label_values(&["client_authentication", "invalid_client"])
-                .inc();
-            Err(OAuthError::InvalidClient)
+                .await)
         }
         Err(AuthError::Unavailable(error)) => {
             tracing::error!(%error, "client authentication unavailable");
@@ -297,12 +289,10 @@ async fn client_credentials(
         },
     );
     if !policy.allowed {
-        let details = EventDetails {
+        let details = policy.audited(EventDetails {
             scopes: decision.scopes.to_vec(),
-            policies: policy.determining,
-            policy_set_hash: Some(policy.policy_set_hash),
             ..details
-        };
+        });
         let error = OAuthError::InvalidTarget(
             "policy does not allow this client a token for this audience".into(),
         );
@@ -432,37 +422,17 @@ async fn token_exchange(
                 reason,
                 policy,
             } = *refusal;
-            let (policies, policy_set_hash) = policy
-                .map(|policy| (policy.determining, Some(policy.policy_set_hash)))
-                .unwrap_or_default();
             let details = EventDetails {
-                policies,
-                policy_set_hash,
+                reason: Some(reason),
                 ..details
             };
-            services
-                .metrics
-                .tokens_denied
-                .with_label_values(&[
-                    exchange::GRANT_TYPE,
-                    OAuthError::from(denial.clone()).code(),
-                ])
-                .inc();
-            if let Err(error) = services
-                .audit
-                .record(
-                    EventKind::TokenExchanged,
-                    Outcome::Deny,
-                    EventDetails {
-                        reason: Some(reason),
-                        ..details
-                    },
-                )
-                .await
-            {
-                tracing::error!(%error, "refused exchange could not be audited");
-            }
-            return Err(denial.into());
+            let details = match policy {
+                Some(policy) => policy.audited(details),
+                None => details,
+            };
+            return Err(call
+                .deny(EventKind::TokenExchanged, denial.into(), details)
+                .await);
         }
         Err(ExchangeError::Unavailable(error)) => {
             tracing::error!(%error, "token exchange unavailable");
@@ -507,9 +477,7 @@ fn issue_failed(error: IssueError) -> OAuthError {
         IssueError::SubjectExpired => {
             OAuthError::InvalidRequest("the subject token has expired".into())
         }
-        IssueError::Keys(_) | IssueError::Audit(_) | IssueError::Lineage(_) => {
-            OAuthError::TemporarilyUnavailable
-        }
+        IssueError::Keys(_) | IssueError::Audit(_) => OAuthError::TemporarilyUnavailable,
     }
 }
 
@@ -518,20 +486,14 @@ async fn active_token(
     services: &Services,
     token: &str,
 ) -> Result<Option<AccessTokenClaims>, OAuthError> {
-    let claims = match crate::tokens::validate_own(
+    // Whatever is wrong with a token, introspection answers only "inactive" (RFC 7662 §2.2).
+    let Ok(claims) = crate::tokens::validate_own(
         &services.keys.current(),
         &services.tokens.issuer,
         token,
         unix_now(),
-    ) {
-        Ok(claims) => claims,
-        Err(
-            TokenRejection::Malformed
-            | TokenRejection::WrongType
-            | TokenRejection::UnknownKey
-            | TokenRejection::Invalid
-            | TokenRejection::Expired,
-        ) => return Ok(None),
+    ) else {
+        return Ok(None);
     };
     let revoked = services
         .revocations
@@ -656,14 +618,14 @@ async fn revoke_endpoint(
             OAuthError::UnauthorizedClient("the token was not issued to this client".into());
         return Err(call.deny(EventKind::TokenRevoked, error, details).await);
     }
-    crate::tokens::revoke(&services.pool, &claims, caller.client.id.as_str())
+    services
+        .revocations
+        .revoke(&services.pool, &claims, caller.client.id.as_str())
         .await
         .map_err(|error| {
             tracing::error!(%error, "revocation not recorded");
             OAuthError::TemporarilyUnavailable
         })?;
-    // This node stops trusting its remembered answers at once; others within their TTL.
-    services.revocations.forget_all();
     services
         .audit
         .record(EventKind::TokenRevoked, Outcome::Allow, details)
