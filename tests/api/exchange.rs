@@ -7,9 +7,30 @@ const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 async fn token(app: &TestApp, identity: &str, client_id: &str, audience: &str) -> String {
-    let (status, body) = app
-        .client_credentials(Some(identity), client_id, &[("resource", audience)])
-        .await;
+    app.token(identity, client_id, audience).await
+}
+
+/// Partner A's treasury token for the broad payments audience.
+async fn broad_token(app: &TestApp) -> String {
+    token(
+        app,
+        "partner-a",
+        "partner-a-treasury",
+        "https://payments.test",
+    )
+    .await
+}
+
+/// `broad` narrowed by its holder to the settlement audience.
+async fn settlement_token(app: &TestApp, broad: &str) -> String {
+    let (status, body) = exchange(
+        app,
+        "partner-a",
+        "partner-a-treasury",
+        broad,
+        &[("audience", "https://settlement.test")],
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     body["access_token"].as_str().unwrap().to_owned()
 }
@@ -78,13 +99,7 @@ async fn assert_exchange_refused(app: &TestApp, (status, body): (u16, Value), er
 #[tokio::test]
 async fn settlement_narrowing_one_audience_fewer_scopes_shorter_life_bound_to_the_exchanger() {
     let app = spawn_app().await;
-    let broad = token(
-        &app,
-        "partner-a",
-        "partner-a-treasury",
-        "https://payments.test",
-    )
-    .await;
+    let broad = broad_token(&app).await;
     let (status, body) = exchange(
         &app,
         "partner-a",
@@ -149,13 +164,7 @@ async fn settlement_narrowing_one_audience_fewer_scopes_shorter_life_bound_to_th
 #[tokio::test]
 async fn two_hop_delegation_nests_the_actor_chain_and_carries_txn() {
     let app = spawn_app().await;
-    let broad = token(
-        &app,
-        "partner-a",
-        "partner-a-treasury",
-        "https://payments.test",
-    )
-    .await;
+    let broad = broad_token(&app).await;
     let treasury_actor = token(
         &app,
         "partner-a",
@@ -208,22 +217,8 @@ async fn two_hop_delegation_nests_the_actor_chain_and_carries_txn() {
 #[tokio::test]
 async fn a_chain_deeper_than_the_cap_is_refused() {
     let app = spawn_app().await;
-    let broad = token(
-        &app,
-        "partner-a",
-        "partner-a-treasury",
-        "https://payments.test",
-    )
-    .await;
-    let (_, first) = exchange(
-        &app,
-        "partner-a",
-        "partner-a-treasury",
-        &broad,
-        &[("audience", "https://settlement.test")],
-    )
-    .await;
-    let mut current = first["access_token"].as_str().unwrap().to_owned();
+    let broad = broad_token(&app).await;
+    let mut current = settlement_token(&app, &broad).await;
     for hop in 1..=4 {
         let actor = token(&app, "partner-a", "partner-a-ops", "https://ledger.test").await;
         let (status, body) = exchange(
@@ -259,13 +254,7 @@ async fn a_chain_deeper_than_the_cap_is_refused() {
 #[tokio::test]
 async fn refusals_with_their_exact_errors() {
     let app = spawn_app().await;
-    let broad = token(
-        &app,
-        "partner-a",
-        "partner-a-treasury",
-        "https://payments.test",
-    )
-    .await;
+    let broad = broad_token(&app).await;
     let cases: Vec<Case> = vec![
         (
             "widened scope",
@@ -356,13 +345,7 @@ async fn refusals_with_their_exact_errors() {
 #[tokio::test]
 async fn subject_token_refusals_are_invalid_request() {
     let app = spawn_app().await;
-    let broad = token(
-        &app,
-        "partner-a",
-        "partner-a-treasury",
-        "https://payments.test",
-    )
-    .await;
+    let broad = broad_token(&app).await;
     let header = |alg: &str| {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -417,22 +400,8 @@ async fn subject_token_refusals_are_invalid_request() {
 #[tokio::test]
 async fn a_revoked_subject_or_ancestor_stops_the_whole_lineage() {
     let app = spawn_app().await;
-    let broad = token(
-        &app,
-        "partner-a",
-        "partner-a-treasury",
-        "https://payments.test",
-    )
-    .await;
-    let (_, body) = exchange(
-        &app,
-        "partner-a",
-        "partner-a-treasury",
-        &broad,
-        &[("audience", "https://settlement.test")],
-    )
-    .await;
-    let child = body["access_token"].as_str().unwrap().to_owned();
+    let broad = broad_token(&app).await;
+    let child = settlement_token(&app, &broad).await;
     let (status, _) = app
         .post_form(
             Some("partner-a"),
@@ -477,13 +446,7 @@ async fn an_expired_or_unknown_key_subject_is_refused() {
         .unwrap();
     let now = tessera::keys::unix_now();
     let mut expired = serde_json::from_value::<tessera::tokens::AccessTokenClaims>(claims(
-        &token(
-            &app,
-            "partner-a",
-            "partner-a-treasury",
-            "https://payments.test",
-        )
-        .await,
+        &broad_token(&app).await,
     ))
     .unwrap();
     expired.jti = uuid::Uuid::new_v4().to_string();
@@ -572,13 +535,7 @@ async fn cross_partner(app: &TestApp, subject: &str, scope: &str) -> (u16, Value
 async fn another_partners_subject_is_exchanged_only_under_active_consent() {
     let app = spawn_app().await;
     let consents = Consents::new(&app).await;
-    let subject = token(
-        &app,
-        "partner-a",
-        "partner-a-treasury",
-        "https://payments.test",
-    )
-    .await;
+    let subject = broad_token(&app).await;
 
     assert_exchange_refused(
         &app,
@@ -639,13 +596,7 @@ async fn another_partners_subject_is_exchanged_only_under_active_consent() {
 async fn expired_not_yet_effective_or_narrower_consents_do_not_cover() {
     let app = spawn_app().await;
     let consents = Consents::new(&app).await;
-    let subject = token(
-        &app,
-        "partner-a",
-        "partner-a-treasury",
-        "https://payments.test",
-    )
-    .await;
+    let subject = broad_token(&app).await;
     consents
         .grant(&["ledger:read"], &["https://ledger.test"], -3, -1)
         .await;
@@ -677,13 +628,7 @@ async fn cross_region_without_the_audiences_allowance_is_refused_by_policy() {
     consents
         .grant(&["settlement:read"], &["https://settlement.test"], -1, 1)
         .await;
-    let subject = token(
-        &app,
-        "partner-a",
-        "partner-a-treasury",
-        "https://payments.test",
-    )
-    .await;
+    let subject = broad_token(&app).await;
     // Partner B's service is in the US; the settlement audience keeps data in the EU.
     let refused = exchange(
         &app,

@@ -232,6 +232,15 @@ impl TestApp {
         self.post_form(identity, "/oauth2/token", &form).await
     }
 
+    /// An access token for `audience`, which must be granted.
+    pub async fn token(&self, identity: &str, client_id: &str, audience: &str) -> String {
+        let (status, body) = self
+            .client_credentials(Some(identity), client_id, &[("resource", audience)])
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
     /// How many audit records of `kind` exist.
     pub async fn audited(&self, kind: &str) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE kind = $1")

@@ -3,15 +3,8 @@ use serde_json::Value;
 use crate::helpers::{TestApp, spawn_app};
 
 async fn ledger_token(app: &TestApp) -> String {
-    let (status, body) = app
-        .client_credentials(
-            Some("partner-a"),
-            "partner-a-treasury",
-            &[("resource", "https://ledger.test")],
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["access_token"].as_str().unwrap().to_owned()
+    app.token("partner-a", "partner-a-treasury", "https://ledger.test")
+        .await
 }
 
 async fn introspect(

@@ -22,15 +22,8 @@ async fn kids(app: &TestApp) -> Vec<String> {
 }
 
 async fn token(app: &TestApp) -> String {
-    let (status, body) = app
-        .client_credentials(
-            Some("partner-a"),
-            "partner-a-treasury",
-            &[("resource", "https://ledger.test")],
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["access_token"].as_str().unwrap().to_owned()
+    app.token("partner-a", "partner-a-treasury", "https://ledger.test")
+        .await
 }
 
 fn kid_of(token: &str) -> String {
