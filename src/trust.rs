@@ -165,6 +165,23 @@ pub async fn publish(
     by: &str,
 ) -> Result<i32, TrustError> {
     let mut tx = pool.begin().await?;
+    // One issuer vouches for one partner: otherwise a partner could speak for another's subjects.
+    let claimed: Option<String> = sqlx::query_scalar(
+        "SELECT p.partner_id FROM trust_profiles p
+           JOIN trust_profile_heads h
+             ON h.partner_id = p.partner_id AND h.active_version = p.version
+          WHERE p.partner_id <> $1 AND p.issuers && $2
+          LIMIT 1",
+    )
+    .bind(partner)
+    .bind(&profile.issuers)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(other) = claimed {
+        return Err(TrustError::Malformed(format!(
+            "an issuer of this profile already vouches for partner {other}"
+        )));
+    }
     let version: i32 = sqlx::query_scalar(
         "SELECT COALESCE(max(version), 0) + 1 FROM trust_profiles WHERE partner_id = $1",
     )

@@ -229,6 +229,28 @@ async fn a_partner_jwt_becomes_a_tessera_token_under_consent() {
 async fn partner_jwt_refusals_are_invalid_request_and_issue_nothing() {
     let Setup { app, key, .. } = setup().await;
     let stranger = partner_key("e-1");
+    // Partner E vouches through its own issuer and key.
+    tessera::trust::publish(
+        &app.pool,
+        &crate::helpers::admin_audit(&app).await,
+        "partner-e",
+        &tessera::trust::NewProfile {
+            issuers: vec!["https://idp.partner-e.test".into()],
+            jwks: Some(json!({ "keys": [stranger.jwk] })),
+            algorithms: vec!["ES256".into()],
+            max_assertion_lifetime_s: 300,
+            required_claims: json!({}),
+            single_use: true,
+            audiences: vec!["https://ledger.test".into()],
+            scopes: vec!["ledger:read".into()],
+            region: "eu".into(),
+            active: true,
+            ..tessera::trust::NewProfile::default()
+        },
+        "admin",
+    )
+    .await
+    .unwrap();
     let now = tessera::keys::unix_now();
     let with = |change: &dyn Fn(&mut serde_json::Map<String, Value>)| {
         let mut claims = claims();
@@ -315,6 +337,16 @@ async fn partner_jwt_refusals_are_invalid_request_and_issue_nothing() {
         (
             "signed by another partner's key",
             sign(&stranger, "d-1", &claims()),
+        ),
+        (
+            "partner E's issuer signed with partner D's key",
+            sign(
+                &key,
+                "e-1",
+                &with(&|c| {
+                    c.insert("iss".into(), json!("https://idp.partner-e.test"));
+                }),
+            ),
         ),
         (
             "expired",
@@ -488,4 +520,38 @@ async fn a_profiles_client_ca_feeds_mtls_trust_without_a_restart() {
     .await
     .unwrap();
     assert_eq!(audited, 1);
+}
+
+#[tokio::test]
+async fn an_issuer_vouches_for_one_partner_only() {
+    let Setup { app, idp, .. } = setup().await;
+    let claimed = tessera::trust::publish(
+        &app.pool,
+        &crate::helpers::admin_audit(&app).await,
+        "partner-e",
+        &tessera::trust::NewProfile {
+            issuers: vec![PARTNER_ISSUER.into()],
+            jwks_uri: Some(idp.url.clone()),
+            algorithms: vec!["ES256".into()],
+            max_assertion_lifetime_s: 300,
+            required_claims: json!({}),
+            audiences: vec!["https://ledger.test".into()],
+            scopes: vec!["ledger:read".into()],
+            region: "eu".into(),
+            active: true,
+            ..tessera::trust::NewProfile::default()
+        },
+        "admin",
+    )
+    .await;
+    assert!(
+        claimed.is_err(),
+        "partner E must not take over partner D's issuer"
+    );
+    let profiles: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM trust_profiles WHERE partner_id = 'partner-e'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(profiles, 0);
 }
