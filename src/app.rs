@@ -107,7 +107,7 @@ impl Application {
         client_trust.replace_pinned(crate::clients::self_signed_certificates(&pool).await?);
         let partner_cas = crate::trust::client_cas(&pool).await?;
         if !partner_cas.is_empty() {
-            client_trust.replace_roots(&[client_roots.clone(), partner_cas].concat())?;
+            client_trust.replace_partner_roots(&partner_cas);
         }
         crate::keys::ensure_keys(&pool, &settings.keys).await?;
         let keys = KeyRing::load(&pool, settings.keys.clone()).await?;
@@ -146,7 +146,6 @@ impl Application {
             keys.spawn_maintenance(pool.clone(), settings.tokens.max_lifetime, audit.clone()),
             spawn_trust_refresh(
                 client_trust.clone(),
-                client_roots,
                 pool.clone(),
                 settings.registry.cache_ttl,
             ),
@@ -285,11 +284,10 @@ fn node_name() -> String {
     format!("{host}/{}", std::process::id())
 }
 
-/// Keeps client-certificate trust in step with the database: the configured CAs plus those of
-/// active partner trust profiles, and the pinned self-signed certificates of registered clients.
+/// Keeps client-certificate trust in step with the database: the client CAs of active partner
+/// trust profiles, each its partner's own anchor, and the pinned self-signed certificates of registered clients.
 fn spawn_trust_refresh(
     trust: Arc<ClientTrust>,
-    configured: Vec<rustls::pki_types::CertificateDer<'static>>,
     pool: PgPool,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
@@ -307,12 +305,8 @@ fn spawn_trust_refresh(
             }
             match crate::trust::client_cas(&pool).await {
                 Ok(partner_cas) if partner_cas != current_partner_cas => {
-                    match trust.replace_roots(&[configured.clone(), partner_cas.clone()].concat()) {
-                        Ok(()) => current_partner_cas = partner_cas,
-                        Err(error) => {
-                            tracing::error!(%error, "a partner CA is unusable; trust unchanged")
-                        }
-                    }
+                    trust.replace_partner_roots(&partner_cas);
+                    current_partner_cas = partner_cas;
                 }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "refreshing partner CAs failed"),
@@ -356,8 +350,7 @@ fn spawn_expiry(pool: PgPool) -> tokio::task::JoinHandle<()> {
         loop {
             ticker.tick().await;
             for table in [
-                "client_assertion_jtis",
-                "partner_assertion_jtis",
+                "assertion_jtis",
                 "revoked_tokens",
                 "token_lineage",
             ] {

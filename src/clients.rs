@@ -11,7 +11,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::audiences::{self, Audience, AudienceId};
 use crate::scopes::ScopeSet;
-use crate::tls::{ClientCertificate, DistinguishedName, SubjectAltName};
+use crate::tls::{ClientCertificate, DistinguishedName, SubjectAltName, TrustAnchor};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId(String);
@@ -93,10 +93,20 @@ impl CertificateIdentity {
     }
 }
 
+/// The anchor a `tls_client_auth` client's certificate must chain to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateAnchor {
+    /// The operator's client CA.
+    Server,
+    /// The client CA of the client's own partner's active trust profile.
+    Partner,
+}
+
 #[derive(Debug, Clone)]
 pub enum Authentication {
-    /// RFC 8705 §2.1: a CA-issued certificate with the registered identity.
-    TlsClientAuth(CertificateIdentity),
+    /// RFC 8705 §2.1: a certificate with the registered identity, chained to the registered
+    /// anchor.
+    TlsClientAuth(CertificateIdentity, CertificateAnchor),
     /// RFC 8705 §2.2: a self-signed certificate registered in the client's JWKS (`x5c`).
     SelfSignedTlsClientAuth(JwkSet),
     /// RFC 7523: a JWT signed with a key in the client's JWKS.
@@ -106,7 +116,7 @@ pub enum Authentication {
 impl Authentication {
     pub fn method_name(&self) -> &'static str {
         match self {
-            Self::TlsClientAuth(_) => "tls_client_auth",
+            Self::TlsClientAuth(..) => "tls_client_auth",
             Self::SelfSignedTlsClientAuth(_) => "self_signed_tls_client_auth",
             Self::PrivateKeyJwt(_) => "private_key_jwt",
         }
@@ -131,9 +141,54 @@ pub struct Client {
 }
 
 impl Client {
+    /// Whether the certificate is this client's: for `tls_client_auth`, the registered
+    /// identity verified under the client's own anchor (never another partner's CA, never a
+    /// pinned certificate); for `self_signed_tls_client_auth`, a pinned certificate that this
+    /// client registered. The error is the audited reason.
+    pub fn owns_certificate(&self, certificate: &ClientCertificate) -> Result<(), &'static str> {
+        match &self.authentication {
+            Authentication::TlsClientAuth(identity, anchor) => {
+                let anchor = match anchor {
+                    CertificateAnchor::Server => TrustAnchor::Server,
+                    CertificateAnchor::Partner => TrustAnchor::Partner(self.partner.0.clone()),
+                };
+                if !identity.matches(certificate) {
+                    return Err("certificate does not match the registered identity");
+                }
+                if !certificate.anchored_by(&anchor) {
+                    return Err("certificate is not verified by the client's trust anchor");
+                }
+                Ok(())
+            }
+            Authentication::SelfSignedTlsClientAuth(jwks) => {
+                if !registered_certificate(jwks, certificate) {
+                    return Err("certificate does not match the registered identity");
+                }
+                if !certificate.anchored_by(&TrustAnchor::Pinned) {
+                    return Err("certificate is not pinned");
+                }
+                Ok(())
+            }
+            Authentication::PrivateKeyJwt(_) => Err("client is registered for private_key_jwt"),
+        }
+    }
+
     pub fn allows_grant(&self, grant_type: &str) -> bool {
         self.grant_types.iter().any(|allowed| allowed == grant_type)
     }
+}
+
+/// RFC 8705 §2.2: the presented certificate is one of the client's registered `x5c` leaves.
+fn registered_certificate(jwks: &JwkSet, certificate: &ClientCertificate) -> bool {
+    use base64::Engine;
+    jwks.keys.iter().any(|jwk| {
+        jwk.common
+            .x509_chain
+            .as_ref()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| base64::engine::general_purpose::STANDARD.decode(leaf).ok())
+            .is_some_and(|der| der == certificate.der.as_ref())
+    })
 }
 
 #[derive(sqlx::FromRow)]
@@ -149,6 +204,7 @@ struct ClientRow {
     tls_san_uri: Option<String>,
     tls_san_ip: Option<String>,
     tls_san_email: Option<String>,
+    tls_anchor: Option<String>,
     jwks: Option<serde_json::Value>,
     grant_types: Vec<String>,
     max_lifetime_s: i32,
@@ -169,7 +225,7 @@ pub async fn find(conn: &mut PgConnection, id: &ClientId) -> Result<Option<Clien
     let row: Option<ClientRow> = sqlx::query_as(
         "SELECT c.id, c.partner_id, p.region AS partner_region, p.status AS partner_status,
                 c.name, c.auth_method, c.tls_subject_dn, c.tls_san_dns, c.tls_san_uri,
-                host(c.tls_san_ip) AS tls_san_ip, c.tls_san_email, c.jwks, c.grant_types, c.max_lifetime_s,
+                host(c.tls_san_ip) AS tls_san_ip, c.tls_san_email, c.tls_anchor, c.jwks, c.grant_types, c.max_lifetime_s,
                 c.resource_audience, c.is_admin, c.status
            FROM clients c JOIN partners p ON p.id = c.partner_id
           WHERE c.id = $1",
@@ -209,6 +265,11 @@ pub async fn find(conn: &mut PgConnection, id: &ClientId) -> Result<Option<Clien
                 (None, None, None, None, Some(email)) => {
                     CertificateIdentity::SanEmail(email.clone())
                 }
+                _ => return Err(malformed()),
+            },
+            match row.tls_anchor.as_deref() {
+                Some("server") => CertificateAnchor::Server,
+                Some("partner") => CertificateAnchor::Partner,
                 _ => return Err(malformed()),
             },
         ),

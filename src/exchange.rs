@@ -12,7 +12,7 @@ use crate::audiences::AudienceId;
 use crate::client_auth::AuthenticatedClient;
 use crate::clients::Registry;
 use crate::consents;
-use crate::grants::{Decision, Denial, Provenance, grant_scopes};
+use crate::grants::{Decision, Denial, Owner, Provenance, grant_scopes};
 use crate::keys::KeySet;
 use crate::policy::{Action, PolicyContext, PolicyEngine};
 use crate::scopes::ScopeSet;
@@ -46,8 +46,9 @@ impl TokenType {
 
 #[derive(Debug, Clone)]
 pub struct ExchangeRequest<'a> {
-    /// Either accepted type names one of our JWT access tokens.
+    /// `access_token`: one of our tokens; `jwt`: a partner's JWT.
     pub subject_token: &'a str,
+    pub subject_token_type: TokenType,
     pub actor_token: Option<&'a str>,
     pub target: AudienceId,
     pub requested_scopes: Option<ScopeSet>,
@@ -141,31 +142,23 @@ impl Exchanger<'_> {
             return Ok(Err("revoked, or exchanged from a revoked token".into()));
         }
         if let Some(consent) = &claims.consent_id {
-            let now =
-                OffsetDateTime::from_unix_timestamp(now).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-            if !consents::still_active(self.pool, consent, now).await? {
+            if !consents::still_active(self.pool, consent, at(now)).await? {
                 return Ok(Err("issued under a consent that is no longer active".into()));
             }
         }
         Ok(Ok(claims))
     }
 
-    /// The subject of the exchange, from one of our tokens or from a partner's JWT.
+    /// The subject of the exchange, from one of our tokens or from a partner's JWT, as its
+    /// declared type says.
     async fn subject(
         &self,
         client: &crate::clients::Client,
         token: &str,
+        token_type: TokenType,
         now: i64,
     ) -> Result<Subject, ExchangeError> {
-        let issuer = jsonwebtoken::dangerous::insecure_decode::<Value>(token)
-            .ok()
-            .and_then(|data| {
-                data.claims
-                    .get("iss")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            });
-        if issuer.as_deref() != Some(self.issuer) && issuer.is_some() {
+        if token_type == TokenType::Jwt {
             return self.partner_subject(token, now).await;
         }
         let subject = self
@@ -182,27 +175,27 @@ impl Exchanger<'_> {
                 "the client is neither the subject token's client nor its audience",
             ));
         }
-        let owner_id = crate::clients::ClientId::parse(&subject.client_id)
-            .ok_or_else(|| bad_subject("subject token names a malformed client"))?;
-        let owner = self
-            .registry
-            .client(&owner_id)
-            .await?
-            .ok_or_else(|| bad_subject("the subject token's client is no longer registered"))?;
+        // The data owner travels in the token: whoever holds it now, consent, profile and
+        // residency are decided against the partner whose subject it is.
+        let (Some(owner), Some(owner_region)) = (subject.owner_partner, subject.owner_region)
+        else {
+            return Err(bad_subject(
+                "subject_token does not name its data owner (issued before owners were carried)",
+            ));
+        };
         Ok(Subject {
             sub: subject.sub,
             issuer: subject.iss,
             expires_at: subject.exp,
             scopes: ScopeSet::parse(&subject.scope).unwrap_or_default(),
             act: subject.act,
-            may_act: None,
-            partner: owner.partner.0.clone(),
-            region: owner.partner_region.clone(),
+            may_act: subject.may_act,
+            owner,
+            owner_region,
             txn: subject.txn,
             parent_jti: Some(subject.jti),
             consent_id: subject.consent_id,
             trust_profile_version: subject.trust_profile_version,
-            audiences: None,
         })
     }
 
@@ -229,14 +222,172 @@ impl Exchanger<'_> {
             scopes,
             act: None,
             may_act: partner.may_act.clone(),
-            partner: profile.partner.clone(),
-            region: profile.region.clone(),
+            owner: profile.partner.clone(),
+            owner_region: profile.region.clone(),
             txn: None,
             parent_jti: None,
             consent_id: None,
             trust_profile_version: Some(profile.version),
-            audiences: Some(profile.audiences.clone()),
         })
+    }
+
+    /// The actor chain of the new token and the actor token's `jti`, after checking the actor
+    /// against the subject's `may_act`: when the subject names who may act for it, some actor
+    /// (a new one, or the one already acting) must be that one.
+    async fn actor(
+        &self,
+        client: &crate::clients::Client,
+        subject: &Subject,
+        actor_token: Option<&str>,
+        now: i64,
+    ) -> Result<(Option<Value>, Option<String>), ExchangeError> {
+        let (act, actor_jti) = match actor_token {
+            None => (subject.act.clone(), None),
+            Some(token) => {
+                let actor = self
+                    .live_token(token, now)
+                    .await?
+                    .map_err(|reason| bad_actor(format!("actor_token {reason}")))?;
+                if actor.client_id != client.id.as_str() {
+                    return Err(bad_actor("the actor_token was not issued to this client"));
+                }
+                let mut act = json!({ "sub": actor.sub, "client_id": actor.client_id });
+                if let Some(prior) = &subject.act {
+                    act["act"] = prior.clone();
+                }
+                (Some(act), Some(actor.jti))
+            }
+        };
+        if let Some(may_act) = &subject.may_act {
+            let acting = act
+                .as_ref()
+                .and_then(|act| act.get("sub"))
+                .and_then(Value::as_str);
+            match acting {
+                None => {
+                    return Err(bad_actor(
+                        "the subject's may_act requires an actor_token naming that actor",
+                    ));
+                }
+                Some(actor) if may_act.get("sub").and_then(Value::as_str) != Some(actor) => {
+                    return Err(bad_actor("the subject's may_act does not name this actor"));
+                }
+                Some(_) => {}
+            }
+        }
+        let delegation_depth = depth(act.as_ref());
+        if delegation_depth > self.max_delegation_depth {
+            return Err(bad_actor(format!(
+                "delegation chain of {delegation_depth} exceeds the cap of {}",
+                self.max_delegation_depth
+            )));
+        }
+        Ok((act, actor_jti))
+    }
+
+    /// What the data owner's trust profile still allows: the audience must be in both the
+    /// version the subject was accepted under and the partner's active version, which must be
+    /// active; scopes are limited by both.
+    async fn profile_reach(
+        &self,
+        subject: &Subject,
+        target: &AudienceId,
+        allowed: ScopeSet,
+    ) -> Result<ScopeSet, ExchangeError> {
+        let Some(version) = subject.trust_profile_version else {
+            return Ok(allowed);
+        };
+        let reach = crate::trust::reach(self.pool, &subject.owner, version)
+            .await
+            .map_err(|error| ExchangeError::Unavailable(error.to_string()))?;
+        let not_allowed = |reason: &str| {
+            refuse(
+                Denial::InvalidTarget(
+                    "the data owner's trust profile does not allow this audience".into(),
+                ),
+                reason.to_owned(),
+            )
+        };
+        let Some(reach) = reach else {
+            return Err(not_allowed(
+                "the data owner's trust profile is gone or not active",
+            ));
+        };
+        if !reach.audiences.iter().any(|a| a == target.as_str()) {
+            return Err(not_allowed(
+                "audience not in the data owner's trust profile (issued-under or active version)",
+            ));
+        }
+        Ok(allowed.intersection(&reach.scopes))
+    }
+
+    /// The consent that authorises this hop, if the data owner is another partner: the one the
+    /// subject token was issued under (never replaced along a chain), or else one the owner
+    /// gave the client's partner. Returns the consent id and the scopes left.
+    async fn consent(
+        &self,
+        client: &crate::clients::Client,
+        subject: &Subject,
+        target: &AudienceId,
+        allowed: ScopeSet,
+        now: i64,
+    ) -> Result<(Option<String>, ScopeSet), ExchangeError> {
+        let refused = |reason: &str| {
+            refuse(
+                Denial::InvalidRequest(
+                    "no active consent of the data owner covers this exchange".into(),
+                ),
+                reason.to_owned(),
+            )
+        };
+        if let Some(id) = &subject.consent_id {
+            let consent = match uuid::Uuid::parse_str(id) {
+                Ok(id) => consents::current(self.pool, id).await?,
+                Err(_) => None,
+            }
+            .ok_or_else(|| refused("the subject token's consent does not exist"))?;
+            consent
+                .covers(target, at(now))
+                .map_err(|why| refused(why.reason()))?;
+            if consent.grantor != subject.owner {
+                return Err(refused(
+                    "the subject token's consent was not given by its data owner",
+                ));
+            }
+            let is_owner = client.partner.0 == subject.owner;
+            let is_grantee = client.partner.0 == consent.grantee_partner
+                && consent
+                    .grantee_client
+                    .as_deref()
+                    .is_none_or(|grantee| grantee == client.id.as_str());
+            if !is_owner && !is_grantee {
+                return Err(refused(
+                    "the subject token's consent was not given to this client",
+                ));
+            }
+            return Ok((Some(id.clone()), allowed.intersection(&consent.scopes)));
+        }
+        if subject.owner == client.partner.0 {
+            return Ok((None, allowed));
+        }
+        let candidates = consents::between(
+            self.pool,
+            &subject.owner,
+            &client.partner.0,
+            client.id.as_str(),
+        )
+        .await?;
+        let mut uncovered = consents::Uncovered::Absent;
+        for consent in candidates {
+            match consent.covers(target, at(now)) {
+                Ok(()) => {
+                    let scopes = allowed.intersection(&consent.scopes);
+                    return Ok((Some(consent.id.to_string()), scopes));
+                }
+                Err(why) => uncovered = why,
+            }
+        }
+        Err(refused(uncovered.reason()))
     }
 
     pub async fn decide(
@@ -246,108 +397,48 @@ impl Exchanger<'_> {
         now: i64,
     ) -> Result<(Decision, Provenance), ExchangeError> {
         let client = &authenticated.client;
-        let subject = self.subject(client, request.subject_token, now).await?;
-
-        let act = match request.actor_token {
-            None => subject.act.clone(),
-            Some(token) => {
-                let actor = self
-                    .live_token(token, now)
-                    .await?
-                    .map_err(|reason| bad_actor(format!("actor_token {reason}")))?;
-                if actor.client_id != client.id.as_str() {
-                    return Err(bad_actor("the actor_token was not issued to this client"));
-                }
-                let named = |may_act: &Value| {
-                    may_act.get("sub").and_then(Value::as_str) == Some(actor.sub.as_str())
-                };
-                if subject
-                    .may_act
-                    .as_ref()
-                    .is_some_and(|may_act| !named(may_act))
-                {
-                    return Err(bad_actor("the subject's may_act does not name this actor"));
-                }
-                let mut act = json!({ "sub": actor.sub, "client_id": actor.client_id });
-                if let Some(prior) = &subject.act {
-                    act["act"] = prior.clone();
-                }
-                Some(act)
-            }
-        };
+        let subject = self
+            .subject(client, request.subject_token, request.subject_token_type, now)
+            .await?;
+        let (act, actor_jti) = self
+            .actor(client, &subject, request.actor_token, now)
+            .await?;
         let delegation_depth = depth(act.as_ref());
-        if delegation_depth > self.max_delegation_depth {
-            return Err(bad_actor(format!(
-                "delegation chain of {delegation_depth} exceeds the cap of {}",
-                self.max_delegation_depth
-            )));
-        }
 
         let not_allowed = || {
             refuse(
                 Denial::InvalidTarget("this audience is not allowed for this client".into()),
-                "audience not registered for the client or the partner's trust profile",
+                "audience not registered for the client",
             )
         };
-        let allowed_here = client
+        let registered = client
             .audiences
             .get(&request.target)
             .ok_or_else(not_allowed)?;
-        if subject
-            .audiences
-            .as_ref()
-            .is_some_and(|audiences| !audiences.iter().any(|a| a == request.target.as_str()))
-        {
-            return Err(not_allowed());
-        }
         let audience = self
             .registry
             .audience(&request.target)
             .await?
             .ok_or_else(not_allowed)?;
-        let mut allowed = subject
-            .scopes
-            .intersection(&audience.scopes)
-            .intersection(allowed_here);
+        crate::grants::require_binding(&audience, authenticated)
+            .map_err(|denial| refuse(denial, "audience requires certificate-bound tokens"))?;
 
-        let mut consent_id = subject.consent_id.clone();
-        if subject.partner != client.partner.0 {
-            let at = OffsetDateTime::from_unix_timestamp(now).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-            let candidates = consents::between(
-                self.pool,
-                &subject.partner,
-                &client.partner.0,
-                client.id.as_str(),
-            )
+        let limits = ScopeLimits {
+            subject: subject.scopes.clone(),
+            audience: audience.scopes.clone(),
+            registration: registered.clone(),
+        };
+        let allowed = limits.allowed();
+        let allowed = self
+            .profile_reach(&subject, &request.target, allowed)
             .await?;
-            let mut uncovered = consents::Uncovered::Absent;
-            let mut covering = None;
-            for consent in candidates {
-                match consent.covers(&request.target, at) {
-                    Ok(()) => {
-                        covering = Some(consent);
-                        break;
-                    }
-                    Err(why) => uncovered = why,
-                }
-            }
-            let consent = covering.ok_or_else(|| {
-                refuse(
-                    Denial::InvalidRequest(
-                        "no active consent covers this exchange of another partner's subject"
-                            .into(),
-                    ),
-                    uncovered.reason(),
-                )
-            })?;
-            allowed = allowed.intersection(&consent.scopes);
-            consent_id = Some(consent.id.to_string());
-        }
-        let scopes =
-            grant_scopes(&allowed, request.requested_scopes.as_ref()).map_err(|denial| {
-                let reason = denial.to_string();
-                refuse(denial, reason)
-            })?;
+        let (consent_id, allowed) = self
+            .consent(client, &subject, &request.target, allowed, now)
+            .await?;
+        let scopes = grant_scopes(&allowed, request.requested_scopes.as_ref()).map_err(|_| {
+            let why = limits.explain(request.requested_scopes.as_ref(), &allowed);
+            refuse(Denial::InvalidScope(why.clone()), why)
+        })?;
 
         let decision = self.policy.decide(
             Action::Exchange,
@@ -355,9 +446,9 @@ impl Exchanger<'_> {
             &audience,
             &PolicyContext {
                 scopes: &scopes,
-                subject_partner: &subject.partner,
+                subject_partner: &subject.owner,
                 subject_issuer: &subject.issuer,
-                subject_region: &subject.region,
+                subject_region: &subject.owner_region,
                 consent: consent_id.is_some(),
                 delegation_depth: i64::from(delegation_depth),
             },
@@ -380,6 +471,12 @@ impl Exchanger<'_> {
                 subject: Some(subject.sub),
                 not_after: Some(subject.expires_at),
                 act,
+                actor_jti,
+                may_act: subject.may_act,
+                owner: Some(Owner {
+                    partner: subject.owner,
+                    region: subject.owner_region,
+                }),
                 consent_id,
                 txn: Some(
                     subject
@@ -394,6 +491,53 @@ impl Exchanger<'_> {
     }
 }
 
+fn at(now: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(now).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// The limits on an exchanged token's scopes that do not need storage, kept apart so that a
+/// refusal can name which of them lacks a requested scope.
+struct ScopeLimits {
+    subject: ScopeSet,
+    audience: ScopeSet,
+    registration: ScopeSet,
+}
+
+impl ScopeLimits {
+    fn allowed(&self) -> ScopeSet {
+        self.subject
+            .intersection(&self.audience)
+            .intersection(&self.registration)
+    }
+
+    /// Why scopes were refused, for the caller and the audit trail alike: the first limit
+    /// that lacks a requested scope (subject, audience, registration), else the data owner's
+    /// trust profile or consent.
+    fn explain(&self, requested: Option<&ScopeSet>, allowed: &ScopeSet) -> String {
+        let Some(requested) = requested else {
+            return "no scope can be granted: the subject, audience, client registration, \
+                    trust profile and consent share none"
+                .to_owned();
+        };
+        let limits = [
+            ("the subject token", &self.subject),
+            ("the audience", &self.audience),
+            ("the client's registration for this audience", &self.registration),
+        ];
+        let (holder, missing) = limits
+            .iter()
+            .map(|(holder, limit)| (*holder, requested.difference(limit)))
+            .find(|(_, missing)| !missing.is_empty())
+            .unwrap_or_else(|| {
+                (
+                    "the data owner's trust profile or consent",
+                    requested.difference(allowed),
+                )
+            });
+        format!("{holder} does not allow: {missing}")
+    }
+}
+
 /// Whom an exchange is about, whichever kind of token named them.
 struct Subject {
     sub: String,
@@ -402,15 +546,14 @@ struct Subject {
     scopes: ScopeSet,
     act: Option<Value>,
     may_act: Option<Value>,
-    partner: String,
-    region: String,
+    /// The data owner: the partner whose subject this is, and its region.
+    owner: String,
+    owner_region: String,
     txn: Option<String>,
     /// Our token's `jti`, recorded as the parent in the lineage.
     parent_jti: Option<String>,
     consent_id: Option<String>,
     trust_profile_version: Option<i32>,
-    /// A partner's trust profile limits the audiences its subjects reach.
-    audiences: Option<Vec<String>>,
 }
 
 #[cfg(test)]

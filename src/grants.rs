@@ -87,14 +87,23 @@ pub async fn decide_client_credentials(
         Denial::InvalidTarget("this audience is not allowed for this client".into())
     })?;
     let scopes = grant_scopes(&allowed.intersection(&audience.scopes), requested)?;
+    require_binding(&audience, authenticated)?;
+    Ok(Decision { audience, scopes })
+}
+
+/// RFC 8705 §3: an audience that accepts only certificate-bound tokens gets none for a client
+/// that did not present a certificate, whichever grant it uses.
+pub fn require_binding(
+    audience: &Audience,
+    authenticated: &AuthenticatedClient,
+) -> Result<(), Denial> {
     if audience.require_certificate_bound && authenticated.certificate.is_none() {
         return Err(Denial::InvalidRequest(
             "this audience accepts only certificate-bound tokens: authenticate over mutual TLS"
                 .into(),
-        )
-        .into());
+        ));
     }
-    Ok(Decision { audience, scopes })
+    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +145,13 @@ pub struct Issuer<'a> {
     pub settings: &'a TokenSettings,
 }
 
+/// The partner whose subject a token is about, and its region.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub partner: String,
+    pub region: String,
+}
+
 /// What a decided grant puts into the token beyond the client, audience and scopes.
 #[derive(Debug, Default)]
 pub struct Provenance {
@@ -144,6 +160,11 @@ pub struct Provenance {
     /// The subject token's expiry: no exchanged token outlives it.
     pub not_after: Option<i64>,
     pub act: Option<serde_json::Value>,
+    /// The actor token's `jti`: revoking it revokes this token.
+    pub actor_jti: Option<String>,
+    pub may_act: Option<serde_json::Value>,
+    /// The data owner; the client's own partner when no subject token names another.
+    pub owner: Option<Owner>,
     pub consent_id: Option<String>,
     pub txn: Option<String>,
     /// The subject token's `jti`, recorded as the new token's parent.
@@ -173,16 +194,27 @@ impl Issuer<'_> {
         ])
         .as_secs();
         if let Some(not_after) = provenance.not_after {
-            expires_in = expires_in.min(u64::try_from(not_after - now).unwrap_or(0));
+            let remaining = not_after
+                .checked_sub(now)
+                .and_then(|left| u64::try_from(left).ok())
+                .unwrap_or(0);
+            expires_in = expires_in.min(remaining);
         }
         if expires_in == 0 {
             return Err(IssueError::SubjectExpired);
         }
+        let owner = provenance.owner.unwrap_or_else(|| Owner {
+            partner: client.partner.0.clone(),
+            region: client.partner_region.clone(),
+        });
         let claims = AccessTokenClaims {
             iss: self.settings.issuer.clone(),
             sub: provenance.subject.unwrap_or_else(|| client.id.to_string()),
             aud: decision.audience.id.to_string(),
-            exp: now + i64::try_from(expires_in).unwrap_or(i64::MAX / 2),
+            exp: i64::try_from(expires_in)
+                .ok()
+                .and_then(|lifetime| now.checked_add(lifetime))
+                .ok_or(IssueError::SubjectExpired)?,
             iat: now,
             nbf: now,
             jti: uuid::Uuid::new_v4().to_string(),
@@ -198,6 +230,9 @@ impl Issuer<'_> {
             consent_id: provenance.consent_id,
             txn: provenance.txn,
             trust_profile_version: provenance.trust_profile_version,
+            owner_partner: Some(owner.partner),
+            owner_region: Some(owner.region),
+            may_act: provenance.may_act,
         };
         let access_token = crate::tokens::mint(&self.keys.current(), &claims)?;
         let details = EventDetails {
@@ -212,6 +247,7 @@ impl Issuer<'_> {
             txn: claims.txn.clone(),
             actor_chain: claims.act.clone(),
             parent_jti: provenance.parent_jti,
+            actor_jti: provenance.actor_jti,
             expires_at: Some(claims.exp),
             trust_profile_version: claims.trust_profile_version.map(i64::from),
             ..EventDetails::default()

@@ -30,8 +30,9 @@ impl FromRequest for RequestId {
     }
 }
 
-/// The client certificate of the connection, if the client presented one and it still chains
-/// to a trusted root; a certificate whose CA was removed since the handshake reads as none.
+/// The client certificate of the connection with the anchors that verify it now, if the client
+/// presented one and some anchor still does; a certificate whose CA was removed since the
+/// handshake reads as none.
 #[derive(Debug, Clone)]
 pub struct PeerCertificate(pub Option<ClientCertificate>);
 
@@ -44,15 +45,14 @@ impl FromRequest for PeerCertificate {
             .conn_data::<ClientCertificate>()
             .and_then(|certificate| {
                 let trust = req.app_data::<web::Data<ClientTrust>>()?;
-                if trust.still_trusts(certificate) {
-                    Some(certificate.clone())
-                } else {
+                let verified = trust.verified(certificate);
+                if verified.is_none() {
                     tracing::warn!(
                         subject = %certificate.subject,
-                        "client certificate no longer chains to a trusted root"
+                        "client certificate no longer chains to a trusted anchor"
                     );
-                    None
                 }
+                verified
             });
         ready(Ok(Self(certificate)))
     }

@@ -86,5 +86,6 @@ async fn identity(peer: PeerCertificate) -> Result<HttpResponse, Problem> {
         "subject": certificate.subject.to_string(),
         "subject_alt_names": certificate.subject_alt_names,
         "x5t#S256": certificate.thumbprint.to_base64url(),
+        "trust_anchors": certificate.anchors.iter().map(ToString::to_string).collect::<Vec<_>>(),
     })))
 }

@@ -182,7 +182,11 @@ fn certificate_authority(common_name: &str) -> Result<CertifiedIssuer<'static, K
 fn client(name: &str, ca: &Issuer<'_, KeyPair>) -> Result<(String, KeyPair), PkiError> {
     leaf(
         name,
-        &[SanType::DnsName(ia5(&format!("{name}.tessera.test"))?)],
+        &[
+            SanType::DnsName(ia5(&format!("{name}.tessera.test"))?),
+            SanType::URI(ia5(&format!("spiffe://tessera.test/{name}"))?),
+            SanType::Rfc822Name(ia5(&format!("{name}@tessera.test"))?),
+        ],
         ExtendedKeyUsagePurpose::ClientAuth,
         ca,
     )

@@ -52,6 +52,9 @@ pub struct ClientSeed {
     pub tls_san_uri: Option<String>,
     pub tls_san_ip: Option<String>,
     pub tls_san_email: Option<String>,
+    /// For `tls_client_auth`: `server` (the operator's client CA, the default) or `partner`
+    /// (the client CA of the client's own partner's trust profile).
+    pub tls_anchor: Option<String>,
     pub jwks: Option<serde_json::Value>,
     #[serde(default = "client_credentials")]
     pub grant_types: Vec<String>,
@@ -145,8 +148,9 @@ impl Seed {
                 "INSERT INTO clients
                     (id, partner_id, name, auth_method, tls_subject_dn, tls_san_dns, tls_san_uri,
                      tls_san_ip, tls_san_email, jwks, grant_types, max_lifetime_s,
-                     resource_audience, is_admin, status)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::inet, $9, $10, $11, $12, $13, $14, $15)
+                     resource_audience, is_admin, status, tls_anchor)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::inet, $9, $10, $11, $12, $13, $14, $15,
+                         CASE WHEN $4::text = 'tls_client_auth' THEN COALESCE($16::text, 'server') END)
                  ON CONFLICT (id) DO UPDATE
                    SET partner_id = EXCLUDED.partner_id, name = EXCLUDED.name,
                        auth_method = EXCLUDED.auth_method,
@@ -156,13 +160,17 @@ impl Seed {
                        jwks = EXCLUDED.jwks, grant_types = EXCLUDED.grant_types,
                        max_lifetime_s = EXCLUDED.max_lifetime_s,
                        resource_audience = EXCLUDED.resource_audience,
-                       is_admin = EXCLUDED.is_admin, status = EXCLUDED.status",
+                       is_admin = EXCLUDED.is_admin, status = EXCLUDED.status,
+                       tls_anchor = EXCLUDED.tls_anchor",
             )
             .bind(&client.id)
             .bind(&client.partner)
             .bind(&client.name)
             .bind(&client.auth_method)
-            .bind(&client.tls_subject_dn)
+            // Stored in one spelling, so that the uniqueness of identities is structural.
+            .bind(client.tls_subject_dn.as_deref().map(|dn| {
+                crate::tls::DistinguishedName::parse(dn).map_or_else(|| dn.to_owned(), |dn| dn.to_string())
+            }))
             .bind(&client.tls_san_dns)
             .bind(&client.tls_san_uri)
             .bind(&client.tls_san_ip)
@@ -173,6 +181,7 @@ impl Seed {
             .bind(&client.resource_audience)
             .bind(client.is_admin)
             .bind(&client.status)
+            .bind(&client.tls_anchor)
             .execute(&mut *tx)
             .await?;
             sqlx::query("DELETE FROM client_audiences WHERE client_id = $1")

@@ -100,10 +100,39 @@ pub fn read_certificates(
     Ok(certificates)
 }
 
-/// The client-certificate verifier the server holds for its whole life; the roots behind it
+/// The trust anchor under which a client certificate's chain verified. A certificate is an
+/// identity only together with its anchor: a partner's CA vouches for that partner's clients
+/// and nobody else's, and a pinned certificate for the one client that pinned it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TrustAnchor {
+    /// The operator's client CA (`server.client_ca`).
+    Server,
+    /// The client CA in this partner's active trust profile.
+    Partner(String),
+    /// A registered self-signed certificate, accepted by thumbprint without a chain.
+    Pinned,
+}
+
+impl fmt::Display for TrustAnchor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Server => f.write_str("server"),
+            Self::Partner(partner) => write!(f, "partner:{partner}"),
+            Self::Pinned => f.write_str("pinned"),
+        }
+    }
+}
+
+/// The verifiers of every anchor, replaced as a whole when trust changes.
+struct Anchors {
+    server: Arc<dyn ClientCertVerifier>,
+    partners: Vec<(String, Arc<dyn ClientCertVerifier>)>,
+}
+
+/// The client-certificate verifier the server holds for its whole life; the anchors behind it
 /// are replaced atomically, and the next handshake uses the new set.
 pub struct ClientTrust {
-    current: RwLock<Arc<dyn ClientCertVerifier>>,
+    anchors: RwLock<Arc<Anchors>>,
     /// Thumbprints of registered self-signed client certificates (RFC 8705 §2.2), accepted
     /// without a CA; the application still matches them to their client.
     pinned: RwLock<Arc<HashSet<[u8; 32]>>>,
@@ -115,29 +144,61 @@ pub struct ClientTrust {
 impl ClientTrust {
     pub fn new(roots: &[CertificateDer<'static>]) -> Result<Arc<Self>, TlsError> {
         Ok(Arc::new(Self {
-            current: RwLock::new(Self::verifier(roots)?),
+            anchors: RwLock::new(Arc::new(Anchors {
+                server: Self::verifier("server.client_ca", roots)?,
+                partners: Vec::new(),
+            })),
             pinned: RwLock::default(),
             generation: AtomicU64::new(0),
         }))
     }
 
+    /// Replaces the operator's client CAs.
     pub fn replace_roots(&self, roots: &[CertificateDer<'static>]) -> Result<(), TlsError> {
-        let verifier = Self::verifier(roots)?;
-        *self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = verifier;
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let server = Self::verifier("server.client_ca", roots)?;
+        self.swap(|current| Anchors {
+            server,
+            partners: current.partners.clone(),
+        });
         Ok(())
     }
 
+    /// Replaces the partners' client CAs (from their active trust profiles); each partner's
+    /// CAs form an anchor of their own. A partner whose CAs are unusable has no anchor (and is
+    /// logged) rather than holding back every other partner's change.
+    pub fn replace_partner_roots(&self, partners: &[(String, Vec<CertificateDer<'static>>)]) {
+        let partners = partners
+            .iter()
+            .filter_map(
+                |(partner, roots)| match Self::verifier("trust_profiles.client_ca_pem", roots) {
+                    Ok(verifier) => Some((partner.clone(), verifier)),
+                    Err(error) => {
+                        tracing::error!(%partner, %error, "a partner's client CA is unusable");
+                        None
+                    }
+                },
+            )
+            .collect();
+        self.swap(|current| Anchors {
+            server: current.server.clone(),
+            partners,
+        });
+    }
+
+    fn swap(&self, next: impl FnOnce(&Anchors) -> Anchors) {
+        let mut anchors = self
+            .anchors
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *anchors = Arc::new(next(&anchors));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     fn verifier(
+        setting: &'static str,
         roots: &[CertificateDer<'static>],
     ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-        let invalid = |reason: String| TlsError::Invalid {
-            setting: "server.client_ca",
-            reason,
-        };
+        let invalid = |reason: String| TlsError::Invalid { setting, reason };
         let mut store = RootCertStore::empty();
         for root in roots {
             store
@@ -184,32 +245,70 @@ impl ClientTrust {
                 .contains(&Thumbprint::of(end_entity.as_ref()).0)
     }
 
-    /// Whether the certificate is still within its validity and still chains to what is
-    /// trusted now. Connections outlive trust changes (keep-alive), so each request re-checks
-    /// what its handshake proved: the full path validation reruns only after trust changed.
-    pub fn still_trusts(&self, certificate: &ClientCertificate) -> bool {
-        let now = UnixTime::now();
-        let unexpired = i64::try_from(now.as_secs()).is_ok_and(|now| now < certificate.not_after);
-        let generation = self.generation.load(Ordering::Acquire);
-        if !unexpired {
-            return false;
+    /// Every anchor under which the chain verifies now.
+    fn anchors_of(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Vec<TrustAnchor> {
+        let anchors = self.current();
+        let mut verified = Vec::new();
+        if anchors
+            .server
+            .verify_client_cert(end_entity, intermediates, now)
+            .is_ok()
+        {
+            verified.push(TrustAnchor::Server);
         }
-        if certificate.verified_generation.load(Ordering::Acquire) == generation {
-            return true;
+        for (partner, verifier) in &anchors.partners {
+            if verifier
+                .verify_client_cert(end_entity, intermediates, now)
+                .is_ok()
+            {
+                verified.push(TrustAnchor::Partner(partner.clone()));
+            }
         }
-        let trusted = self
-            .verify_client_cert(&certificate.der, &certificate.intermediates, now)
-            .is_ok();
-        if trusted {
-            certificate
-                .verified_generation
-                .store(generation, Ordering::Release);
+        if self.is_pinned(end_entity, intermediates) {
+            verified.push(TrustAnchor::Pinned);
         }
-        trusted
+        verified
     }
 
-    fn current(&self) -> Arc<dyn ClientCertVerifier> {
-        self.current
+    /// The certificate with the anchors that verify it under current trust, or `None` when it
+    /// has expired or no anchor verifies it any more. Connections outlive trust changes
+    /// (keep-alive), so each request re-checks what its handshake proved; the path validation
+    /// reruns only after trust changed.
+    pub fn verified(&self, certificate: &ClientCertificate) -> Option<ClientCertificate> {
+        let now = UnixTime::now();
+        let unexpired = i64::try_from(now.as_secs()).is_ok_and(|now| now < certificate.not_after);
+        if !unexpired {
+            return None;
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut cached = certificate
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let anchors = match &*cached {
+            Some((at, anchors)) if *at == generation => anchors.clone(),
+            _ => {
+                let anchors: Arc<[TrustAnchor]> = self
+                    .anchors_of(&certificate.der, &certificate.intermediates, now)
+                    .into();
+                *cached = Some((generation, anchors.clone()));
+                anchors
+            }
+        };
+        drop(cached);
+        (!anchors.is_empty()).then(|| ClientCertificate {
+            anchors,
+            ..certificate.clone()
+        })
+    }
+
+    fn current(&self) -> Arc<Anchors> {
+        self.anchors
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
@@ -243,15 +342,24 @@ impl ClientCertVerifier for ClientTrust {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match self
-            .current()
-            .verify_client_cert(end_entity, intermediates, now)
-        {
-            Ok(verified) => Ok(verified),
-            Err(_) if self.is_pinned(end_entity, intermediates) => {
+        let anchors = self.current();
+        let server = anchors
+            .server
+            .verify_client_cert(end_entity, intermediates, now);
+        if server.is_ok() {
+            return server;
+        }
+        let partner = anchors.partners.iter().find_map(|(_, verifier)| {
+            verifier
+                .verify_client_cert(end_entity, intermediates, now)
+                .ok()
+        });
+        match partner {
+            Some(verified) => Ok(verified),
+            None if self.is_pinned(end_entity, intermediates) => {
                 Ok(ClientCertVerified::assertion())
             }
-            Err(error) => Err(error),
+            None => server,
         }
     }
 
@@ -261,7 +369,9 @@ impl ClientCertVerifier for ClientTrust {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current().verify_tls12_signature(message, cert, dss)
+        self.current()
+            .server
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -270,11 +380,13 @@ impl ClientCertVerifier for ClientTrust {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current().verify_tls13_signature(message, cert, dss)
+        self.current()
+            .server
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current().supported_verify_schemes()
+        self.current().server.supported_verify_schemes()
     }
 }
 
@@ -320,10 +432,19 @@ pub struct ClientCertificate {
     pub subject: DistinguishedName,
     /// End of validity, seconds since the epoch.
     pub not_after: i64,
-    /// The trust generation this connection's certificate was last verified under
-    /// (`u64::MAX`: not yet); shared by the connection's requests.
-    verified_generation: Arc<AtomicU64>,
+    /// The anchors the chain verified under and the trust generation they were computed in;
+    /// shared by the connection's requests.
+    verified: Arc<std::sync::Mutex<Option<(u64, Arc<[TrustAnchor]>)>>>,
+    /// The anchors that verify the chain for this request (empty until [`ClientTrust::verified`]
+    /// has checked it, so an unchecked certificate matches no client).
+    pub anchors: Arc<[TrustAnchor]>,
     pub subject_alt_names: Vec<SubjectAltName>,
+}
+
+impl ClientCertificate {
+    pub fn anchored_by(&self, anchor: &TrustAnchor) -> bool {
+        self.anchors.contains(anchor)
+    }
 }
 
 impl ClientCertificate {
@@ -349,7 +470,8 @@ impl ClientCertificate {
         let not_after = certificate.validity().not_after.timestamp();
         Ok(Self {
             not_after,
-            verified_generation: Arc::new(AtomicU64::new(u64::MAX)),
+            verified: Arc::default(),
+            anchors: Arc::new([]),
             thumbprint: Thumbprint::of(der.as_ref()),
             der,
             intermediates,

@@ -42,6 +42,16 @@ pub struct AccessTokenClaims {
     /// The version of the partner trust profile a partner's JWT was accepted under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_profile_version: Option<i32>,
+    /// The data owner: the partner whose subject this token is about, and its region. Every
+    /// later exchange decides consent, trust profile and residency against them, whoever holds
+    /// the token then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_partner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_region: Option<String>,
+    /// RFC 8693 §4.4: who may act for the subject; carried so that no later hop drops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub may_act: Option<serde_json::Value>,
 }
 
 pub fn mint(keys: &KeySet, claims: &AccessTokenClaims) -> Result<String, KeyError> {
@@ -107,7 +117,10 @@ pub async fn is_revoked(pool: &PgPool, jti: &str) -> Result<bool, sqlx::Error> {
         "WITH RECURSIVE ancestry (jti) AS (
              SELECT $1::uuid
              UNION
-             SELECT l.parent_jti FROM token_lineage l JOIN ancestry a ON l.jti = a.jti
+             SELECT ancestor.jti
+               FROM token_lineage l JOIN ancestry a ON l.jti = a.jti,
+                    LATERAL (VALUES (l.parent_jti), (l.actor_jti)) AS ancestor (jti)
+              WHERE ancestor.jti IS NOT NULL
          )
          SELECT EXISTS (SELECT 1 FROM revoked_tokens r JOIN ancestry a ON r.jti = a.jti)",
     )
@@ -199,13 +212,15 @@ async fn revoke(
     .bind(expires_at)
     .execute(pool)
     .await?;
-    // Every token exchanged from it, transitively, goes with it.
+    // Every token exchanged from it or issued with it as the actor, transitively, goes with it.
     sqlx::query(
         "WITH RECURSIVE descendants (jti, client_id, expires_at) AS (
-             SELECT jti, client_id, expires_at FROM token_lineage WHERE parent_jti = $1
+             SELECT jti, client_id, expires_at FROM token_lineage
+              WHERE parent_jti = $1 OR actor_jti = $1
              UNION
              SELECT l.jti, l.client_id, l.expires_at
-               FROM token_lineage l JOIN descendants d ON l.parent_jti = d.jti
+               FROM token_lineage l JOIN descendants d
+                 ON l.parent_jti = d.jti OR l.actor_jti = d.jti
          )
          INSERT INTO revoked_tokens (jti, client_id, revoked_by, expires_at)
          SELECT jti, client_id, $2, expires_at FROM descendants

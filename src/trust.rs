@@ -2,22 +2,16 @@
 //! algorithms, under which limits; and validation of the JWTs those issuers sign.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
 use crate::scopes::ScopeSet;
-use crate::tokens::FOREIGN_CLOCK_LEEWAY;
-
-/// A fetched key set is used this long before it is fetched again.
-const JWKS_TTL: Duration = Duration::from_secs(300);
-/// An unknown `kid` triggers at most one refetch per issuer in this interval.
-const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct TrustProfile {
@@ -33,6 +27,8 @@ pub struct TrustProfile {
     pub scopes: ScopeSet,
     pub region: String,
     pub active: bool,
+    /// The JOSE `typ` the partner's JWTs must carry, if the profile fixes one.
+    pub required_typ: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +52,7 @@ struct ProfileRow {
     scopes: Vec<String>,
     region: String,
     status: String,
+    required_typ: Option<String>,
 }
 
 impl TryFrom<ProfileRow> for TrustProfile {
@@ -90,6 +87,7 @@ impl TryFrom<ProfileRow> for TrustProfile {
             scopes: ScopeSet::from_stored(&row.scopes),
             region: row.region,
             active: row.status == "active",
+            required_typ: row.required_typ,
         })
     }
 }
@@ -102,7 +100,7 @@ pub async fn profile_for_issuer(
     let row: Option<ProfileRow> = sqlx::query_as(
         "SELECT p.partner_id, p.version, p.issuers, p.jwks, p.jwks_uri, p.algorithms,
                 p.max_assertion_lifetime_s, p.required_claims, p.single_use, p.audiences,
-                p.scopes, p.region, p.status
+                p.scopes, p.region, p.status, p.required_typ
            FROM trust_profiles p
            JOIN trust_profile_heads h
              ON h.partner_id = p.partner_id AND h.active_version = p.version
@@ -116,27 +114,63 @@ pub async fn profile_for_issuer(
         .map_err(TrustError::Malformed)
 }
 
-/// The CA certificates of every active profile: partner clients' certificates chain to these.
+/// The CA certificates of every active profile, by partner: each partner's clients'
+/// certificates chain to its own.
 pub async fn client_cas(
     pool: &PgPool,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TrustError> {
+) -> Result<Vec<(String, Vec<rustls::pki_types::CertificateDer<'static>>)>, TrustError> {
     use rustls::pki_types::pem::PemObject;
-    let pems: Vec<String> = sqlx::query_scalar(
-        "SELECT p.client_ca_pem FROM trust_profiles p
+    let pems: Vec<(String, String)> = sqlx::query_as(
+        "SELECT p.partner_id, p.client_ca_pem FROM trust_profiles p
            JOIN trust_profile_heads h
              ON h.partner_id = p.partner_id AND h.active_version = p.version
-          WHERE p.status = 'active' AND p.client_ca_pem IS NOT NULL",
+          WHERE p.status = 'active' AND p.client_ca_pem IS NOT NULL
+          ORDER BY p.partner_id",
     )
     .fetch_all(pool)
     .await?;
     Ok(pems
-        .iter()
-        .flat_map(|pem| {
-            rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .into_iter()
+        .map(|(partner, pem)| {
+            let roots = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
                 .filter_map(Result::ok)
-                .collect::<Vec<_>>()
+                .collect();
+            (partner, roots)
         })
         .collect())
+}
+
+/// What a data owner's trust profile still lets its subjects reach: the audiences and scopes
+/// of both the version a subject was accepted under and the active version.
+#[derive(Debug, Clone)]
+pub struct Reach {
+    pub audiences: Vec<String>,
+    pub scopes: ScopeSet,
+}
+
+/// The reach of `partner`'s profile `version` as limited by its active version; `None` when
+/// the partner, its active profile or the version is not usable any more.
+pub async fn reach(pool: &PgPool, partner: &str, version: i32) -> Result<Option<Reach>, TrustError> {
+    let row: Option<(Vec<String>, Vec<String>, Vec<String>, Vec<String>)> = sqlx::query_as(
+        "SELECT v.audiences, v.scopes, a.audiences, a.scopes
+           FROM trust_profiles v
+           JOIN trust_profile_heads h ON h.partner_id = v.partner_id
+           JOIN trust_profiles a ON a.partner_id = h.partner_id AND a.version = h.active_version
+           JOIN partners p ON p.id = v.partner_id
+          WHERE v.partner_id = $1 AND v.version = $2
+            AND a.status = 'active' AND p.status = 'active'",
+    )
+    .bind(partner)
+    .bind(version)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(issued_audiences, issued_scopes, audiences, scopes)| Reach {
+        audiences: issued_audiences
+            .into_iter()
+            .filter(|audience| audiences.contains(audience))
+            .collect(),
+        scopes: ScopeSet::from_stored(&issued_scopes).intersection(&ScopeSet::from_stored(&scopes)),
+    }))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -153,6 +187,7 @@ pub struct NewProfile {
     pub scopes: Vec<String>,
     pub region: String,
     pub active: bool,
+    pub required_typ: Option<String>,
 }
 
 /// Writes the next version of the partner's profile, makes it the active one, and audits the
@@ -192,8 +227,8 @@ pub async fn publish(
         "INSERT INTO trust_profiles
             (partner_id, version, issuers, jwks, jwks_uri, algorithms, max_assertion_lifetime_s,
              required_claims, single_use, client_ca_pem, audiences, scopes, region, status,
-             created_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             created_by, required_typ)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(partner)
     .bind(version)
@@ -214,6 +249,7 @@ pub async fn publish(
         "suspended"
     })
     .bind(by)
+    .bind(&profile.required_typ)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
@@ -271,18 +307,36 @@ pub struct PartnerSubject {
     pub may_act: Option<Value>,
 }
 
-/// Key sets fetched from `jwks_uri`, shared by all requests of a node.
+/// Key sets fetched from `jwks_uri`, shared by all requests of a node. A partner's endpoint
+/// is never driven by the requests: one fetch at a time per endpoint, at most one fetch per
+/// interval after a failure or for an unknown `kid`, and a known key set keeps serving for a
+/// bounded time while its endpoint fails.
 pub struct JwksCache {
     http: reqwest::Client,
-    entries: Mutex<HashMap<String, CachedKeys>>,
+    entries: Mutex<HashMap<String, Arc<tokio::sync::Mutex<CachedKeys>>>>,
 }
 
+#[derive(Default)]
 struct CachedKeys {
-    keys: JwkSet,
-    fetched: Instant,
+    /// The last key set fetched, and when.
+    keys: Option<(JwkSet, Instant)>,
     /// When an unknown `kid` last caused a fetch.
     refetched_for_unknown_kid: Option<Instant>,
+    /// When the last fetch failed.
+    failed: Option<Instant>,
 }
+
+/// A fetched key set is used this long before it is fetched again.
+const JWKS_TTL: Duration = Duration::from_secs(300);
+/// An unknown `kid` triggers at most one refetch per issuer in this interval.
+const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// After a failed fetch, none is tried again for this long (requests fail fast meanwhile).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
+/// How long past its TTL a key set keeps serving while its endpoint fails.
+const SERVE_STALE_FOR: Duration = Duration::from_secs(3600);
+/// The longest key set accepted, and how long a fetch may take in all.
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl JwksCache {
     pub fn new(http: reqwest::Client) -> Self {
@@ -292,68 +346,86 @@ impl JwksCache {
         }
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedKeys>> {
+    fn entry(&self, uri: &str) -> Arc<tokio::sync::Mutex<CachedKeys>> {
         self.entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(uri.to_owned())
+            .or_default()
+            .clone()
     }
 
-    async fn fetch(&self, uri: &str, for_unknown_kid: bool) -> Result<JwkSet, TrustError> {
-        let unreachable =
-            |error: reqwest::Error| TrustError::KeysUnreachable(error.without_url().to_string());
-        let keys: JwkSet = self
+    async fn fetch(&self, uri: &str) -> Result<JwkSet, TrustError> {
+        let unreachable = |reason: String| TrustError::KeysUnreachable(reason);
+        let mut response = self
             .http
             .get(uri)
-            .timeout(Duration::from_secs(5))
+            .timeout(FETCH_TIMEOUT)
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(unreachable)?
-            .json()
+            .map_err(|error| unreachable(error.without_url().to_string()))?;
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(unreachable)?;
-        let mut entries = self.entries();
-        let previous_refetch = entries
-            .get(uri)
-            .and_then(|entry| entry.refetched_for_unknown_kid);
-        entries.insert(
-            uri.to_owned(),
-            CachedKeys {
-                keys: keys.clone(),
-                fetched: Instant::now(),
-                refetched_for_unknown_kid: if for_unknown_kid {
-                    Some(Instant::now())
-                } else {
-                    previous_refetch
-                },
-            },
-        );
-        Ok(keys)
+            .map_err(|error| unreachable(error.without_url().to_string()))?
+        {
+            if body.len().saturating_add(chunk.len()) > MAX_JWKS_BYTES {
+                return Err(unreachable(format!(
+                    "key set larger than {MAX_JWKS_BYTES} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|_| unreachable("not a JWK set".into()))
     }
 
     /// The key set for `uri`: fetched when absent or stale, and fetched again for an unknown
     /// `kid` (a partner rotating keys) at most once per refetch interval.
     async fn keys_for(&self, uri: &str, kid: Option<&str>) -> Result<JwkSet, TrustError> {
-        let cached = self.entries().get(uri).map(|entry| {
-            (
-                entry.keys.clone(),
-                entry.fetched,
-                entry.refetched_for_unknown_kid,
-            )
-        });
-        match cached {
-            None => self.fetch(uri, false).await,
-            Some((_, fetched, _)) if fetched.elapsed() >= JWKS_TTL => self.fetch(uri, false).await,
-            Some((keys, _, refetched)) => {
-                let known = kid.is_none_or(|kid| keys.find(kid).is_some());
-                let may_refetch =
-                    refetched.is_none_or(|refetched| refetched.elapsed() >= REFETCH_INTERVAL);
-                if known || !may_refetch {
-                    Ok(keys)
-                } else {
-                    self.fetch(uri, true).await
+        let entry = self.entry(uri);
+        // Held across the fetch: concurrent requests for this endpoint wait for its result
+        // instead of fetching again.
+        let mut cached = entry.lock().await;
+        let known = |keys: &JwkSet| kid.is_none_or(|kid| keys.find(kid).is_some());
+        let may_fetch = cached
+            .failed
+            .is_none_or(|failed| failed.elapsed() >= RETRY_AFTER_FAILURE);
+        let fetch = match &cached.keys {
+            None => may_fetch,
+            Some((_, fetched)) if fetched.elapsed() >= JWKS_TTL => may_fetch,
+            Some((keys, _)) if known(keys) => false,
+            Some(_) => {
+                may_fetch
+                    && cached
+                        .refetched_for_unknown_kid
+                        .is_none_or(|refetched| refetched.elapsed() >= REFETCH_INTERVAL)
+            }
+        };
+        if fetch {
+            if cached.keys.is_some() {
+                cached.refetched_for_unknown_kid = Some(Instant::now());
+            }
+            match self.fetch(uri).await {
+                Ok(keys) => {
+                    cached.keys = Some((keys.clone(), Instant::now()));
+                    cached.failed = None;
+                    return Ok(keys);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "a partner's key set could not be fetched");
+                    cached.failed = Some(Instant::now());
                 }
             }
+        }
+        match &cached.keys {
+            Some((keys, fetched)) if fetched.elapsed() < JWKS_TTL + SERVE_STALE_FOR => {
+                Ok(keys.clone())
+            }
+            _ => Err(TrustError::KeysUnreachable(
+                "no usable key set (fetch failed recently)".into(),
+            )),
         }
     }
 }
@@ -381,7 +453,7 @@ pub async fn validate_partner_jwt(
     now: i64,
 ) -> Result<Validated, TrustError> {
     let reject = |reason: &str| Ok(Validated::Rejected(rejected(reason)));
-    let Ok(header) = jsonwebtoken::decode_header(token) else {
+    let Ok(header) = crate::jwt::header(token) else {
         return reject("not a JWT");
     };
     let Ok(unverified) = jsonwebtoken::dangerous::insecure_decode::<Value>(token) else {
@@ -396,6 +468,8 @@ pub async fn validate_partner_jwt(
     if !profile.active {
         return reject("the partner's trust profile is suspended");
     }
+    // Checked before any key is fetched, so that a token the profile refuses anyway cannot
+    // make us call the partner's endpoint.
     if !profile.algorithms.contains(&header.alg) {
         return reject("algorithm not allowed by the trust profile");
     }
@@ -406,86 +480,58 @@ pub async fn validate_partner_jwt(
         KeySource::Inline(keys) => keys.clone(),
         KeySource::Uri(uri) => cache.keys_for(uri, header.kid.as_deref()).await?,
     };
-    let candidates: Vec<_> = match &header.kid {
-        Some(kid) => keys.find(kid).into_iter().collect(),
-        None => keys.keys.iter().collect(),
+    let rules = crate::jwt::Rules {
+        algorithms: &profile.algorithms,
+        issuer,
+        audience: our_issuer,
+        audience_as_string: false,
+        typ: profile
+            .required_typ
+            .as_deref()
+            .map_or(crate::jwt::Typ::NotAccessToken, crate::jwt::Typ::Required),
+        max_lifetime_s: profile.max_assertion_lifetime,
+        require_iat: true,
+        require_jti: profile.single_use,
     };
-    if candidates.is_empty() {
-        return reject("signed by a key the partner does not publish");
-    }
-    let mut validation = Validation::new(header.alg);
-    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
-    validation.set_issuer(&[issuer]);
-    validation.set_audience(&[our_issuer]);
-    validation.leeway = FOREIGN_CLOCK_LEEWAY.as_secs();
-    let verified = candidates
-        .iter()
-        .filter_map(|jwk| DecodingKey::from_jwk(jwk).ok())
-        .find_map(|key| jsonwebtoken::decode::<PartnerClaims>(token, &key, &validation).ok());
-    let Some(verified) = verified else {
-        return reject("signature or claims invalid (issuer, audience, expiry, numeric dates)");
+    let claims = match crate::jwt::validate(token, &keys.keys, &rules, now) {
+        Ok(claims) => claims,
+        Err(reason) => return reject(reason),
     };
-    let claims = verified.claims;
-    let Some(iat) = claims.iat else {
-        return reject("iat is required to bound the assertion's lifetime");
-    };
-    if claims.exp - iat > profile.max_assertion_lifetime {
-        return reject("the assertion lives longer than the trust profile allows");
-    }
-    if iat > now + FOREIGN_CLOCK_LEEWAY.as_secs() as i64 {
-        return reject("iat is in the future");
-    }
     for (name, expected) in &profile.required_claims {
-        if unverified.claims.get(name) != Some(expected) {
+        if claims.other.get(name) != Some(expected) {
             return Ok(Validated::Rejected(rejected(format!(
                 "required claim `{name}` missing or different"
             ))));
         }
     }
-    if profile.single_use {
-        let Some(jti) = claims.jti.as_deref().filter(|jti| !jti.is_empty()) else {
-            return reject("single-use assertions need a jti");
-        };
-        let expires_at =
-            OffsetDateTime::from_unix_timestamp(claims.exp + FOREIGN_CLOCK_LEEWAY.as_secs() as i64)
-                .map_err(|_| TrustError::Malformed("exp out of range".into()))?;
-        let inserted = sqlx::query(
-            "INSERT INTO partner_assertion_jtis (issuer, jti, expires_at) VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING",
+    if let (true, Some(jti)) = (profile.single_use, claims.jti.as_deref()) {
+        let expires_at = claims
+            .exp
+            .checked_add(crate::jwt::FOREIGN_CLOCK_LEEWAY_S)
+            .and_then(|at| OffsetDateTime::from_unix_timestamp(at).ok())
+            .ok_or_else(|| TrustError::Malformed("exp out of range".into()))?;
+        let first_use = crate::replay::first_use(
+            pool,
+            crate::replay::AssertionKind::Partner,
+            issuer,
+            jti,
+            expires_at,
         )
-        .bind(issuer)
-        .bind(jti)
-        .bind(expires_at)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
+        .await?;
+        if !first_use {
             return reject("assertion replayed (jti already used)");
         }
     }
     let scopes = claims
-        .scope
-        .as_deref()
-        .map(|scope| ScopeSet::parse(scope).unwrap_or_default());
+        .other
+        .get("scope")
+        .map(|scope| scope.as_str().and_then(ScopeSet::parse).unwrap_or_default());
     Ok(Validated::Accepted(Box::new(PartnerSubject {
         issuer: issuer.to_owned(),
         subject: claims.sub,
         expires_at: claims.exp,
         scopes,
-        may_act: claims.may_act,
+        may_act: claims.other.get("may_act").cloned(),
         profile,
     })))
-}
-
-#[derive(serde::Deserialize)]
-struct PartnerClaims {
-    sub: String,
-    exp: i64,
-    iat: Option<i64>,
-    /// Read so that a non-numeric `nbf` fails deserialisation (jsonwebtoken would skip it).
-    #[serde(rename = "nbf")]
-    _nbf: Option<i64>,
-    jti: Option<String>,
-    scope: Option<String>,
-    may_act: Option<Value>,
 }

@@ -69,6 +69,9 @@ pub struct EventDetails {
     #[serde(default)]
     pub policies: Vec<String>,
     pub parent_jti: Option<String>,
+    /// The actor token an exchanged token was issued with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_jti: Option<String>,
     /// The issued token's `exp`.
     pub expires_at: Option<i64>,
 }
@@ -481,29 +484,37 @@ async fn insert(
     Ok(())
 }
 
-/// An exchanged token's place in the lineage: (jti, parent, client, expiry).
-type LineageEntry = (uuid::Uuid, uuid::Uuid, Option<String>, OffsetDateTime);
+/// An exchanged token's place in the lineage: (jti, parent, actor, client, expiry).
+type LineageEntry = (
+    uuid::Uuid,
+    Option<uuid::Uuid>,
+    Option<uuid::Uuid>,
+    Option<String>,
+    OffsetDateTime,
+);
 
 /// The lineage an allowed event carries, if it issued an exchanged token.
 fn lineage_of(
     outcome: Outcome,
     details: &EventDetails,
 ) -> Result<Option<LineageEntry>, BatchError> {
-    let (Outcome::Allow, Some(jti), Some(parent)) = (
-        outcome,
-        details.jti.as_deref(),
-        details.parent_jti.as_deref(),
-    ) else {
+    let (Outcome::Allow, Some(jti)) = (outcome, details.jti.as_deref()) else {
         return Ok(None);
     };
+    if details.parent_jti.is_none() && details.actor_jti.is_none() {
+        return Ok(None);
+    }
     let uuid = |id: &str| uuid::Uuid::parse_str(id).map_err(|_| BatchError::Lineage);
+    let parent = details.parent_jti.as_deref().map(uuid).transpose()?;
+    let actor = details.actor_jti.as_deref().map(uuid).transpose()?;
     let expires_at = details
         .expires_at
         .and_then(|exp| OffsetDateTime::from_unix_timestamp(exp).ok())
         .ok_or(BatchError::Lineage)?;
     Ok(Some((
         uuid(jti)?,
-        uuid(parent)?,
+        parent,
+        actor,
         details.client_id.clone(),
         expires_at,
     )))
@@ -517,18 +528,19 @@ async fn insert_lineage<'e>(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO token_lineage (jti, parent_jti, client_id, expires_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[])",
+        "INSERT INTO token_lineage (jti, parent_jti, actor_jti, client_id, expires_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[])",
     )
     .bind(lineage.iter().map(|entry| entry.0).collect::<Vec<_>>())
     .bind(lineage.iter().map(|entry| entry.1).collect::<Vec<_>>())
+    .bind(lineage.iter().map(|entry| entry.2).collect::<Vec<_>>())
     .bind(
         lineage
             .iter()
-            .map(|entry| entry.2.clone())
+            .map(|entry| entry.3.clone())
             .collect::<Vec<_>>(),
     )
-    .bind(lineage.iter().map(|entry| entry.3).collect::<Vec<_>>())
+    .bind(lineage.iter().map(|entry| entry.4).collect::<Vec<_>>())
     .execute(executor)
     .await?;
     Ok(())

@@ -108,7 +108,12 @@ async fn authenticate(
         client_id: params.get("client_id").map(str::to_owned),
         assertion_type: params.get("client_assertion_type").map(str::to_owned),
         assertion: params.get("client_assertion").map(str::to_owned),
-        authorization_header: req.headers().contains_key(header::AUTHORIZATION),
+        authorization: req.headers().get(header::AUTHORIZATION).map(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(super::authorization_scheme)
+        }),
     };
     let result = client_auth::authenticate(
         &credentials,
@@ -144,7 +149,9 @@ async fn authenticate(
             Err(call
                 .deny(
                     EventKind::ClientAuthenticationFailed,
-                    OAuthError::InvalidClient,
+                    OAuthError::InvalidClient {
+                        challenge: credentials.authorization.flatten(),
+                    },
                     details,
                 )
                 .await)
@@ -329,8 +336,9 @@ async fn client_credentials(
 }
 
 /// The parts of an RFC 8693 request, parsed; anything malformed is `invalid_request` (or
-/// `invalid_target` / `invalid_scope` for those parameters).
-fn exchange_request(params: &Params) -> Result<(ExchangeRequest<'_>, TokenType), Denial> {
+/// `invalid_target` / `invalid_scope` for those parameters). Tessera issues access tokens
+/// only, and an actor token is always one of ours.
+fn exchange_request(params: &Params) -> Result<ExchangeRequest<'_>, Denial> {
     let token_type = |name: &str| -> Result<Option<TokenType>, Denial> {
         params
             .get(name)
@@ -343,11 +351,16 @@ fn exchange_request(params: &Params) -> Result<(ExchangeRequest<'_>, TokenType),
     let subject_token = params
         .get("subject_token")
         .ok_or_else(|| Denial::InvalidRequest("parameter `subject_token` is required".into()))?;
-    token_type("subject_token_type")?.ok_or_else(|| {
+    let subject_token_type = token_type("subject_token_type")?.ok_or_else(|| {
         Denial::InvalidRequest("parameter `subject_token_type` is required".into())
     })?;
     let actor_token = match (params.get("actor_token"), token_type("actor_token_type")?) {
-        (Some(token), Some(_)) => Some(token),
+        (Some(token), Some(TokenType::AccessToken)) => Some(token),
+        (Some(_), Some(_)) => {
+            return Err(Denial::InvalidRequest(
+                "`actor_token_type` must be an access token issued by this server".into(),
+            ));
+        }
         (None, None) => None,
         _ => {
             return Err(Denial::InvalidRequest(
@@ -355,7 +368,12 @@ fn exchange_request(params: &Params) -> Result<(ExchangeRequest<'_>, TokenType),
             ));
         }
     };
-    let requested = token_type("requested_token_type")?.unwrap_or(TokenType::AccessToken);
+    if token_type("requested_token_type")?.is_some_and(|requested| requested != TokenType::AccessToken)
+    {
+        return Err(Denial::InvalidRequest(
+            "only access tokens are issued: `requested_token_type` must be access_token".into(),
+        ));
+    }
     let target = grants::single_target(params.all("resource"), params.all("audience"))?;
     let requested_scopes = params
         .get("scope")
@@ -364,15 +382,13 @@ fn exchange_request(params: &Params) -> Result<(ExchangeRequest<'_>, TokenType),
                 .ok_or_else(|| Denial::InvalidScope("malformed scope parameter".into()))
         })
         .transpose()?;
-    Ok((
-        ExchangeRequest {
-            subject_token,
-            actor_token,
-            target,
-            requested_scopes,
-        },
-        requested,
-    ))
+    Ok(ExchangeRequest {
+        subject_token,
+        subject_token_type,
+        actor_token,
+        target,
+        requested_scopes,
+    })
 }
 
 async fn token_exchange(
@@ -394,7 +410,7 @@ async fn token_exchange(
         let error = OAuthError::UnauthorizedClient("this client may not exchange tokens".into());
         return Err(call.deny(EventKind::TokenExchanged, error, details).await);
     }
-    let (request, requested_type) = match exchange_request(params) {
+    let request = match exchange_request(params) {
         Ok(parsed) => parsed,
         Err(denial) => {
             return Err(call
@@ -464,7 +480,7 @@ async fn token_exchange(
         .inc();
     Ok(no_store(HttpResponse::Ok()).json(json!({
         "access_token": issued.access_token,
-        "issued_token_type": requested_type.urn(),
+        "issued_token_type": TokenType::AccessToken.urn(),
         "token_type": "Bearer",
         "expires_in": issued.expires_in,
         "scope": issued.scopes.to_string(),

@@ -19,9 +19,11 @@ pub enum OAuthError {
     /// unacceptable `subject_token` or `actor_token`.
     #[error("invalid_request: {0}")]
     InvalidRequest(String),
-    /// RFC 6749 §5.2: client authentication failed. The reason is audited, not returned.
+    /// RFC 6749 §5.2: client authentication failed. The reason is audited, not returned. A
+    /// client that tried an `Authorization` scheme is answered with a challenge in that
+    /// scheme; any other gets none, since RFC 6749 §5.2 asks for one only then.
     #[error("invalid_client")]
-    InvalidClient,
+    InvalidClient { challenge: Option<&'static str> },
     /// RFC 6749 §5.2: the grant itself is invalid, expired or revoked.
     #[error("invalid_grant: {0}")]
     InvalidGrant(String),
@@ -47,7 +49,7 @@ impl OAuthError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidRequest(_) => "invalid_request",
-            Self::InvalidClient => "invalid_client",
+            Self::InvalidClient { .. } => "invalid_client",
             Self::InvalidGrant(_) => "invalid_grant",
             Self::UnauthorizedClient(_) => "unauthorized_client",
             Self::UnsupportedGrantType => "unsupported_grant_type",
@@ -64,17 +66,26 @@ impl OAuthError {
             | Self::UnauthorizedClient(text)
             | Self::InvalidScope(text)
             | Self::InvalidTarget(text) => text,
-            Self::InvalidClient => "client authentication failed",
+            Self::InvalidClient { .. } => "client authentication failed",
             Self::UnsupportedGrantType => "the grant type is not supported",
             Self::TemporarilyUnavailable => "the service is temporarily unavailable; retry later",
         }
     }
 }
 
+/// The registered HTTP authentication scheme (RFC 7235 §5.1) the `Authorization` header used,
+/// in its canonical spelling; unknown schemes are not echoed back.
+pub fn authorization_scheme(header: &str) -> Option<&'static str> {
+    let used = header.split_ascii_whitespace().next()?;
+    ["Basic", "Bearer", "DPoP", "Digest", "Negotiate"]
+        .into_iter()
+        .find(|scheme| scheme.eq_ignore_ascii_case(used))
+}
+
 impl ResponseError for OAuthError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::InvalidClient => StatusCode::UNAUTHORIZED,
+            Self::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
             Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -85,11 +96,11 @@ impl ResponseError for OAuthError {
         response
             .insert_header((CACHE_CONTROL, "no-store"))
             .insert_header((PRAGMA, "no-cache"));
-        if matches!(self, Self::InvalidClient) {
-            response.insert_header((
-                WWW_AUTHENTICATE,
-                r#"Bearer realm="tessera", error="invalid_client""#,
-            ));
+        if let Self::InvalidClient {
+            challenge: Some(scheme),
+        } = self
+        {
+            response.insert_header((WWW_AUTHENTICATE, format!(r#"{scheme} realm="tessera""#)));
         }
         if matches!(self, Self::TemporarilyUnavailable) {
             response.insert_header(("Retry-After", "1"));

@@ -56,8 +56,13 @@ async fn the_handler_sees_the_partner_certificate_thumbprint_and_dn() {
     assert_eq!(body["subject"], "CN=partner-a,O=Tessera Dev");
     assert_eq!(
         body["subject_alt_names"],
-        serde_json::json!([{ "type": "dns", "value": "partner-a.tessera.test" }])
+        serde_json::json!([
+            { "type": "dns", "value": "partner-a.tessera.test" },
+            { "type": "uri", "value": "spiffe://tessera.test/partner-a" },
+            { "type": "email", "value": "partner-a@tessera.test" },
+        ])
     );
+    assert_eq!(body["trust_anchors"], serde_json::json!(["server"]));
 }
 
 #[tokio::test]
