@@ -349,11 +349,7 @@ fn spawn_expiry(pool: PgPool) -> tokio::task::JoinHandle<()> {
         let mut ticker = tokio::time::interval(Duration::from_secs(60));
         loop {
             ticker.tick().await;
-            for table in [
-                "assertion_jtis",
-                "revoked_tokens",
-                "token_lineage",
-            ] {
+            for table in ["assertion_jtis", "revoked_tokens", "token_lineage"] {
                 let statement = format!("DELETE FROM {table} WHERE expires_at < now()");
                 if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(statement))
                     .execute(&pool)

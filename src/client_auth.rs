@@ -198,8 +198,8 @@ async fn authenticate_assertion(
         jti,
         expires_at,
     )
-        .await
-        .map_err(|error| AuthError::Unavailable(error.to_string()))?;
+    .await
+    .map_err(|error| AuthError::Unavailable(error.to_string()))?;
     if !first_use {
         return Err(failed(Some(&client_id), "client assertion jti replayed"));
     }

@@ -398,7 +398,12 @@ impl Exchanger<'_> {
     ) -> Result<(Decision, Provenance), ExchangeError> {
         let client = &authenticated.client;
         let subject = self
-            .subject(client, request.subject_token, request.subject_token_type, now)
+            .subject(
+                client,
+                request.subject_token,
+                request.subject_token_type,
+                now,
+            )
             .await?;
         let (act, actor_jti) = self
             .actor(client, &subject, request.actor_token, now)
@@ -522,7 +527,10 @@ impl ScopeLimits {
         let limits = [
             ("the subject token", &self.subject),
             ("the audience", &self.audience),
-            ("the client's registration for this audience", &self.registration),
+            (
+                "the client's registration for this audience",
+                &self.registration,
+            ),
         ];
         let (holder, missing) = limits
             .iter()

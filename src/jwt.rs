@@ -138,7 +138,12 @@ fn check_times(claims: &ForeignClaims, rules: &Rules<'_>, now: i64) -> Result<()
     let latest_start = now
         .checked_add(FOREIGN_CLOCK_LEEWAY_S)
         .ok_or(OUT_OF_RANGE)?;
-    if claims.exp.checked_add(FOREIGN_CLOCK_LEEWAY_S).ok_or(OUT_OF_RANGE)? <= now {
+    if claims
+        .exp
+        .checked_add(FOREIGN_CLOCK_LEEWAY_S)
+        .ok_or(OUT_OF_RANGE)?
+        <= now
+    {
         return Err("expired");
     }
     if claims.nbf.is_some_and(|nbf| nbf > latest_start) {

@@ -169,15 +169,15 @@ impl ClientTrust {
     pub fn replace_partner_roots(&self, partners: &[(String, Vec<CertificateDer<'static>>)]) {
         let partners = partners
             .iter()
-            .filter_map(
-                |(partner, roots)| match Self::verifier("trust_profiles.client_ca_pem", roots) {
+            .filter_map(|(partner, roots)| {
+                match Self::verifier("trust_profiles.client_ca_pem", roots) {
                     Ok(verifier) => Some((partner.clone(), verifier)),
                     Err(error) => {
                         tracing::error!(%partner, %error, "a partner's client CA is unusable");
                         None
                     }
-                },
-            )
+                }
+            })
             .collect();
         self.swap(|current| Anchors {
             server: current.server.clone(),

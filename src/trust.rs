@@ -150,7 +150,11 @@ pub struct Reach {
 
 /// The reach of `partner`'s profile `version` as limited by its active version; `None` when
 /// the partner, its active profile or the version is not usable any more.
-pub async fn reach(pool: &PgPool, partner: &str, version: i32) -> Result<Option<Reach>, TrustError> {
+pub async fn reach(
+    pool: &PgPool,
+    partner: &str,
+    version: i32,
+) -> Result<Option<Reach>, TrustError> {
     let row: Option<(Vec<String>, Vec<String>, Vec<String>, Vec<String>)> = sqlx::query_as(
         "SELECT v.audiences, v.scopes, a.audiences, a.scopes
            FROM trust_profiles v
@@ -164,13 +168,16 @@ pub async fn reach(pool: &PgPool, partner: &str, version: i32) -> Result<Option<
     .bind(version)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(issued_audiences, issued_scopes, audiences, scopes)| Reach {
-        audiences: issued_audiences
-            .into_iter()
-            .filter(|audience| audiences.contains(audience))
-            .collect(),
-        scopes: ScopeSet::from_stored(&issued_scopes).intersection(&ScopeSet::from_stored(&scopes)),
-    }))
+    Ok(row.map(
+        |(issued_audiences, issued_scopes, audiences, scopes)| Reach {
+            audiences: issued_audiences
+                .into_iter()
+                .filter(|audience| audiences.contains(audience))
+                .collect(),
+            scopes: ScopeSet::from_stored(&issued_scopes)
+                .intersection(&ScopeSet::from_stored(&scopes)),
+        },
+    ))
 }
 
 #[derive(Debug, Clone, Default)]

@@ -108,12 +108,10 @@ async fn authenticate(
         client_id: params.get("client_id").map(str::to_owned),
         assertion_type: params.get("client_assertion_type").map(str::to_owned),
         assertion: params.get("client_assertion").map(str::to_owned),
-        authorization: req.headers().get(header::AUTHORIZATION).map(|value| {
-            value
-                .to_str()
-                .ok()
-                .and_then(super::authorization_scheme)
-        }),
+        authorization: req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|value| value.to_str().ok().and_then(super::authorization_scheme)),
     };
     let result = client_auth::authenticate(
         &credentials,
@@ -368,7 +366,8 @@ fn exchange_request(params: &Params) -> Result<ExchangeRequest<'_>, Denial> {
             ));
         }
     };
-    if token_type("requested_token_type")?.is_some_and(|requested| requested != TokenType::AccessToken)
+    if token_type("requested_token_type")?
+        .is_some_and(|requested| requested != TokenType::AccessToken)
     {
         return Err(Denial::InvalidRequest(
             "only access tokens are issued: `requested_token_type` must be access_token".into(),

@@ -120,7 +120,10 @@ async fn invalid_client_challenges_only_in_the_scheme_the_client_used() {
         .await
         .unwrap();
     assert_eq!(basic.status(), 401);
-    assert_eq!(basic.headers()["www-authenticate"], r#"Basic realm="tessera""#);
+    assert_eq!(
+        basic.headers()["www-authenticate"],
+        r#"Basic realm="tessera""#
+    );
     let response = app
         .client(Some("partner-b"))
         .post(app.url("/oauth2/token"))

@@ -11,23 +11,29 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, TestDatabase, pki, spawn_app_on};
 
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
-const PARTNER_ISSUER: &str = "https://idp.partner-d.test";
+pub(crate) const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub(crate) const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub(crate) const PARTNER_ISSUER: &str = "https://idp.partner-d.test";
 
-use crate::fixtures::{ClientKey as PartnerKey, es256_key as partner_key};
+pub(crate) use crate::fixtures::{ClientKey as PartnerKey, es256_key as partner_key};
 
 /// The partner's identity provider: serves its JWKS over HTTPS, counts fetches, can go down.
-struct PartnerIdp {
-    url: String,
-    fetches: Arc<AtomicUsize>,
-    down: Arc<AtomicBool>,
+pub(crate) struct PartnerIdp {
+    pub(crate) url: String,
+    pub(crate) fetches: Arc<AtomicUsize>,
+    pub(crate) down: Arc<AtomicBool>,
+    /// Answers after a second, or with a body larger than any key set.
+    pub(crate) slow: Arc<AtomicBool>,
+    pub(crate) huge: Arc<AtomicBool>,
 }
 
-async fn start_idp(jwks: Value) -> PartnerIdp {
+pub(crate) async fn start_idp(jwks: Value) -> PartnerIdp {
     let fetches = Arc::new(AtomicUsize::new(0));
     let down = Arc::new(AtomicBool::new(false));
+    let slow = Arc::new(AtomicBool::new(false));
+    let huge = Arc::new(AtomicBool::new(false));
     let (counter, switch) = (fetches.clone(), down.clone());
+    let (slow_switch, huge_switch) = (slow.clone(), huge.clone());
     let jwks = web::Data::new(jwks);
     let pki = pki();
     use rustls::pki_types::pem::PemObject;
@@ -42,14 +48,23 @@ async fn start_idp(jwks: Value) -> PartnerIdp {
         .unwrap();
     let server = HttpServer::new(move || {
         let (counter, switch) = (counter.clone(), switch.clone());
+        let (slow, huge) = (slow_switch.clone(), huge_switch.clone());
         App::new().app_data(jwks.clone()).route(
             "/jwks.json",
             web::get().to(move |jwks: web::Data<Value>| {
                 let (counter, switch) = (counter.clone(), switch.clone());
+                let (slow, huge) = (slow.clone(), huge.clone());
                 async move {
                     counter.fetch_add(1, Ordering::SeqCst);
+                    if slow.load(Ordering::SeqCst) {
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
                     if switch.load(Ordering::SeqCst) {
                         HttpResponse::ServiceUnavailable().finish()
+                    } else if huge.load(Ordering::SeqCst) {
+                        let mut padded = jwks.get_ref().clone();
+                        padded["padding"] = json!("x".repeat(1024 * 1024));
+                        HttpResponse::Ok().json(padded)
                     } else {
                         HttpResponse::Ok().json(jwks.get_ref())
                     }
@@ -66,16 +81,18 @@ async fn start_idp(jwks: Value) -> PartnerIdp {
         url: format!("https://localhost:{port}/jwks.json"),
         fetches,
         down,
+        slow,
+        huge,
     }
 }
 
-struct Setup {
-    app: TestApp,
-    key: PartnerKey,
-    idp: PartnerIdp,
+pub(crate) struct Setup {
+    pub(crate) app: TestApp,
+    pub(crate) key: PartnerKey,
+    pub(crate) idp: PartnerIdp,
 }
 
-async fn setup() -> Setup {
+pub(crate) async fn setup() -> Setup {
     let key = partner_key("d-1");
     let idp = start_idp(json!({ "keys": [key.jwk] })).await;
     let app = spawn_app_on(TestDatabase::create().await, |settings| {
@@ -111,7 +128,7 @@ async fn publish(app: &TestApp, partner: &str, jwks_uri: &str, active: bool) -> 
     publish_with(app, partner, jwks_uri, active, None).await
 }
 
-async fn publish_with(
+pub(crate) async fn publish_with(
     app: &TestApp,
     partner: &str,
     jwks_uri: &str,
@@ -142,7 +159,7 @@ async fn publish_with(
     .unwrap()
 }
 
-fn claims() -> Value {
+pub(crate) fn claims() -> Value {
     let now = tessera::keys::unix_now();
     json!({
         "iss": PARTNER_ISSUER,
@@ -156,7 +173,7 @@ fn claims() -> Value {
     })
 }
 
-fn sign(key: &PartnerKey, kid: &str, claims: &Value) -> String {
+pub(crate) fn sign(key: &PartnerKey, kid: &str, claims: &Value) -> String {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some(kid.into());
     jsonwebtoken::encode(
@@ -176,7 +193,7 @@ fn forged(header: Value, claims: &Value, signature: &[u8]) -> String {
     )
 }
 
-async fn exchange(app: &TestApp, subject: &str) -> (u16, Value) {
+pub(crate) async fn exchange(app: &TestApp, subject: &str) -> (u16, Value) {
     app.post_form(
         Some("partner-a"),
         "/oauth2/token",
@@ -191,7 +208,7 @@ async fn exchange(app: &TestApp, subject: &str) -> (u16, Value) {
     .await
 }
 
-async fn issued(app: &TestApp) -> i64 {
+pub(crate) async fn issued(app: &TestApp) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM audit_events WHERE kind = 'token_exchanged' AND outcome = 'allow'",
     )
