@@ -141,10 +141,10 @@ impl Exchanger<'_> {
         if self.revocations.is_revoked(self.pool, &claims.jti).await? {
             return Ok(Err("revoked, or exchanged from a revoked token".into()));
         }
-        if let Some(consent) = &claims.consent_id {
-            if !consents::still_active(self.pool, consent, at(now)).await? {
-                return Ok(Err("issued under a consent that is no longer active".into()));
-            }
+        if let Some(consent) = &claims.consent_id
+            && !consents::still_active(self.pool, consent, at(now)).await?
+        {
+            return Ok(Err("issued under a consent that is no longer active".into()));
         }
         Ok(Ok(claims))
     }

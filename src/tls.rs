@@ -422,6 +422,9 @@ pub enum SubjectAltName {
     Email(String),
 }
 
+/// The anchors a chain verified under, and the trust generation they were computed in.
+type VerifiedAnchors = (u64, Arc<[TrustAnchor]>);
+
 /// The verified leaf certificate a client presented on this connection.
 #[derive(Debug, Clone)]
 pub struct ClientCertificate {
@@ -434,7 +437,7 @@ pub struct ClientCertificate {
     pub not_after: i64,
     /// The anchors the chain verified under and the trust generation they were computed in;
     /// shared by the connection's requests.
-    verified: Arc<std::sync::Mutex<Option<(u64, Arc<[TrustAnchor]>)>>>,
+    verified: Arc<std::sync::Mutex<Option<VerifiedAnchors>>>,
     /// The anchors that verify the chain for this request (empty until [`ClientTrust::verified`]
     /// has checked it, so an unchecked certificate matches no client).
     pub anchors: Arc<[TrustAnchor]>,

@@ -155,8 +155,15 @@ pub async fn reach(
     partner: &str,
     version: i32,
 ) -> Result<Option<Reach>, TrustError> {
-    let row: Option<(Vec<String>, Vec<String>, Vec<String>, Vec<String>)> = sqlx::query_as(
-        "SELECT v.audiences, v.scopes, a.audiences, a.scopes
+    #[derive(sqlx::FromRow)]
+    struct Versions {
+        issued_audiences: Vec<String>,
+        issued_scopes: Vec<String>,
+        audiences: Vec<String>,
+        scopes: Vec<String>,
+    }
+    let row: Option<Versions> = sqlx::query_as(
+        "SELECT v.audiences AS issued_audiences, v.scopes AS issued_scopes, a.audiences, a.scopes
            FROM trust_profiles v
            JOIN trust_profile_heads h ON h.partner_id = v.partner_id
            JOIN trust_profiles a ON a.partner_id = h.partner_id AND a.version = h.active_version
@@ -168,16 +175,15 @@ pub async fn reach(
     .bind(version)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(
-        |(issued_audiences, issued_scopes, audiences, scopes)| Reach {
-            audiences: issued_audiences
-                .into_iter()
-                .filter(|audience| audiences.contains(audience))
-                .collect(),
-            scopes: ScopeSet::from_stored(&issued_scopes)
-                .intersection(&ScopeSet::from_stored(&scopes)),
-        },
-    ))
+    Ok(row.map(|row| Reach {
+        audiences: row
+            .issued_audiences
+            .into_iter()
+            .filter(|audience| row.audiences.contains(audience))
+            .collect(),
+        scopes: ScopeSet::from_stored(&row.issued_scopes)
+            .intersection(&ScopeSet::from_stored(&row.scopes)),
+    }))
 }
 
 #[derive(Debug, Clone, Default)]

@@ -1010,7 +1010,9 @@ async fn token_types_are_checked_and_reported() {
         .token("partner-a", "partner-a-treasury", "https://ledger.test")
         .await;
     let partner_jwt = sign(&key, "d-1", &partner_claims());
-    let cases: Vec<(&str, &str, &str, Vec<(&str, &str)>)> = vec![
+    // (case, subject token, its declared type, extra parameters)
+    type Case<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
         ("our token declared a jwt", &own, JWT_TYPE, vec![]),
         (
             "a partner jwt declared an access token",
