@@ -31,13 +31,14 @@ pub struct Consent {
     pub status: ConsentStatus,
 }
 
-/// Why no consent covers a request (for the audit trail).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why no consent covers a request (for the audit trail), in rising order of how near the
+/// request came: of several consents, the nearest miss is the one to report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Uncovered {
     Absent,
     Revoked,
-    NotYetEffective,
     Expired,
+    NotYetEffective,
     AudienceNotCovered,
 }
 

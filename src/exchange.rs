@@ -384,7 +384,7 @@ impl Exchanger<'_> {
                     let scopes = allowed.intersection(&consent.scopes);
                     return Ok((Some(consent.id.to_string()), scopes));
                 }
-                Err(why) => uncovered = why,
+                Err(why) => uncovered = uncovered.max(why),
             }
         }
         Err(refused(uncovered.reason()))

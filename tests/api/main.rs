@@ -2,6 +2,7 @@
 
 mod audit;
 mod boundaries;
+mod chains;
 mod client_auth;
 mod client_credentials;
 mod exchange;
