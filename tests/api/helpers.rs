@@ -173,6 +173,9 @@ pub fn test_settings(database_url: &str) -> Settings {
         },
     )
     .unwrap();
+    // `DATABASE_URL` names the server tests create their databases on; it must not replace
+    // the test's own database.
+    settings.database.url = SecretString::from(database_url.to_owned());
     settings.server.bind = "127.0.0.1:0".parse().unwrap();
     settings.server.workers = 2;
     settings.server.shutdown_timeout = std::time::Duration::from_secs(10);
