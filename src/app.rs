@@ -99,6 +99,7 @@ impl Application {
         let client_roots =
             crate::tls::read_certificates("server.client_ca", &settings.server.tls.client_ca)?;
         let client_trust = ClientTrust::new(&client_roots)?;
+        client_trust.replace_crls(crate::tls::read_crls(&settings.server.client_crls)?)?;
         let tls = crate::tls::server_config(
             &settings.server.tls,
             settings.server.tls_min_version,
@@ -146,6 +147,7 @@ impl Application {
             keys.spawn_maintenance(pool.clone(), settings.tokens.max_lifetime, audit.clone()),
             spawn_trust_refresh(
                 client_trust.clone(),
+                settings.server.client_crls.clone(),
                 pool.clone(),
                 settings.registry.cache_ttl,
             ),
@@ -284,10 +286,12 @@ fn node_name() -> String {
     format!("{host}/{}", std::process::id())
 }
 
-/// Keeps client-certificate trust in step with the database: the client CAs of active partner
-/// trust profiles, each its partner's own anchor, and the pinned self-signed certificates of registered clients.
+/// Keeps client-certificate trust in step with the database and the CRL files: the client CAs
+/// of active partner trust profiles, each its partner's own anchor, the pinned self-signed
+/// certificates of registered clients, and the revocation lists every anchor checks.
 fn spawn_trust_refresh(
     trust: Arc<ClientTrust>,
+    crl_files: Vec<std::path::PathBuf>,
     pool: PgPool,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
@@ -302,6 +306,15 @@ fn spawn_trust_refresh(
                 Err(error) => {
                     tracing::warn!(%error, "refreshing pinned client certificates failed")
                 }
+            }
+            // An unreadable CRL keeps the last one read: what it revoked stays revoked.
+            match crate::tls::read_crls(&crl_files) {
+                Ok(crls) => {
+                    if let Err(error) = trust.replace_crls(crls) {
+                        tracing::error!(%error, "a CRL is unusable; the last one read stays");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "re-reading CRLs failed"),
             }
             match crate::trust::client_cas(&pool).await {
                 Ok(partner_cas) if partner_cas != current_partner_cas => {

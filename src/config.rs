@@ -111,6 +111,7 @@ struct RawServer {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
+    client_crls: Vec<PathBuf>,
     tls_min_version: TlsVersion,
     request_timeout_ms: u64,
     body_limit_bytes: usize,
@@ -139,6 +140,7 @@ impl Default for RawSettings {
                 cert: None,
                 key: None,
                 client_ca: None,
+                client_crls: Vec::new(),
                 tls_min_version: TlsVersion::Tls13,
                 request_timeout_ms: 5_000,
                 body_limit_bytes: 64 * 1024,
@@ -303,6 +305,8 @@ pub struct AuditSettings {
 pub struct ServerSettings {
     pub bind: SocketAddr,
     pub tls: TlsFiles,
+    /// CRLs (PEM or DER files) for client certificates, re-read while running.
+    pub client_crls: Vec<PathBuf>,
     pub tls_min_version: TlsVersion,
     pub request_timeout: Duration,
     pub body_limit_bytes: usize,
@@ -476,6 +480,7 @@ impl Settings {
             server: ServerSettings {
                 bind,
                 tls,
+                client_crls: raw.server.client_crls,
                 tls_min_version: raw.server.tls_min_version,
                 request_timeout: Duration::from_millis(raw.server.request_timeout_ms),
                 body_limit_bytes: raw.server.body_limit_bytes,

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -21,7 +21,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
@@ -123,10 +123,91 @@ impl fmt::Display for TrustAnchor {
     }
 }
 
-/// The verifiers of every anchor, replaced as a whole when trust changes.
+/// The verifiers of every anchor and what they were built from, replaced as a whole when
+/// trust changes.
 struct Anchors {
+    server_roots: Vec<CertificateDer<'static>>,
     server: Arc<dyn ClientCertVerifier>,
+    partner_roots: Vec<(String, Vec<CertificateDer<'static>>)>,
     partners: Vec<(String, Arc<dyn ClientCertVerifier>)>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+}
+
+impl Anchors {
+    /// The operator's anchor must build; a partner whose CAs are unusable has no anchor (and is
+    /// logged) rather than holding back every other partner.
+    fn build(
+        server_roots: Vec<CertificateDer<'static>>,
+        partner_roots: Vec<(String, Vec<CertificateDer<'static>>)>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<Self, TlsError> {
+        let server = verifier("server.client_ca", &server_roots, &crls)?;
+        let partners = partner_roots
+            .iter()
+            .filter_map(|(partner, roots)| {
+                match verifier("trust_profiles.client_ca_pem", roots, &crls) {
+                    Ok(verifier) => Some((partner.clone(), verifier)),
+                    Err(error) => {
+                        tracing::error!(%partner, %error, "a partner's client CA is unusable");
+                        None
+                    }
+                }
+            })
+            .collect();
+        Ok(Self {
+            server_roots,
+            server,
+            partner_roots,
+            partners,
+            crls,
+        })
+    }
+}
+
+/// A verifier for one anchor. Revocation is checked against the configured CRLs; a chain whose
+/// issuer no CRL covers is not refused for that, since partners' CAs need not publish one.
+fn verifier(
+    setting: &'static str,
+    roots: &[CertificateDer<'static>],
+    crls: &[CertificateRevocationListDer<'static>],
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let invalid = |reason: String| TlsError::Invalid { setting, reason };
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        store
+            .add(root.clone())
+            .map_err(|error| invalid(format!("unusable CA certificate: {error}")))?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(store), crypto_provider())
+        .with_crls(crls.iter().cloned())
+        .allow_unknown_revocation_status()
+        .allow_unauthenticated()
+        .build()
+        .map_err(|error| invalid(error.to_string()))
+}
+
+/// Reads the CRL files (PEM, or DER when not PEM) named by `server.client_crls`.
+pub fn read_crls(
+    paths: &[PathBuf],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut crls = Vec::new();
+    for path in paths {
+        let read_error = |reason: String| TlsError::Read {
+            setting: "server.client_crls",
+            path: path.display().to_string(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|error| read_error(error.to_string()))?;
+        let pem = CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_or_default();
+        if pem.is_empty() {
+            crls.push(CertificateRevocationListDer::from(bytes));
+        } else {
+            crls.extend(pem);
+        }
+    }
+    Ok(crls)
 }
 
 /// The client-certificate verifier the server holds for its whole life; the anchors behind it
@@ -144,10 +225,11 @@ pub struct ClientTrust {
 impl ClientTrust {
     pub fn new(roots: &[CertificateDer<'static>]) -> Result<Arc<Self>, TlsError> {
         Ok(Arc::new(Self {
-            anchors: RwLock::new(Arc::new(Anchors {
-                server: Self::verifier("server.client_ca", roots)?,
-                partners: Vec::new(),
-            })),
+            anchors: RwLock::new(Arc::new(Anchors::build(
+                roots.to_vec(),
+                Vec::new(),
+                Vec::new(),
+            )?)),
             pinned: RwLock::default(),
             generation: AtomicU64::new(0),
         }))
@@ -155,60 +237,61 @@ impl ClientTrust {
 
     /// Replaces the operator's client CAs.
     pub fn replace_roots(&self, roots: &[CertificateDer<'static>]) -> Result<(), TlsError> {
-        let server = Self::verifier("server.client_ca", roots)?;
-        self.swap(|current| Anchors {
-            server,
-            partners: current.partners.clone(),
-        });
-        Ok(())
+        self.update(|current| {
+            Anchors::build(
+                roots.to_vec(),
+                current.partner_roots.clone(),
+                current.crls.clone(),
+            )
+        })
     }
 
     /// Replaces the partners' client CAs (from their active trust profiles); each partner's
-    /// CAs form an anchor of their own. A partner whose CAs are unusable has no anchor (and is
-    /// logged) rather than holding back every other partner's change.
+    /// CAs form an anchor of their own.
     pub fn replace_partner_roots(&self, partners: &[(String, Vec<CertificateDer<'static>>)]) {
-        let partners = partners
-            .iter()
-            .filter_map(|(partner, roots)| {
-                match Self::verifier("trust_profiles.client_ca_pem", roots) {
-                    Ok(verifier) => Some((partner.clone(), verifier)),
-                    Err(error) => {
-                        tracing::error!(%partner, %error, "a partner's client CA is unusable");
-                        None
-                    }
-                }
-            })
-            .collect();
-        self.swap(|current| Anchors {
-            server: current.server.clone(),
-            partners,
+        let updated = self.update(|current| {
+            Anchors::build(
+                current.server_roots.clone(),
+                partners.to_vec(),
+                current.crls.clone(),
+            )
         });
+        if let Err(error) = updated {
+            tracing::error!(%error, "client trust unchanged");
+        }
     }
 
-    fn swap(&self, next: impl FnOnce(&Anchors) -> Anchors) {
+    /// Replaces the CRLs every anchor checks; a revoked certificate fails the next handshake,
+    /// and kept-alive connections re-verify on their next request.
+    pub fn replace_crls(
+        &self,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<(), TlsError> {
+        if self.current().crls == crls {
+            return Ok(());
+        }
+        self.update(|current| {
+            Anchors::build(
+                current.server_roots.clone(),
+                current.partner_roots.clone(),
+                crls,
+            )
+        })
+    }
+
+    /// Builds the next anchors from the current ones under the write lock, so that concurrent
+    /// changes of different parts do not undo each other.
+    fn update(
+        &self,
+        next: impl FnOnce(&Anchors) -> Result<Anchors, TlsError>,
+    ) -> Result<(), TlsError> {
         let mut anchors = self
             .anchors
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *anchors = Arc::new(next(&anchors));
+        *anchors = Arc::new(next(&anchors)?);
         self.generation.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn verifier(
-        setting: &'static str,
-        roots: &[CertificateDer<'static>],
-    ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-        let invalid = |reason: String| TlsError::Invalid { setting, reason };
-        let mut store = RootCertStore::empty();
-        for root in roots {
-            store
-                .add(root.clone())
-                .map_err(|error| invalid(format!("unusable CA certificate: {error}")))?;
-        }
-        WebPkiClientVerifier::builder_with_provider(Arc::new(store), crypto_provider())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|error| invalid(error.to_string()))
+        Ok(())
     }
 
     pub fn replace_pinned(&self, certificates: Vec<CertificateDer<'static>>) {

@@ -24,36 +24,73 @@ use crate::partner::{
 const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// A certificate authority made by the test, standing for a partner's own CA.
-struct TestCa {
+pub(crate) struct TestCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl TestCa {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let key = KeyPair::generate().unwrap();
         Self {
             issuer: CertifiedIssuer::self_signed(params, key).unwrap(),
         }
     }
 
-    fn pem(&self) -> String {
+    pub(crate) fn pem(&self) -> String {
         self.issuer.pem()
     }
 
     /// A client certificate `CN=<cn>,O=Tessera Dev` with the given SANs.
-    fn client(&self, cn: &str, sans: Vec<SanType>) -> Identity {
+    pub(crate) fn client(&self, cn: &str, sans: Vec<SanType>) -> Identity {
+        self.client_with_serial(cn, sans, None)
+    }
+
+    pub(crate) fn client_with_serial(
+        &self,
+        cn: &str,
+        sans: Vec<SanType>,
+        serial: Option<u64>,
+    ) -> Identity {
         let key = KeyPair::generate().unwrap();
-        let params = client_params(cn, sans);
+        let mut params = client_params(cn, sans);
+        params.serial_number = serial.map(rcgen::SerialNumber::from);
         let certificate = params.signed_by(&key, &self.issuer).unwrap();
         Identity {
             chain: vec![certificate.der().clone()],
             key: key.serialize_der(),
         }
+    }
+}
+
+impl TestCa {
+    /// A CRL of this CA revoking these serial numbers, as PEM.
+    pub(crate) fn crl(&self, number: u64, revoked: &[u64]) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(1),
+            next_update: now + time::Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*serial),
+                    revocation_time: now - time::Duration::minutes(1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
     }
 }
 
@@ -71,7 +108,7 @@ fn client_params(cn: &str, sans: Vec<SanType>) -> CertificateParams {
 }
 
 /// A certificate chain and its key, presented by an HTTP client.
-struct Identity {
+pub(crate) struct Identity {
     chain: Vec<CertificateDer<'static>>,
     key: Vec<u8>,
 }
@@ -86,7 +123,7 @@ impl Identity {
         }
     }
 
-    fn http(&self) -> reqwest::Client {
+    pub(crate) fn http(&self) -> reqwest::Client {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone()));
         http_client(client_tls_presenting(
             Some((self.chain.clone(), key)),
@@ -122,11 +159,11 @@ async fn fast_app() -> TestApp {
     .await
 }
 
-async fn register(app: &TestApp, seed: Seed) {
+pub(crate) async fn register(app: &TestApp, seed: Seed) {
     seed.apply(&app.pool).await.unwrap();
 }
 
-fn client(id: &str, partner: &str) -> ClientSeed {
+pub(crate) fn client(id: &str, partner: &str) -> ClientSeed {
     ClientSeed {
         id: id.into(),
         partner: partner.into(),
@@ -139,7 +176,7 @@ fn client(id: &str, partner: &str) -> ClientSeed {
     }
 }
 
-async fn publish_ca(app: &TestApp, partner: &str, ca: &TestCa) {
+pub(crate) async fn publish_ca(app: &TestApp, partner: &str, ca: &TestCa) {
     tessera::trust::publish(
         &app.pool,
         &crate::helpers::admin_audit(app).await,
@@ -165,7 +202,7 @@ async fn publish_ca(app: &TestApp, partner: &str, ca: &TestCa) {
 }
 
 /// Waits until the server's trust refresh accepts `identity` at the TLS layer.
-async fn until_trusted(app: &TestApp, identity: &Identity) {
+pub(crate) async fn until_trusted(app: &TestApp, identity: &Identity) {
     for _ in 0..50 {
         let accepted = identity
             .http()

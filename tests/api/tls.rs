@@ -156,3 +156,78 @@ async fn client_trust_is_swapped_at_run_time_and_checked_on_kept_alive_connectio
         .unwrap();
     assert_eq!(newly_trusted.status(), 200);
 }
+
+/// Issue 10 item 9: a certificate revoked by a CRL named in `server.client_crls` fails the next
+/// handshake, and its kept-alive connection is refused on its next request, without a restart.
+#[tokio::test]
+async fn a_revoked_client_certificate_is_refused_on_new_and_kept_alive_connections() {
+    use crate::boundaries::{TestCa, client, publish_ca, register, until_trusted};
+    let ca = TestCa::new("Partner E CA");
+    let crl = crate::helpers::scratch_dir().join(format!("{}.crl.pem", uuid::Uuid::new_v4()));
+    std::fs::write(&crl, ca.crl(1, &[])).unwrap();
+    let crl_setting = crl.clone();
+    let app = crate::helpers::spawn_app_on(crate::helpers::TestDatabase::create().await, |s| {
+        s.registry.cache_ttl = std::time::Duration::from_millis(200);
+        s.server.client_crls = vec![crl_setting];
+    })
+    .await;
+    let mut own = client("partner-e-client", "partner-e");
+    own.tls_subject_dn = Some("CN=partner-e-client,O=Tessera Dev".into());
+    own.tls_anchor = Some("partner".into());
+    own.audiences = [(
+        "https://ledger.test".to_owned(),
+        vec!["ledger:read".to_owned()],
+    )]
+    .into();
+    register(
+        &app,
+        tessera::seed::Seed {
+            clients: vec![own],
+            ..tessera::seed::Seed::default()
+        },
+    )
+    .await;
+    publish_ca(&app, "partner-e", &ca).await;
+    let identity = ca.client_with_serial("partner-e-client", vec![], Some(0x4242));
+    until_trusted(&app, &identity).await;
+    let kept_alive = identity.http();
+    let token = |http: reqwest::Client| {
+        let url = app.url("/oauth2/token");
+        async move {
+            http.post(url)
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", "partner-e-client"),
+                    ("resource", "https://ledger.test"),
+                ])
+                .send()
+                .await
+                .map(|response| response.status().as_u16())
+        }
+    };
+    assert_eq!(token(kept_alive.clone()).await.unwrap(), 200);
+
+    std::fs::write(&crl, ca.crl(2, &[0x4242])).unwrap();
+    let mut refused = false;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if token(kept_alive.clone()).await.unwrap() == 401 {
+            refused = true;
+            break;
+        }
+    }
+    assert!(
+        refused,
+        "the kept-alive connection of a revoked certificate still authenticates"
+    );
+    assert_eq!(
+        app.denial_reasons().await.last().map(String::as_str),
+        Some("no client certificate")
+    );
+    let issued = app.audited("token_issued").await;
+    assert!(
+        token(identity.http()).await.is_err(),
+        "a new handshake with a revoked certificate succeeded"
+    );
+    assert_eq!(app.audited("token_issued").await, issued);
+}
