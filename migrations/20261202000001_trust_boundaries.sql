@@ -18,7 +18,14 @@ CREATE UNIQUE INDEX clients_one_identity_per_anchor ON clients (
               'ip:' || host(tls_san_ip), 'email:' || tls_san_email))
 ) WHERE auth_method = 'tls_client_auth';
 
--- A pinned self-signed certificate belongs to exactly one client.
+-- A pinned self-signed certificate belongs to exactly one client: each such client registers
+-- exactly one key, and no two clients the same certificate. (NOT VALID: existing rows are
+-- left for the operator to review; every new or changed row is checked.)
+ALTER TABLE clients
+    ADD CONSTRAINT clients_self_signed_one_certificate
+        CHECK (auth_method <> 'self_signed_tls_client_auth'
+               OR (jsonb_array_length(jwks -> 'keys') = 1
+                   AND jsonb_array_length(jwks -> 'keys' -> 0 -> 'x5c') = 1)) NOT VALID;
 CREATE UNIQUE INDEX clients_one_pinned_certificate ON clients ((jwks -> 'keys' -> 0 -> 'x5c' ->> 0))
     WHERE auth_method = 'self_signed_tls_client_auth';
 

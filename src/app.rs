@@ -332,6 +332,7 @@ fn spawn_trust_refresh(
 fn jwks_client(ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, StartupError> {
     let builder = reqwest::Client::builder()
         .user_agent("tessera")
+        .https_only(true)
         .redirect(reqwest::redirect::Policy::none());
     let builder = match ca_file {
         None => builder,

@@ -115,10 +115,13 @@ impl From<ConsentRow> for Consent {
     }
 }
 
+/// The current version of each consent. A consent of a suspended grantor reads as revoked: a
+/// data owner's suspension stops every chain that carries its subjects, at every hop.
 const CURRENT: &str =
-    "SELECT DISTINCT ON (id) id, version, grantor, grantee_partner, grantee_client,
-        scopes, audiences, effective_from, effective_until, legal_basis, status
-   FROM consents";
+    "SELECT DISTINCT ON (c.id) c.id, c.version, c.grantor, c.grantee_partner, c.grantee_client,
+        c.scopes, c.audiences, c.effective_from, c.effective_until, c.legal_basis,
+        CASE WHEN p.status = 'active' THEN c.status ELSE 'revoked' END AS status
+   FROM consents c JOIN partners p ON p.id = c.grantor";
 
 /// The current state of every consent the grantor gave the grantee (or one of its clients).
 pub async fn between(
@@ -128,8 +131,8 @@ pub async fn between(
     grantee_client: &str,
 ) -> Result<Vec<Consent>, sqlx::Error> {
     let rows: Vec<ConsentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT * FROM ({CURRENT} WHERE grantor = $1 AND grantee_partner = $2
-                ORDER BY id, version DESC) current
+        "SELECT * FROM ({CURRENT} WHERE c.grantor = $1 AND c.grantee_partner = $2
+                ORDER BY c.id, c.version DESC) current
           WHERE grantee_client IS NULL OR grantee_client = $3"
     )))
     .bind(grantor)
@@ -142,7 +145,7 @@ pub async fn between(
 
 pub async fn current(pool: &PgPool, id: uuid::Uuid) -> Result<Option<Consent>, sqlx::Error> {
     let row: Option<ConsentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{CURRENT} WHERE id = $1 ORDER BY id, version DESC"
+        "{CURRENT} WHERE c.id = $1 ORDER BY c.id, c.version DESC"
     )))
     .bind(id)
     .fetch_optional(pool)

@@ -231,18 +231,27 @@ impl Exchanger<'_> {
         })
     }
 
-    /// The actor chain of the new token and the actor token's `jti`, after checking the actor
-    /// against the subject's `may_act`: when the subject names who may act for it, some actor
-    /// (a new one, or the one already acting) must be that one.
+    /// The new token's actor chain, after checking the actor against the subject's
+    /// `may_act`: when the subject names who may act for it, some actor (a new one, or the one
+    /// already acting) must be that one.
+    ///
+    /// An actor token is the exchanging client's own token about itself: its `sub` is then a
+    /// client id that Tessera authenticated, never a name a partner's identity provider chose
+    /// (which could otherwise impersonate whoever `may_act` names), and it carries no other
+    /// partner's subject into the chain.
     async fn actor(
         &self,
         client: &crate::clients::Client,
         subject: &Subject,
         actor_token: Option<&str>,
         now: i64,
-    ) -> Result<(Option<Value>, Option<String>), ExchangeError> {
-        let (act, actor_jti) = match actor_token {
-            None => (subject.act.clone(), None),
+    ) -> Result<Actor, ExchangeError> {
+        let actor = match actor_token {
+            None => Actor {
+                act: subject.act.clone(),
+                jti: None,
+                expires_at: None,
+            },
             Some(token) => {
                 let actor = self
                     .live_token(token, now)
@@ -251,15 +260,27 @@ impl Exchanger<'_> {
                 if actor.client_id != client.id.as_str() {
                     return Err(bad_actor("the actor_token was not issued to this client"));
                 }
+                if actor.sub != actor.client_id
+                    || actor.owner_partner.as_deref() != Some(client.partner.0.as_str())
+                {
+                    return Err(bad_actor(
+                        "the actor_token must be the client's own token about itself",
+                    ));
+                }
                 let mut act = json!({ "sub": actor.sub, "client_id": actor.client_id });
                 if let Some(prior) = &subject.act {
                     act["act"] = prior.clone();
                 }
-                (Some(act), Some(actor.jti))
+                Actor {
+                    act: Some(act),
+                    jti: Some(actor.jti),
+                    expires_at: Some(actor.exp),
+                }
             }
         };
         if let Some(may_act) = &subject.may_act {
-            let acting = act
+            let acting = actor
+                .act
                 .as_ref()
                 .and_then(|act| act.get("sub"))
                 .and_then(Value::as_str);
@@ -269,20 +290,20 @@ impl Exchanger<'_> {
                         "the subject's may_act requires an actor_token naming that actor",
                     ));
                 }
-                Some(actor) if may_act.get("sub").and_then(Value::as_str) != Some(actor) => {
+                Some(acting) if !may_act_names(may_act, acting, self.issuer) => {
                     return Err(bad_actor("the subject's may_act does not name this actor"));
                 }
                 Some(_) => {}
             }
         }
-        let delegation_depth = depth(act.as_ref());
+        let delegation_depth = depth(actor.act.as_ref());
         if delegation_depth > self.max_delegation_depth {
             return Err(bad_actor(format!(
                 "delegation chain of {delegation_depth} exceeds the cap of {}",
                 self.max_delegation_depth
             )));
         }
-        Ok((act, actor_jti))
+        Ok(actor)
     }
 
     /// What the data owner's trust profile still allows: the audience must be in both the
@@ -405,10 +426,10 @@ impl Exchanger<'_> {
                 now,
             )
             .await?;
-        let (act, actor_jti) = self
+        let actor = self
             .actor(client, &subject, request.actor_token, now)
             .await?;
-        let delegation_depth = depth(act.as_ref());
+        let delegation_depth = depth(actor.act.as_ref());
 
         let not_allowed = || {
             refuse(
@@ -474,9 +495,14 @@ impl Exchanger<'_> {
             },
             Provenance {
                 subject: Some(subject.sub),
-                not_after: Some(subject.expires_at),
-                act,
-                actor_jti,
+                // A delegated token outlives neither its subject nor its actor.
+                not_after: Some(
+                    actor
+                        .expires_at
+                        .map_or(subject.expires_at, |actor| actor.min(subject.expires_at)),
+                ),
+                act: actor.act,
+                actor_jti: actor.jti,
                 may_act: subject.may_act,
                 owner: Some(Owner {
                     partner: subject.owner,
@@ -494,6 +520,22 @@ impl Exchanger<'_> {
             },
         ))
     }
+}
+
+/// Who acts in the new token: the chain, and the new actor token's `jti` and expiry.
+struct Actor {
+    act: Option<Value>,
+    jti: Option<String>,
+    expires_at: Option<i64>,
+}
+
+/// RFC 8693 §4.4: `may_act` names the actor by `sub` (here a client id Tessera authenticated)
+/// and, if it says so, by issuer, which for an actor token is always this server.
+fn may_act_names(may_act: &Value, actor: &str, our_issuer: &str) -> bool {
+    may_act.get("sub").and_then(Value::as_str) == Some(actor)
+        && may_act
+            .get("iss")
+            .is_none_or(|iss| iss.as_str() == Some(our_issuer))
 }
 
 fn at(now: i64) -> OffsetDateTime {

@@ -15,6 +15,9 @@ pub const FOREIGN_CLOCK_LEEWAY_S: i64 = 10;
 
 /// The longest `jti` stored in a replay table.
 const MAX_JTI_LEN: usize = 256;
+/// Signatures tried per token at most: a key set with many keys under one `kid` (or none)
+/// must not turn one request into hundreds of signature checks.
+const MAX_CANDIDATE_KEYS: usize = 4;
 
 /// What the JOSE `typ` header must be (RFC 8725 §3.11).
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +107,9 @@ pub fn validate(
         .collect();
     if candidates.is_empty() {
         return Err("signed by a key the sender has not registered (kid and alg)");
+    }
+    if candidates.len() > MAX_CANDIDATE_KEYS {
+        return Err("too many registered keys match (name the key with kid)");
     }
     let mut validation = Validation::new(header.alg);
     validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
