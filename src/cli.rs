@@ -202,11 +202,18 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             );
         }
         KeysCommand::Rewrap { .. } => {
-            let count = crate::keys::rewrap(&pool, &settings.keys).await?;
+            let rewrapped = crate::keys::rewrap(&pool, &settings.keys).await?;
             println!(
-                "re-wrapped {count} key(s) under key-encryption key `{}`",
-                settings.keys.kek.id
+                "re-wrapped {} signing key(s) and {} audit key(s) under key-encryption key `{}`",
+                rewrapped.signing_keys, rewrapped.audit_keys, settings.keys.kek.id
             );
+            if rewrapped.refused > 0 {
+                eprintln!(
+                    "left {} stored key(s) alone: they do not authenticate under the configured \
+                     key-encryption keys and are ignored wherever keys are loaded",
+                    rewrapped.refused
+                );
+            }
         }
     }
     Ok(())
@@ -259,13 +266,17 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AuditCommand::Verify { config } => {
-            let database = Settings::load_database(config.as_deref())?;
-            let pool = crate::storage::pool(&database)?;
-            match crate::audit::verify_all(&pool).await? {
+            let settings = Settings::load(config.as_deref())?;
+            let pool = crate::storage::pool(&settings.database)?;
+            match crate::audit::verify_all(&pool, &settings.keys, &settings.audit).await? {
                 Ok(summary) => {
+                    for chain in &summary.report {
+                        println!("{chain}");
+                    }
                     println!(
-                        "audit trail intact: {} chains, {} records, {} checkpoints",
-                        summary.chains, summary.records, summary.checkpoints
+                        "audit trail intact: {} chains, {} records, {} checkpoints; {} records \
+                         after the newest checkpoint of their chain, not yet signed",
+                        summary.chains, summary.records, summary.checkpoints, summary.unsigned_tail
                     );
                     Ok(())
                 }
@@ -273,9 +284,9 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             }
         }
         AuditCommand::Jwks { config } => {
-            let database = Settings::load_database(config.as_deref())?;
-            let pool = crate::storage::pool(&database)?;
-            println!("{}", crate::audit::audit_jwks(&pool).await?);
+            let settings = Settings::load(config.as_deref())?;
+            let pool = crate::storage::pool(&settings.database)?;
+            println!("{}", crate::audit::audit_jwks(&pool, &settings.keys).await?);
             Ok(())
         }
         AuditCommand::Export {

@@ -250,7 +250,7 @@ pub fn verify_export(
                 summary.links += 1;
             }
             Line::Checkpoint { chain_id, seq, jws } => {
-                let claims = verify_checkpoint(&jws, keys).map_err(fail)?;
+                let claims = verify_checkpoint(&jws, keys).map_err(|problem| fail(&problem))?;
                 let current = open
                     .remove(&chain_id)
                     .ok_or_else(|| fail("checkpoint without preceding links"))?;

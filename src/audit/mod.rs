@@ -12,7 +12,7 @@ mod verify;
 
 pub use checkpoint::{AuditSigner, audit_jwks};
 pub use export::{ExportFilter, ExportSummary, export, verify_export};
-pub use verify::{Broken, VerifySummary, verify_all};
+pub use verify::{Broken, ChainReport, VerifySummary, verify_all};
 
 use std::time::{Duration, Instant};
 
@@ -117,27 +117,29 @@ struct Pending {
     done: oneshot::Sender<Result<(), AuditError>>,
 }
 
-/// Removes, chain by chain, the records up to the newest checkpoint older than `retention`;
-/// the database function refuses anything else. Returns how many records went.
+/// Removes, chain by chain, the records up to the newest checkpoint older than `retention`,
+/// or than the database owner's retention (`audit_retention`) where that is longer: the
+/// database function refuses anything younger. Returns how many records went.
 pub async fn prune(pool: &PgPool, retention: Duration) -> Result<i64, sqlx::Error> {
     let boundaries: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
-        "SELECT chain_id, max(seq) FROM audit_checkpoints
-          WHERE signed_at < now() - make_interval(secs => $1)
-          GROUP BY chain_id",
+        "SELECT c.chain_id, max(c.seq) FROM audit_checkpoints c
+           JOIN audit_events e ON e.chain_id = c.chain_id AND e.seq = c.seq
+                              AND e.hash = c.head_hash
+          WHERE c.signed_at < now() - GREATEST(make_interval(secs => $1),
+                                               (SELECT minimum FROM audit_retention))
+          GROUP BY c.chain_id",
     )
     .bind(retention.as_secs_f64())
     .fetch_all(pool)
     .await?;
-    let mut removed = 0;
+    let mut removed: i64 = 0;
     for (chain_id, seq) in boundaries {
-        let count: i64 =
-            sqlx::query_scalar("SELECT audit_prune($1, $2, make_interval(secs => $3))")
-                .bind(chain_id)
-                .bind(seq)
-                .bind(retention.as_secs_f64())
-                .fetch_one(pool)
-                .await?;
-        removed += count;
+        let count: i64 = sqlx::query_scalar("SELECT audit_prune($1, $2)")
+            .bind(chain_id)
+            .bind(seq)
+            .fetch_one(pool)
+            .await?;
+        removed = removed.saturating_add(count);
     }
     Ok(removed)
 }
@@ -285,6 +287,13 @@ impl Writer {
         mut receiver: mpsc::Receiver<Pending>,
         mut stopped: oneshot::Receiver<()>,
     ) {
+        if let Err(error) = self
+            .signer
+            .open_chain(&self.pool, self.chain_id, &self.node)
+            .await
+        {
+            tracing::error!(%error, chain_id = %self.chain_id, "audit chain not registered");
+        }
         let mut batch = Vec::with_capacity(self.batch_max);
         let mut ticker = tokio::time::interval(self.policy.every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
