@@ -28,6 +28,10 @@ CREATE TABLE audit_prunes (
     PRIMARY KEY (chain_id, through_seq)
 );
 
+-- Chains pruned before this log existed start where they were pruned to.
+INSERT INTO audit_prunes (chain_id, through_seq)
+SELECT chain_id, min(seq) - 1 FROM audit_events GROUP BY chain_id HAVING min(seq) > 1;
+
 -- The only role allowed to delete audit records. Nobody is a member: its privileges are used
 -- solely by `audit_prune`, which it owns and which runs as it (SECURITY DEFINER).
 DO $$

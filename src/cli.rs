@@ -334,7 +334,8 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Prune { config } => {
             let settings = Settings::load(config.as_deref())?;
             let pool = crate::storage::pool(&settings.database)?;
-            let removed = crate::audit::prune(&pool, settings.audit.retention).await?;
+            let removed =
+                crate::audit::prune(&pool, settings.audit.retention, &settings.keys).await?;
             println!("pruned {removed} records older than the retention period");
             Ok(())
         }

@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
+use crate::config::KeySettings;
+use crate::keys::KeyError;
 use crate::metrics::Metrics;
+use futures_util::TryStreamExt;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
@@ -119,19 +122,45 @@ struct Pending {
 
 /// Removes, chain by chain, the records up to the newest checkpoint older than `retention`,
 /// or than the database owner's retention (`audit_retention`) where that is longer: the
-/// database function refuses anything younger. Returns how many records went.
-pub async fn prune(pool: &PgPool, retention: Duration) -> Result<i64, sqlx::Error> {
-    let boundaries: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
-        "SELECT c.chain_id, max(c.seq) FROM audit_checkpoints c
+/// database function refuses anything younger. Only a checkpoint that a trusted audit key
+/// signed for that very head is a place to prune to. Returns how many records went.
+pub async fn prune(
+    pool: &PgPool,
+    retention: Duration,
+    keys: &KeySettings,
+) -> Result<i64, KeyError> {
+    let trusted: jsonwebtoken::jwk::JwkSet = serde_json::from_value(audit_jwks(pool, keys).await?)
+        .unwrap_or(jsonwebtoken::jwk::JwkSet { keys: Vec::new() });
+    let mut candidates = sqlx::query_as::<_, (uuid::Uuid, i64, Vec<u8>, String)>(
+        "SELECT c.chain_id, c.seq, c.head_hash, c.jws FROM audit_checkpoints c
            JOIN audit_events e ON e.chain_id = c.chain_id AND e.seq = c.seq
                               AND e.hash = c.head_hash
           WHERE c.signed_at < now() - GREATEST(make_interval(secs => $1),
                                                (SELECT minimum FROM audit_retention))
-          GROUP BY c.chain_id",
+          ORDER BY c.chain_id, c.seq DESC",
     )
     .bind(retention.as_secs_f64())
-    .fetch_all(pool)
-    .await?;
+    .fetch(pool);
+    let mut boundaries: Vec<(uuid::Uuid, i64)> = Vec::new();
+    while let Some((chain_id, seq, head, jws)) = candidates.try_next().await? {
+        if boundaries
+            .last()
+            .is_some_and(|(chain, _)| *chain == chain_id)
+        {
+            continue;
+        }
+        let signed = checkpoint::verify_checkpoint(&jws, &trusted).is_ok_and(|claims| {
+            claims.chain_id == chain_id.to_string()
+                && claims.seq == seq
+                && claims.head == checkpoint::encode_hash(&head)
+        });
+        if signed {
+            boundaries.push((chain_id, seq));
+        } else {
+            tracing::warn!(%chain_id, seq, "not pruning to a checkpoint no trusted audit key signed");
+        }
+    }
+    drop(candidates);
     let mut removed: i64 = 0;
     for (chain_id, seq) in boundaries {
         let count: i64 = sqlx::query_scalar("SELECT audit_prune($1, $2)")

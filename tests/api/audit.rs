@@ -398,7 +398,9 @@ async fn pruning_goes_only_to_an_old_checkpoint_and_the_rest_still_verifies() {
     let retention = Duration::from_secs(86_400);
     // A fresh checkpoint is inside the retention period: nothing goes.
     assert_eq!(
-        tessera::audit::prune(&app.pool, retention).await.unwrap(),
+        tessera::audit::prune(&app.pool, retention, &app.settings.keys)
+            .await
+            .unwrap(),
         0
     );
     tamper(
@@ -409,7 +411,9 @@ async fn pruning_goes_only_to_an_old_checkpoint_and_the_rest_still_verifies() {
     )
     .await;
     assert_eq!(
-        tessera::audit::prune(&app.pool, retention).await.unwrap(),
+        tessera::audit::prune(&app.pool, retention, &app.settings.keys)
+            .await
+            .unwrap(),
         seq
     );
     let summary = verified(

@@ -382,13 +382,36 @@ async fn the_database_role_cannot_choose_the_retention_backdate_a_checkpoint_or_
     .unwrap();
     assert_eq!(records().await, before);
 
-    // The owner's retention, with the stored time of the checkpoint rather than the claimed one.
+    // Even once old enough by the owner's retention, a checkpoint no trusted key signed is no
+    // place for the server's pruning to go to.
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE audit_checkpoints SET signed_at = now() - interval '3 days' WHERE kid = $1",
+    )
+    .bind(&kid)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE audit_retention SET minimum = interval '1 day'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
     assert_eq!(
-        tessera::audit::prune(&app.pool, std::time::Duration::from_secs(86_400))
-            .await
-            .unwrap(),
+        tessera::audit::prune(
+            &app.pool,
+            std::time::Duration::from_secs(86_400),
+            &app.settings.keys,
+        )
+        .await
+        .unwrap(),
         0
     );
+    assert_eq!(records().await, before);
     let broken = verify(&app).await.unwrap_err();
     assert_eq!((broken.chain_id, broken.seq), (chain, seq));
     assert!(
