@@ -158,6 +158,26 @@ async fn verify(app: &TestApp) -> Result<tessera::audit::VerifySummary, tessera:
         .unwrap()
 }
 
+/// `tessera audit verify` run beside the app with the app's settings.
+fn audit_verify_command(app: &TestApp) -> std::process::Output {
+    use secrecy::ExposeSecret;
+    let pki = crate::helpers::pki();
+    let kek =
+        base64::engine::general_purpose::STANDARD.encode(app.settings.keys.kek.key.expose_secret());
+    std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["audit", "verify"])
+        .env_clear()
+        .env("TESSERA_SERVER__CERT", pki.server_cert())
+        .env("TESSERA_SERVER__KEY", pki.server_key())
+        .env("TESSERA_SERVER__CLIENT_CA", pki.ca_cert())
+        .env("TESSERA_TOKENS__ISSUER", crate::helpers::ISSUER)
+        .env("TESSERA_KEYS__KEK_ID", &app.settings.keys.kek.id)
+        .env("TESSERA_KEYS__KEK", kek)
+        .env("DATABASE_URL", database_url(app))
+        .output()
+        .unwrap()
+}
+
 async fn some_events(app: &TestApp, count: usize) {
     for _ in 0..count {
         app.token("partner-a", "partner-a-treasury", "https://ledger.test")
@@ -599,6 +619,13 @@ async fn verify_reports_every_chain_by_node_bounds_the_unsigned_tail_and_names_a
     let broken = verify(&app).await.unwrap_err();
     assert_eq!((broken.chain_id, broken.seq), (tool_chain, 3));
     assert!(broken.problem.contains("the chain is missing"), "{broken}");
+    let output = audit_verify_command(&app);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("the chain is missing"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test]
