@@ -66,8 +66,8 @@ pub enum KeysCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Re-wrap every stored key under the current `keys.kek` (older ones must still be listed
-    /// in `keys.previous_keks`).
+    /// Re-wrap every sealed key, signing and audit keys, under the current `keys.kek` (older
+    /// ones must still be listed in `keys.previous_keks`).
     Rewrap {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -76,7 +76,9 @@ pub enum KeysCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check every chain and checkpoint; names the first broken link. Exit 0 only if intact.
+    /// Check every chain and checkpoint against the audit keys the key-encryption key
+    /// authenticates; list every chain by node and name the first problem. Exit 0 only if
+    /// intact.
     Verify {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -109,13 +111,14 @@ pub enum AuditCommand {
         #[arg(long)]
         key: PathBuf,
     },
-    /// Print the audit key set that verifies checkpoints.
+    /// Print the audit key set that verifies checkpoints (keys the KEK authenticates).
     Jwks {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Remove records older than `audit.retention_days`, each chain down to a signed
-    /// checkpoint, so what remains still verifies. Export first.
+    /// Remove records older than `audit.retention_days` (and the database's own retention),
+    /// each chain down to a checkpoint a trusted audit key signed, so what remains still
+    /// verifies. Export first.
     Prune {
         #[arg(long)]
         config: Option<PathBuf>,
