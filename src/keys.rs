@@ -379,7 +379,9 @@ pub struct Rotation {
 /// Promotes the published `next` key to `active`, retires the old one (published until every
 /// token it may have signed has expired), and publishes a fresh `next`. With `only_if_due`,
 /// rotates only when the active key is older than the rotation interval, so that every node
-/// may call this on its schedule and exactly one rotation happens.
+/// may call this on its schedule and exactly one rotation happens. A `next` key that does not
+/// authenticate under the key-encryption keys is replaced instead of promoted, and the
+/// rotation fails.
 pub async fn rotate(
     pool: &PgPool,
     settings: &KeySettings,
@@ -401,13 +403,31 @@ pub async fn rotate(
     if only_if_due && (settings.rotation_interval.is_zero() || due != Some(true)) {
         return Ok(None);
     }
-    let next: Option<String> =
-        sqlx::query_scalar("SELECT kid FROM signing_keys WHERE state = 'next'")
-            .fetch_optional(&mut *tx)
-            .await?;
+    let next: Option<StoredKey> = sqlx::query_as(
+        "SELECT kid, algorithm, public_jwk, sealed_private_key, wrapped_data_key, kek_id
+           FROM signing_keys WHERE state = 'next'",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
     let Some(next) = next else {
         return Err(KeyError::NoActiveKey);
     };
+    if let Err(error) = next.authenticate(&all_keks(settings)) {
+        // Promoting it would leave no active key that loads. It is withdrawn instead (and
+        // removed with expired keys) and a fresh successor published, for the next rotation.
+        refuse_key("signing_keys", &next.kid, &error);
+        sqlx::query(
+            "UPDATE signing_keys SET state = 'retired', retired_at = now(), publish_until = now()
+              WHERE kid = $1",
+        )
+        .bind(&next.kid)
+        .execute(&mut *tx)
+        .await?;
+        insert_key(&mut tx, settings, KeyState::Next).await?;
+        tx.commit().await?;
+        return Err(error);
+    }
+    let next = next.kid;
     // Clock skew allowance on top of the longest lifetime any token can have.
     let publish_for = max_token_lifetime + Duration::from_secs(60);
     let retired: Option<String> = sqlx::query_scalar(

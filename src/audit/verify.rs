@@ -348,7 +348,9 @@ pub async fn verify_all(
     }
     seen.extend(expected.into_values());
     seen.sort_by_key(|report| report.chain_id);
-    summary.unsigned_tail = seen.iter().map(|report| report.unsigned_tail).sum();
+    summary.unsigned_tail = seen.iter().fold(0, |total, report| {
+        total.saturating_add(report.unsigned_tail)
+    });
     summary.report = seen;
     Ok(Ok(summary))
 }
@@ -381,7 +383,7 @@ fn finish_chain(
         chain
             .tail_to_us
             .checked_sub(from)
-            .is_some_and(|span| (0..=bound.span_us).contains(&span))
+            .is_some_and(|span| span <= bound.span_us)
     });
     if !within {
         return Err(broken(format!(

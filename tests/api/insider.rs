@@ -258,6 +258,46 @@ async fn a_signing_key_the_database_role_writes_is_neither_published_nor_accepte
 }
 
 #[tokio::test]
+async fn a_tampered_next_key_is_replaced_instead_of_promoted() {
+    let app = spawn_app().await;
+    let insider = Insider::join(&app.pool, &database_url(&app)).await;
+    let next: String = sqlx::query_scalar("SELECT kid FROM signing_keys WHERE state = 'next'")
+        .fetch_one(&insider.pool)
+        .await
+        .unwrap();
+    insider
+        .run(&format!(
+            "UPDATE signing_keys SET sealed_private_key = '\\x00' WHERE kid = '{next}'"
+        ))
+        .await
+        .unwrap();
+    let max_lifetime = app.settings.tokens.max_lifetime;
+    let error = tessera::keys::rotate(&app.pool, &app.settings.keys, max_lifetime, false)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains(&next), "{error}");
+    let active = tessera::keys::KeyRing::load(&app.pool, app.settings.keys.clone())
+        .await
+        .unwrap()
+        .current()
+        .active
+        .kid
+        .clone();
+    assert_ne!(active, next);
+
+    let rotation = tessera::keys::rotate(&app.pool, &app.settings.keys, max_lifetime, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(rotation.activated, next);
+    let ring = tessera::keys::KeyRing::load(&app.pool, app.settings.keys.clone())
+        .await
+        .unwrap();
+    assert_eq!(ring.current().active.kid, rotation.activated);
+    insider.leave().await;
+}
+
+#[tokio::test]
 async fn a_bogus_newest_audit_key_neither_stops_a_node_nor_signs_for_it() {
     let db = TestDatabase::create().await;
     let pool = PgPool::connect(&db.url).await.unwrap();
