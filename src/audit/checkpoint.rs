@@ -42,6 +42,8 @@ pub struct ChainClaims {
 #[derive(Clone)]
 pub struct AuditSigner {
     key: Arc<SigningKey>,
+    /// What tells trusted audit keys from rows anyone could have written.
+    settings: KeySettings,
 }
 
 impl AuditSigner {
@@ -92,7 +94,10 @@ impl AuditSigner {
             }
         };
         tx.commit().await?;
-        Ok(Self { key: Arc::new(key) })
+        Ok(Self {
+            key: Arc::new(key),
+            settings: settings.clone(),
+        })
     }
 
     /// Registers a chain this node is about to write, signed, so that verification knows
@@ -128,6 +133,19 @@ impl AuditSigner {
         seq: i64,
         head: &[u8; 32],
     ) -> Result<(), KeyError> {
+        self.sign_checkpoint(pool, chain_id, seq, head).await?;
+        Ok(())
+    }
+
+    /// Signs and stores the checkpoint at `seq` and returns what it signed, which vouches for
+    /// the head even where the table already holds another row at `seq`.
+    pub(crate) async fn sign_checkpoint(
+        &self,
+        pool: &PgPool,
+        chain_id: uuid::Uuid,
+        seq: i64,
+        head: &[u8; 32],
+    ) -> Result<String, KeyError> {
         let claims = CheckpointClaims {
             chain_id: chain_id.to_string(),
             seq,
@@ -144,11 +162,44 @@ impl AuditSigner {
         .bind(seq)
         .bind(head.as_slice())
         .bind(&self.key.kid)
-        .bind(jws)
+        .bind(&jws)
         .execute(pool)
         .await?;
-        Ok(())
+        Ok(jws)
     }
+
+    /// The audit keys that authenticate under the same key-encryption keys as this signer's.
+    pub(crate) async fn trusted_keys(
+        &self,
+        pool: &PgPool,
+    ) -> Result<jsonwebtoken::jwk::JwkSet, KeyError> {
+        trusted_keys(pool, &self.settings).await
+    }
+}
+
+/// The trusted audit keys as a key set to verify signatures with; none if they cannot be
+/// read as one, so that nothing verifies.
+pub(crate) async fn trusted_keys(
+    pool: &PgPool,
+    settings: &KeySettings,
+) -> Result<jsonwebtoken::jwk::JwkSet, KeyError> {
+    Ok(serde_json::from_value(audit_jwks(pool, settings).await?)
+        .unwrap_or(jsonwebtoken::jwk::JwkSet { keys: Vec::new() }))
+}
+
+/// Whether `jws` is a checkpoint a trusted key signed for exactly this chain position and head.
+pub(crate) fn vouches(
+    jws: &str,
+    keys: &jsonwebtoken::jwk::JwkSet,
+    chain_id: uuid::Uuid,
+    seq: i64,
+    head: &[u8],
+) -> bool {
+    verify_checkpoint(jws, keys).is_ok_and(|claims| {
+        claims.chain_id == chain_id.to_string()
+            && claims.seq == seq
+            && claims.head == encode_hash(head)
+    })
 }
 
 /// The audit keys that authenticate under the configured key-encryption keys (RFC 7517);

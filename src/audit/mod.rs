@@ -129,8 +129,7 @@ pub async fn prune(
     retention: Duration,
     keys: &KeySettings,
 ) -> Result<i64, KeyError> {
-    let trusted: jsonwebtoken::jwk::JwkSet = serde_json::from_value(audit_jwks(pool, keys).await?)
-        .unwrap_or(jsonwebtoken::jwk::JwkSet { keys: Vec::new() });
+    let trusted = checkpoint::trusted_keys(pool, keys).await?;
     let mut candidates = sqlx::query_as::<_, (uuid::Uuid, i64, Vec<u8>, String)>(
         "SELECT c.chain_id, c.seq, c.head_hash, c.jws FROM audit_checkpoints c
            JOIN audit_events e ON e.chain_id = c.chain_id AND e.seq = c.seq
@@ -149,12 +148,7 @@ pub async fn prune(
         {
             continue;
         }
-        let signed = checkpoint::verify_checkpoint(&jws, &trusted).is_ok_and(|claims| {
-            claims.chain_id == chain_id.to_string()
-                && claims.seq == seq
-                && claims.head == checkpoint::encode_hash(&head)
-        });
-        if signed {
+        if checkpoint::vouches(&jws, &trusted, chain_id, seq, &head) {
             boundaries.push((chain_id, seq));
         } else {
             tracing::warn!(%chain_id, seq, "not pruning to a checkpoint no trusted audit key signed");

@@ -149,9 +149,7 @@ pub async fn verify_all(
     keys: &KeySettings,
     audit: &AuditSettings,
 ) -> Result<Result<VerifySummary, Broken>, KeyError> {
-    let keys: jsonwebtoken::jwk::JwkSet =
-        serde_json::from_value(super::audit_jwks(pool, keys).await?)
-            .unwrap_or(jsonwebtoken::jwk::JwkSet { keys: Vec::new() });
+    let keys = super::checkpoint::trusted_keys(pool, keys).await?;
     let bound = TailBound::from_settings(audit);
 
     let mut expected: BTreeMap<uuid::Uuid, ChainReport> = BTreeMap::new();

@@ -481,6 +481,69 @@ async fn the_database_role_cannot_choose_the_retention_backdate_a_checkpoint_or_
     insider.leave().await;
 }
 
+#[tokio::test]
+async fn an_export_vouches_with_a_trusted_checkpoint_even_beside_a_forged_one() {
+    let app = spawn_app().await;
+    some_events(&app, 3).await;
+    let insider = Insider::join(&app.pool, &database_url(&app)).await;
+    let (chain, seq, hash): (uuid::Uuid, i64, Vec<u8>) =
+        sqlx::query_as("SELECT chain_id, seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_one(&insider.pool)
+            .await
+            .unwrap();
+    let kid = format!("audit-forged-{}", uuid::Uuid::new_v4().simple());
+    let key = insert_attacker_audit_key(&insider, &kid).await;
+    for at in [seq - 1, seq] {
+        let jws = sign(
+            &key,
+            &kid,
+            "tessera-audit-checkpoint+jwt",
+            &json!({ "chain_id": chain.to_string(), "seq": at, "head": "x", "signed_at": 1 }),
+        );
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (chain_id, seq, head_hash, kid, jws)
+             SELECT chain_id, seq, hash, $3, $4 FROM audit_events WHERE chain_id = $1 AND seq = $2",
+        )
+        .bind(chain)
+        .bind(at)
+        .bind(&kid)
+        .bind(&jws)
+        .execute(&insider.pool)
+        .await
+        .unwrap();
+    }
+    insider.leave().await;
+
+    let signer = tessera::audit::AuditSigner::load(&app.pool, &app.settings.keys)
+        .await
+        .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let filter = tessera::audit::ExportFilter {
+        since: now - time::Duration::hours(1),
+        until: now + time::Duration::hours(1),
+        partner: None,
+        client: None,
+        consent: None,
+        txn: None,
+    };
+    let mut exported = Vec::new();
+    tessera::audit::export(&app.pool, &signer, &filter, &mut exported)
+        .await
+        .unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet = app
+        .client(None)
+        .get(app.url("/audit/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let summary = tessera::audit::verify_export(exported.as_slice(), &jwks)
+        .unwrap_or_else(|problem| panic!("{problem}"));
+    assert_eq!((summary.records, summary.checkpoints), (3, 1));
+}
+
 /// A chain's records as a node would write them, with valid hashes.
 fn fabricated_chain(chain: uuid::Uuid, count: i64) -> Vec<(i64, String, [u8; 32], [u8; 32])> {
     let mut head = tessera::audit::GENESIS;
