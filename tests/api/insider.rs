@@ -410,8 +410,23 @@ async fn the_database_role_cannot_choose_the_retention_backdate_a_checkpoint_or_
 
     // Neither the old session setting nor the pruning role is available to the app role, and
     // a role that does hold DELETE cannot switch the append-only rule off either.
+    for statement in [
+        "SET ROLE tessera_audit_pruner",
+        "SET session_replication_role = replica",
+        "ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_update_delete",
+        "DELETE FROM audit_events",
+    ] {
+        let error = insider.run(statement).await.unwrap_err().to_string();
+        assert!(
+            error.contains("permission denied") || error.contains("must be owner"),
+            "{statement}: {error}"
+        );
+    }
+    // Nor can it make records it removed look pruned.
     let error = insider
-        .run("SET ROLE tessera_audit_pruner")
+        .run(&format!(
+            "INSERT INTO audit_prunes (chain_id, through_seq) VALUES ('{chain}', {seq})"
+        ))
         .await
         .unwrap_err();
     assert!(error.to_string().contains("permission denied"), "{error}");
