@@ -61,6 +61,12 @@ pub fn unauthenticated_keys() -> Option<&'static prometheus::IntCounterVec> {
                 &["table"],
             )
             .ok()
+            .inspect(|counter| {
+                // Present at zero from the start, so that an alert can watch it change.
+                for table in ["signing_keys", "audit_keys"] {
+                    counter.with_label_values(&[table]);
+                }
+            })
         })
         .as_ref()
 }
