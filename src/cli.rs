@@ -82,6 +82,11 @@ pub enum AuditCommand {
     Verify {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Trust exactly the audit keys in this JWKS instead of those the key-encryption key
+        /// authenticates (an auditor's pinned copy); then only the database and audit settings
+        /// are needed.
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
     /// Write records of a time window (RFC 3339, UTC) as JSON lines, with the links and signed
     /// checkpoints needed to verify them offline.
@@ -242,6 +247,13 @@ fn policy(command: PolicyCommand) -> anyhow::Result<()> {
     }
 }
 
+fn read_jwks(path: &std::path::Path) -> anyhow::Result<jsonwebtoken::jwk::JwkSet> {
+    serde_json::from_slice(
+        &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is not a JWK set", path.display()))
+}
+
 fn parse_time(name: &str, value: &str) -> anyhow::Result<time::OffsetDateTime> {
     time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).with_context(
         || format!("--{name}: expected an RFC 3339 time such as 2026-11-23T00:00:00Z"),
@@ -252,10 +264,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     use crate::audit::{AuditSigner, ExportFilter};
     match command {
         AuditCommand::VerifyExport { file, key } => {
-            let keys: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(
-                &std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?,
-            )
-            .with_context(|| format!("{} is not a JWK set", key.display()))?;
+            let keys = read_jwks(&key)?;
             let input = std::io::BufReader::new(
                 std::fs::File::open(&file)
                     .with_context(|| format!("reading {}", file.display()))?,
@@ -268,10 +277,20 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        AuditCommand::Verify { config } => {
-            let settings = Settings::load(config.as_deref())?;
-            let pool = crate::storage::pool(&settings.database)?;
-            match crate::audit::verify_all(&pool, &settings.keys, &settings.audit).await? {
+        AuditCommand::Verify { config, key } => {
+            let verdict = match key {
+                Some(key) => {
+                    let (database, settings) = Settings::load_audit(config.as_deref())?;
+                    let pool = crate::storage::pool(&database)?;
+                    crate::audit::verify_pinned(&pool, &read_jwks(&key)?, &settings).await?
+                }
+                None => {
+                    let settings = Settings::load(config.as_deref())?;
+                    let pool = crate::storage::pool(&settings.database)?;
+                    crate::audit::verify_all(&pool, &settings.keys, &settings.audit).await?
+                }
+            };
+            match verdict {
                 Ok(summary) => {
                     for chain in &summary.report {
                         println!("{chain}");

@@ -391,6 +391,18 @@ impl Settings {
         validate_database(Self::layered(file)?.database, None)
     }
 
+    /// The database and audit settings, for verifying the trail against pinned audit keys
+    /// (`audit verify --key`): no key-encryption key, no server files.
+    pub fn load_audit(
+        file: Option<&Path>,
+    ) -> Result<(DatabaseSettings, AuditSettings), ConfigError> {
+        let raw = Self::layered(file)?;
+        Ok((
+            validate_database(raw.database, None)?,
+            validate_audit(&raw.audit)?,
+        ))
+    }
+
     fn layered(file: Option<&Path>) -> Result<RawSettings, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(RawSettings::default()));
         if let Some(path) = file {
@@ -477,24 +489,7 @@ impl Settings {
                 "must be at most 60000: suspensions must take effect within seconds",
             ));
         }
-        if raw.audit.checkpoint_every_records <= 0 || raw.audit.checkpoint_interval_s == 0 {
-            return Err(ConfigError::invalid(
-                "audit.checkpoint_every_records",
-                "checkpoints need a positive record count and interval",
-            ));
-        }
-        if raw.audit.retention_days == 0 {
-            return Err(ConfigError::invalid(
-                "audit.retention_days",
-                "must be at least one day",
-            ));
-        }
-        if raw.audit.batch_max == 0 {
-            return Err(ConfigError::invalid(
-                "audit.batch_max",
-                "must be greater than zero",
-            ));
-        }
+        let audit = validate_audit(&raw.audit)?;
         Ok(Self {
             server: ServerSettings {
                 bind,
@@ -518,15 +513,37 @@ impl Settings {
             registry: RegistrySettings {
                 cache_ttl: Duration::from_millis(raw.registry.cache_ttl_ms),
             },
-            audit: AuditSettings {
-                enabled: raw.audit.enabled,
-                batch_max: raw.audit.batch_max,
-                checkpoint_every_records: raw.audit.checkpoint_every_records,
-                checkpoint_interval: Duration::from_secs(raw.audit.checkpoint_interval_s),
-                retention: Duration::from_secs(u64::from(raw.audit.retention_days) * 86_400),
-            },
+            audit,
         })
     }
+}
+
+fn validate_audit(raw: &RawAudit) -> Result<AuditSettings, ConfigError> {
+    if raw.checkpoint_every_records <= 0 || raw.checkpoint_interval_s == 0 {
+        return Err(ConfigError::invalid(
+            "audit.checkpoint_every_records",
+            "checkpoints need a positive record count and interval",
+        ));
+    }
+    if raw.retention_days == 0 {
+        return Err(ConfigError::invalid(
+            "audit.retention_days",
+            "must be at least one day",
+        ));
+    }
+    if raw.batch_max == 0 {
+        return Err(ConfigError::invalid(
+            "audit.batch_max",
+            "must be greater than zero",
+        ));
+    }
+    Ok(AuditSettings {
+        enabled: raw.enabled,
+        batch_max: raw.batch_max,
+        checkpoint_every_records: raw.checkpoint_every_records,
+        checkpoint_interval: Duration::from_secs(raw.checkpoint_interval_s),
+        retention: Duration::from_secs(u64::from(raw.retention_days) * 86_400),
+    })
 }
 
 /// Settings whose values must never appear in a message. An error without a path (a file

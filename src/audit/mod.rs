@@ -12,7 +12,7 @@ mod verify;
 
 pub use checkpoint::{AuditSigner, audit_jwks};
 pub use export::{ExportFilter, ExportSummary, export, verify_export};
-pub use verify::{Broken, ChainReport, VerifySummary, verify_all};
+pub use verify::{Broken, ChainReport, VerifySummary, verify_all, verify_pinned};
 
 use std::time::{Duration, Instant};
 

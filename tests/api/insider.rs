@@ -178,6 +178,29 @@ fn audit_verify_command(app: &TestApp) -> std::process::Output {
         .unwrap()
 }
 
+/// `tessera audit verify --key` as an auditor runs it: a pinned copy of the published audit
+/// key set and the database, no key-encryption key.
+async fn audit_verify_pinned(app: &TestApp, jwks: Option<&Value>) -> std::process::Output {
+    let published: Value = app
+        .client(None)
+        .get(app.url("/audit/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let file = crate::helpers::scratch_dir().join(format!("{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&file, jwks.unwrap_or(&published).to_string()).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["audit", "verify", "--key"])
+        .arg(&file)
+        .env_clear()
+        .env("DATABASE_URL", database_url(app))
+        .output()
+        .unwrap()
+}
+
 async fn some_events(app: &TestApp, count: usize) {
     for _ in 0..count {
         app.token("partner-a", "partner-a-treasury", "https://ledger.test")
@@ -616,6 +639,15 @@ async fn a_fabricated_chain_does_not_verify_even_with_an_own_registration() {
         broken.problem.contains("not opened by a Tessera node"),
         "{broken}"
     );
+    let output = audit_verify_command(&app);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "audit trail broken: chain {chain} at seq 1: the chain was not opened by a Tessera node"
+        )),
+        "{stderr}"
+    );
 
     let kid = format!("audit-forged-{}", uuid::Uuid::new_v4().simple());
     let key = insert_attacker_audit_key(&insider, &kid).await;
@@ -640,6 +672,13 @@ async fn a_fabricated_chain_does_not_verify_even_with_an_own_registration() {
             .problem
             .contains("chain registration is signed by a key that is not a trusted"),
         "{broken}"
+    );
+    let pinned = audit_verify_pinned(&app, None).await;
+    let stderr = String::from_utf8_lossy(&pinned.stderr);
+    assert!(!pinned.status.success());
+    assert!(
+        stderr.contains("chain registration is signed by a key that is not a trusted"),
+        "{stderr}"
     );
     insider.leave().await;
 }
@@ -699,6 +738,33 @@ async fn verify_reports_every_chain_by_node_bounds_the_unsigned_tail_and_names_a
         server.to_string().contains("4 unsigned at the end"),
         "{server}"
     );
+    let output = audit_verify_command(&app);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("(tool-node): records 1..3, signed through 3, 0 unsigned"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("4 records after the newest checkpoint"),
+        "{stdout}"
+    );
+    let pinned = audit_verify_pinned(&app, None).await;
+    assert!(
+        pinned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pinned.stderr)
+    );
+    assert_eq!(pinned.stdout, output.stdout);
+    // Pinning a set without the node's key trusts nothing the node signed.
+    let pinned = audit_verify_pinned(&app, Some(&json!({ "keys": [] }))).await;
+    let stderr = String::from_utf8_lossy(&pinned.stderr);
+    assert!(!pinned.status.success());
+    assert!(stderr.contains("not a trusted audit key"), "{stderr}");
 
     // A verifier that allows less unsigned tail than the server left refuses it.
     let mut strict = app.settings.audit.clone();
