@@ -92,9 +92,6 @@ CREATE TRIGGER audit_prunes_no_update_delete
 CREATE TRIGGER audit_prunes_no_truncate
     BEFORE TRUNCATE ON audit_prunes
     FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();
-CREATE TRIGGER audit_retention_no_truncate
-    BEFORE TRUNCATE ON audit_retention
-    FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();
 
 DROP FUNCTION audit_prune(UUID, BIGINT, INTERVAL);
 
