@@ -66,8 +66,8 @@ pub enum KeysCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Re-wrap every stored key under the current `keys.kek` (older ones must still be listed
-    /// in `keys.previous_keks`).
+    /// Re-wrap every sealed key, signing and audit keys, under the current `keys.kek` (older
+    /// ones must still be listed in `keys.previous_keks`).
     Rewrap {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -76,10 +76,17 @@ pub enum KeysCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check every chain and checkpoint; names the first broken link. Exit 0 only if intact.
+    /// Check every chain and checkpoint against the audit keys the key-encryption key
+    /// authenticates; list every chain by node and name the first problem. Exit 0 only if
+    /// intact.
     Verify {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Trust exactly the audit keys in this JWKS instead of those the key-encryption key
+        /// authenticates (an auditor's pinned copy); then only the database and audit settings
+        /// are needed.
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
     /// Write records of a time window (RFC 3339, UTC) as JSON lines, with the links and signed
     /// checkpoints needed to verify them offline.
@@ -109,13 +116,14 @@ pub enum AuditCommand {
         #[arg(long)]
         key: PathBuf,
     },
-    /// Print the audit key set that verifies checkpoints.
+    /// Print the audit key set that verifies checkpoints (keys the KEK authenticates).
     Jwks {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Remove records older than `audit.retention_days`, each chain down to a signed
-    /// checkpoint, so what remains still verifies. Export first.
+    /// Remove records older than `audit.retention_days` (and the database's own retention),
+    /// each chain down to a checkpoint a trusted audit key signed, so what remains still
+    /// verifies. Export first.
     Prune {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -202,11 +210,18 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             );
         }
         KeysCommand::Rewrap { .. } => {
-            let count = crate::keys::rewrap(&pool, &settings.keys).await?;
+            let rewrapped = crate::keys::rewrap(&pool, &settings.keys).await?;
             println!(
-                "re-wrapped {count} key(s) under key-encryption key `{}`",
-                settings.keys.kek.id
+                "re-wrapped {} signing key(s) and {} audit key(s) under key-encryption key `{}`",
+                rewrapped.signing_keys, rewrapped.audit_keys, settings.keys.kek.id
             );
+            if rewrapped.refused > 0 {
+                eprintln!(
+                    "left {} stored key(s) alone: they do not authenticate under the configured \
+                     key-encryption keys and are ignored wherever keys are loaded",
+                    rewrapped.refused
+                );
+            }
         }
     }
     Ok(())
@@ -232,6 +247,13 @@ fn policy(command: PolicyCommand) -> anyhow::Result<()> {
     }
 }
 
+fn read_jwks(path: &std::path::Path) -> anyhow::Result<jsonwebtoken::jwk::JwkSet> {
+    serde_json::from_slice(
+        &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is not a JWK set", path.display()))
+}
+
 fn parse_time(name: &str, value: &str) -> anyhow::Result<time::OffsetDateTime> {
     time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).with_context(
         || format!("--{name}: expected an RFC 3339 time such as 2026-11-23T00:00:00Z"),
@@ -242,10 +264,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     use crate::audit::{AuditSigner, ExportFilter};
     match command {
         AuditCommand::VerifyExport { file, key } => {
-            let keys: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(
-                &std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?,
-            )
-            .with_context(|| format!("{} is not a JWK set", key.display()))?;
+            let keys = read_jwks(&key)?;
             let input = std::io::BufReader::new(
                 std::fs::File::open(&file)
                     .with_context(|| format!("reading {}", file.display()))?,
@@ -258,14 +277,28 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        AuditCommand::Verify { config } => {
-            let database = Settings::load_database(config.as_deref())?;
-            let pool = crate::storage::pool(&database)?;
-            match crate::audit::verify_all(&pool).await? {
+        AuditCommand::Verify { config, key } => {
+            let verdict = match key {
+                Some(key) => {
+                    let (database, settings) = Settings::load_audit(config.as_deref())?;
+                    let pool = crate::storage::pool(&database)?;
+                    crate::audit::verify_pinned(&pool, &read_jwks(&key)?, &settings).await?
+                }
+                None => {
+                    let settings = Settings::load(config.as_deref())?;
+                    let pool = crate::storage::pool(&settings.database)?;
+                    crate::audit::verify_all(&pool, &settings.keys, &settings.audit).await?
+                }
+            };
+            match verdict {
                 Ok(summary) => {
+                    for chain in &summary.report {
+                        println!("{chain}");
+                    }
                     println!(
-                        "audit trail intact: {} chains, {} records, {} checkpoints",
-                        summary.chains, summary.records, summary.checkpoints
+                        "audit trail intact: {} chains, {} records, {} checkpoints; {} records \
+                         after the newest checkpoint of their chain, not yet signed",
+                        summary.chains, summary.records, summary.checkpoints, summary.unsigned_tail
                     );
                     Ok(())
                 }
@@ -273,9 +306,9 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             }
         }
         AuditCommand::Jwks { config } => {
-            let database = Settings::load_database(config.as_deref())?;
-            let pool = crate::storage::pool(&database)?;
-            println!("{}", crate::audit::audit_jwks(&pool).await?);
+            let settings = Settings::load(config.as_deref())?;
+            let pool = crate::storage::pool(&settings.database)?;
+            println!("{}", crate::audit::audit_jwks(&pool, &settings.keys).await?);
             Ok(())
         }
         AuditCommand::Export {
@@ -323,7 +356,8 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Prune { config } => {
             let settings = Settings::load(config.as_deref())?;
             let pool = crate::storage::pool(&settings.database)?;
-            let removed = crate::audit::prune(&pool, settings.audit.retention).await?;
+            let removed =
+                crate::audit::prune(&pool, settings.audit.retention, &settings.keys).await?;
             println!("pruned {removed} records older than the retention period");
             Ok(())
         }

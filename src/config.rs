@@ -80,7 +80,7 @@ struct RawTokens {
     max_lifetime_s: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct RawKeys {
     algorithm: SigningAlgorithm,
     kek_id: Option<String>,
@@ -119,11 +119,33 @@ struct RawServer {
     workers: usize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct RawDatabase {
     url: Option<String>,
     max_connections: u32,
     connect_timeout_ms: u64,
+}
+
+/// Key material and the database URL (which may carry a password) never go into `Debug`.
+impl std::fmt::Debug for RawKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawKeys")
+            .field("algorithm", &self.algorithm)
+            .field("kek_id", &self.kek_id)
+            .field("previous_kek_ids", &self.previous_keks.keys())
+            .field("rotation_interval_s", &self.rotation_interval_s)
+            .field("refresh_interval_ms", &self.refresh_interval_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for RawDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawDatabase")
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -373,6 +395,18 @@ impl Settings {
         validate_database(Self::layered(file)?.database, None)
     }
 
+    /// The database and audit settings, for verifying the trail against pinned audit keys
+    /// (`audit verify --key`): no key-encryption key, no server files.
+    pub fn load_audit(
+        file: Option<&Path>,
+    ) -> Result<(DatabaseSettings, AuditSettings), ConfigError> {
+        let raw = Self::layered(file)?;
+        Ok((
+            validate_database(raw.database, None)?,
+            validate_audit(&raw.audit)?,
+        ))
+    }
+
     fn layered(file: Option<&Path>) -> Result<RawSettings, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(RawSettings::default()));
         if let Some(path) = file {
@@ -391,13 +425,14 @@ impl Settings {
         );
         figment.extract().map_err(|error| {
             let setting = error.path.join(".");
+            let reason = describe(&error.kind, &setting);
             ConfigError::invalid(
                 if setting.is_empty() {
                     "<root>"
                 } else {
                     &setting
                 },
-                error.kind.to_string(),
+                reason,
             )
         })
     }
@@ -458,24 +493,7 @@ impl Settings {
                 "must be at most 60000: suspensions must take effect within seconds",
             ));
         }
-        if raw.audit.checkpoint_every_records <= 0 || raw.audit.checkpoint_interval_s == 0 {
-            return Err(ConfigError::invalid(
-                "audit.checkpoint_every_records",
-                "checkpoints need a positive record count and interval",
-            ));
-        }
-        if raw.audit.retention_days == 0 {
-            return Err(ConfigError::invalid(
-                "audit.retention_days",
-                "must be at least one day",
-            ));
-        }
-        if raw.audit.batch_max == 0 {
-            return Err(ConfigError::invalid(
-                "audit.batch_max",
-                "must be greater than zero",
-            ));
-        }
+        let audit = validate_audit(&raw.audit)?;
         Ok(Self {
             server: ServerSettings {
                 bind,
@@ -500,14 +518,95 @@ impl Settings {
             registry: RegistrySettings {
                 cache_ttl: Duration::from_millis(raw.registry.cache_ttl_ms),
             },
-            audit: AuditSettings {
-                enabled: raw.audit.enabled,
-                batch_max: raw.audit.batch_max,
-                checkpoint_every_records: raw.audit.checkpoint_every_records,
-                checkpoint_interval: Duration::from_secs(raw.audit.checkpoint_interval_s),
-                retention: Duration::from_secs(u64::from(raw.audit.retention_days) * 86_400),
-            },
+            audit,
         })
+    }
+}
+
+fn validate_audit(raw: &RawAudit) -> Result<AuditSettings, ConfigError> {
+    if raw.checkpoint_every_records <= 0 || raw.checkpoint_interval_s == 0 {
+        return Err(ConfigError::invalid(
+            "audit.checkpoint_every_records",
+            "checkpoints need a positive record count and interval",
+        ));
+    }
+    if raw.retention_days == 0 {
+        return Err(ConfigError::invalid(
+            "audit.retention_days",
+            "must be at least one day",
+        ));
+    }
+    if raw.batch_max == 0 {
+        return Err(ConfigError::invalid(
+            "audit.batch_max",
+            "must be greater than zero",
+        ));
+    }
+    Ok(AuditSettings {
+        enabled: raw.enabled,
+        batch_max: raw.batch_max,
+        checkpoint_every_records: raw.checkpoint_every_records,
+        checkpoint_interval: Duration::from_secs(raw.checkpoint_interval_s),
+        retention: Duration::from_secs(u64::from(raw.retention_days) * 86_400),
+    })
+}
+
+/// Settings whose values must never appear in a message. An error without a path (a file
+/// that does not parse) could be about any of them.
+fn is_secret(setting: &str) -> bool {
+    setting.is_empty()
+        || ["keys.kek", "keys.previous_keks", "database.url"]
+            .iter()
+            .any(|secret| {
+                setting == *secret
+                    || setting
+                        .strip_prefix(secret)
+                        .is_some_and(|rest| rest.starts_with('.'))
+            })
+}
+
+/// Why a setting was refused, without the value that was given when the setting is secret,
+/// and never with the source lines a parser quotes (they may hold a secret).
+fn describe(kind: &figment::error::Kind, setting: &str) -> String {
+    use figment::error::{Actual, Kind};
+    let secret = is_secret(setting);
+    let shape = |actual: &Actual| match actual {
+        Actual::Str(_) | Actual::Char(_) => "a string".to_owned(),
+        Actual::Bytes(_) => "bytes".to_owned(),
+        Actual::Bool(_) => "a boolean".to_owned(),
+        Actual::Unsigned(_) | Actual::Signed(_) | Actual::Float(_) => "a number".to_owned(),
+        Actual::Other(_) => "a value".to_owned(),
+        other => other.to_string(),
+    };
+    match kind {
+        Kind::Message(_) if secret && !setting.is_empty() => {
+            "has an invalid value (not shown: the setting is secret)".to_owned()
+        }
+        Kind::Message(message) => message
+            .lines()
+            .filter(|line| !line.contains('|') && !line.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join(": "),
+        Kind::InvalidType(actual, expected) if secret => {
+            format!("invalid type: found {}, expected {expected}", shape(actual))
+        }
+        Kind::InvalidValue(actual, expected) if secret => {
+            format!(
+                "invalid value: found {}, expected {expected}",
+                shape(actual)
+            )
+        }
+        Kind::UnknownVariant(..)
+        | Kind::UnknownField(..)
+        | Kind::Unsupported(..)
+        | Kind::UnsupportedKey(..)
+        | Kind::ISizeOutOfRange(..)
+        | Kind::USizeOutOfRange(..)
+            if secret =>
+        {
+            "has an invalid value (not shown: the setting is secret)".to_owned()
+        }
+        other => other.to_string(),
     }
 }
 
@@ -619,6 +718,40 @@ mod tests {
             error.as_deref(),
             Some("setting `server.bind`: invalid port `70000` (expected 0-65535)")
         );
+    }
+
+    #[test]
+    fn secret_settings_are_described_without_their_value() {
+        use figment::error::{Actual, Kind};
+        let secret = "c2VjcmV0LWtleS1lbmNyeXB0aW9uLWtleS0wMTIzNDU=";
+        for setting in [
+            "keys.previous_keks",
+            "keys.previous_keks.old",
+            "keys.kek",
+            "",
+        ] {
+            for kind in [
+                Kind::InvalidType(Actual::Str(secret.into()), "a map".into()),
+                Kind::InvalidValue(Actual::Str(secret.into()), "base64".into()),
+                Kind::UnknownVariant(secret.into(), &[]),
+                Kind::Message(format!(
+                    "TOML parse error at line 1\n1 | kek = {secret}\nbad"
+                )),
+            ] {
+                let reason = describe(&kind, setting);
+                assert!(!reason.contains(secret), "{setting}: {reason}");
+            }
+        }
+        let raw = RawSettings::default();
+        let shown = format!(
+            "{:?}",
+            RawKeys {
+                kek: Some(secret.into()),
+                previous_keks: BTreeMap::from([("old".into(), secret.into())]),
+                ..raw.keys
+            }
+        );
+        assert!(!shown.contains(secret), "{shown}");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! rotated `next` → `active` → `retired`, and published in the JWKS until every token a retired
 //! key signed has expired.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -40,8 +40,52 @@ pub enum KeyError {
     Malformed { kid: String },
     #[error("cryptographic operation failed")]
     Crypto,
-    #[error("no active signing key")]
+    #[error("key {kid}: the stored public key is not the one sealed under the key-encryption key")]
+    PublicKeyMismatch { kid: String },
+    #[error("no active signing key authenticated under the configured key-encryption keys")]
     NoActiveKey,
+}
+
+/// Key rows refused because their public half is not authenticated under a configured
+/// key-encryption key. Process-wide because keys are checked before any server (and its
+/// registry) exists, and by commands that have none.
+pub fn unauthenticated_keys() -> Option<&'static prometheus::IntCounterVec> {
+    static COUNTER: OnceLock<Option<prometheus::IntCounterVec>> = OnceLock::new();
+    COUNTER
+        .get_or_init(|| {
+            prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "tessera_unauthenticated_keys_total",
+                    "Stored keys ignored because the key-encryption key does not authenticate them",
+                ),
+                &["table"],
+            )
+            .ok()
+            .inspect(|counter| {
+                // Present at zero from the start, so that an alert can watch it change.
+                for table in ["signing_keys", "audit_keys"] {
+                    counter.with_label_values(&[table]);
+                }
+            })
+        })
+        .as_ref()
+}
+
+/// Ignores a key row that does not authenticate: logged and counted once per process and
+/// row, since the same row is seen on every refresh and on requests for published keys.
+pub(crate) fn refuse_key(table: &'static str, kid: &str, error: &KeyError) {
+    static REFUSED: OnceLock<Mutex<HashSet<(&'static str, String)>>> = OnceLock::new();
+    let first = REFUSED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert((table, kid.to_owned()));
+    if first {
+        tracing::warn!(table, %error, "ignoring a stored key that is not authenticated");
+        if let Some(counter) = unauthenticated_keys() {
+            counter.with_label_values(&[table]).inc();
+        }
+    }
 }
 
 impl From<aws_lc_rs::error::Unspecified> for KeyError {
@@ -237,6 +281,11 @@ impl Envelope {
     }
 
     pub(crate) fn open(&self, keks: &[&Kek], kid: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let data_key = self.unwrap_data_key(keks, kid)?;
+        open(&data_key, kid, &self.sealed_private_key)
+    }
+
+    fn unwrap_data_key(&self, keks: &[&Kek], kid: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         let kek = keks
             .iter()
             .find(|kek| kek.id == self.kek_id)
@@ -244,8 +293,7 @@ impl Envelope {
                 kid: kid.to_owned(),
                 kek_id: self.kek_id.clone(),
             })?;
-        let data_key = open(kek.key.expose_secret(), kid, &self.wrapped_data_key)?;
-        open(&data_key, kid, &self.sealed_private_key)
+        open(kek.key.expose_secret(), kid, &self.wrapped_data_key)
     }
 }
 
@@ -269,12 +317,8 @@ impl KeyState {
 
 #[derive(sqlx::FromRow)]
 struct KeyRow {
-    kid: String,
-    algorithm: String,
-    public_jwk: Value,
-    sealed_private_key: Vec<u8>,
-    wrapped_data_key: Vec<u8>,
-    kek_id: String,
+    #[sqlx(flatten)]
+    key: StoredKey,
     state: String,
 }
 
@@ -341,7 +385,9 @@ pub struct Rotation {
 /// Promotes the published `next` key to `active`, retires the old one (published until every
 /// token it may have signed has expired), and publishes a fresh `next`. With `only_if_due`,
 /// rotates only when the active key is older than the rotation interval, so that every node
-/// may call this on its schedule and exactly one rotation happens.
+/// may call this on its schedule and exactly one rotation happens. A `next` key that does not
+/// authenticate under the key-encryption keys is replaced instead of promoted, and the
+/// rotation fails.
 pub async fn rotate(
     pool: &PgPool,
     settings: &KeySettings,
@@ -363,13 +409,31 @@ pub async fn rotate(
     if only_if_due && (settings.rotation_interval.is_zero() || due != Some(true)) {
         return Ok(None);
     }
-    let next: Option<String> =
-        sqlx::query_scalar("SELECT kid FROM signing_keys WHERE state = 'next'")
-            .fetch_optional(&mut *tx)
-            .await?;
+    let next: Option<StoredKey> = sqlx::query_as(
+        "SELECT kid, algorithm, public_jwk, sealed_private_key, wrapped_data_key, kek_id
+           FROM signing_keys WHERE state = 'next'",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
     let Some(next) = next else {
         return Err(KeyError::NoActiveKey);
     };
+    if let Err(error) = next.authenticate(&all_keks(settings)) {
+        // Promoting it would leave no active key that loads. It is withdrawn instead (and
+        // removed with expired keys) and a fresh successor published, for the next rotation.
+        refuse_key("signing_keys", &next.kid, &error);
+        sqlx::query(
+            "UPDATE signing_keys SET state = 'retired', retired_at = now(), publish_until = now()
+              WHERE kid = $1",
+        )
+        .bind(&next.kid)
+        .execute(&mut *tx)
+        .await?;
+        insert_key(&mut tx, settings, KeyState::Next).await?;
+        tx.commit().await?;
+        return Err(error);
+    }
+    let next = next.kid;
     // Clock skew allowance on top of the longest lifetime any token can have.
     let publish_for = max_token_lifetime + Duration::from_secs(60);
     let retired: Option<String> = sqlx::query_scalar(
@@ -421,47 +485,125 @@ impl Rotation {
     }
 }
 
-/// Re-wraps every stored data key under the current key-encryption key; the previous ones
-/// must still be configured to unwrap. Returns how many keys were re-wrapped.
-pub async fn rewrap(pool: &PgPool, settings: &KeySettings) -> Result<usize, KeyError> {
+/// How many sealed keys `rewrap` moved to the current key-encryption key, and how many it
+/// left alone because they do not authenticate (they are ignored wherever keys are loaded).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rewrapped {
+    pub signing_keys: usize,
+    pub audit_keys: usize,
+    pub refused: usize,
+}
+
+/// Re-wraps every sealed secret (token signing keys and audit keys) under the current
+/// key-encryption key, in one transaction; the previous ones must still be configured to
+/// unwrap.
+pub async fn rewrap(pool: &PgPool, settings: &KeySettings) -> Result<Rewrapped, KeyError> {
     let keks = all_keks(settings);
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(KEY_SET_LOCK)
         .execute(&mut *tx)
         .await?;
-    let rows: Vec<KeyRow> = sqlx::query_as("SELECT * FROM signing_keys WHERE kek_id <> $1")
+    let mut rewrapped = Rewrapped::default();
+    for table in [KeyTable::Signing, KeyTable::Audit] {
+        let rows: Vec<StoredKey> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT kid, {algorithm} AS algorithm, public_jwk, sealed_private_key,
+                    wrapped_data_key, kek_id
+               FROM {name} WHERE kek_id <> $1 FOR UPDATE",
+            name = table.name(),
+            algorithm = table.algorithm_column(),
+        )))
         .bind(&settings.kek.id)
         .fetch_all(&mut *tx)
         .await?;
-    for row in &rows {
-        let envelope = Envelope {
-            sealed_private_key: row.sealed_private_key.clone(),
-            wrapped_data_key: row.wrapped_data_key.clone(),
-            kek_id: row.kek_id.clone(),
-        };
-        let kek = keks
-            .iter()
-            .find(|kek| kek.id == row.kek_id)
-            .ok_or_else(|| KeyError::UnknownKek {
-                kid: row.kid.clone(),
-                kek_id: row.kek_id.clone(),
-            })?;
-        let data_key = open(
-            kek.key.expose_secret(),
-            &row.kid,
-            &envelope.wrapped_data_key,
-        )?;
-        let wrapped = seal(settings.kek.key.expose_secret(), &row.kid, &data_key)?;
-        sqlx::query("UPDATE signing_keys SET wrapped_data_key = $1, kek_id = $2 WHERE kid = $3")
+        for row in &rows {
+            if let Err(error) = row.authenticate(&keks) {
+                refuse_key(table.name(), &row.kid, &error);
+                rewrapped.refused += 1;
+                continue;
+            }
+            let envelope = row.envelope();
+            let data_key = envelope.unwrap_data_key(&keks, &row.kid)?;
+            let wrapped = seal(settings.kek.key.expose_secret(), &row.kid, &data_key)?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE {} SET wrapped_data_key = $1, kek_id = $2 WHERE kid = $3",
+                table.name()
+            )))
             .bind(wrapped)
             .bind(&settings.kek.id)
             .bind(&row.kid)
             .execute(&mut *tx)
             .await?;
+            match table {
+                KeyTable::Signing => rewrapped.signing_keys += 1,
+                KeyTable::Audit => rewrapped.audit_keys += 1,
+            }
+        }
     }
     tx.commit().await?;
-    Ok(rows.len())
+    Ok(rewrapped)
+}
+
+/// The tables holding sealed keys.
+#[derive(Debug, Clone, Copy)]
+enum KeyTable {
+    Signing,
+    Audit,
+}
+
+impl KeyTable {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Signing => "signing_keys",
+            Self::Audit => "audit_keys",
+        }
+    }
+
+    /// Audit keys are always Ed25519 and have no algorithm column.
+    fn algorithm_column(self) -> &'static str {
+        match self {
+            Self::Signing => "algorithm",
+            Self::Audit => "'EdDSA'",
+        }
+    }
+}
+
+/// A stored key as read, before it is authenticated.
+#[derive(sqlx::FromRow)]
+pub(crate) struct StoredKey {
+    pub(crate) kid: String,
+    pub(crate) algorithm: String,
+    pub(crate) public_jwk: Value,
+    pub(crate) sealed_private_key: Vec<u8>,
+    pub(crate) wrapped_data_key: Vec<u8>,
+    pub(crate) kek_id: String,
+}
+
+impl StoredKey {
+    fn envelope(&self) -> Envelope {
+        Envelope {
+            sealed_private_key: self.sealed_private_key.clone(),
+            wrapped_data_key: self.wrapped_data_key.clone(),
+            kek_id: self.kek_id.clone(),
+        }
+    }
+
+    /// Opens the key and checks that the public half stored beside it is the one its sealed
+    /// private half derives: a row passes only if whoever wrote it held the KEK.
+    pub(crate) fn authenticate(&self, keks: &[&Kek]) -> Result<SigningKey, KeyError> {
+        let algorithm =
+            SigningAlgorithm::parse(&self.algorithm).ok_or_else(|| KeyError::Malformed {
+                kid: self.kid.clone(),
+            })?;
+        let pkcs8 = self.envelope().open(keks, &self.kid)?;
+        let key = SigningKey::from_pkcs8(&self.kid, algorithm, &pkcs8)?;
+        if key.public_jwk() != self.public_jwk {
+            return Err(KeyError::PublicKeyMismatch {
+                kid: self.kid.clone(),
+            });
+        }
+        Ok(key)
+    }
 }
 
 pub(crate) fn all_keks(settings: &KeySettings) -> Vec<&Kek> {
@@ -492,19 +634,26 @@ impl KeySet {
 /// switches keys within seconds of a rotation.
 pub struct KeyRing {
     current: RwLock<Arc<KeySet>>,
-    unsealed: RwLock<HashMap<String, Arc<SigningKey>>>,
+    /// Every published key that authenticated, opened: checking a row means opening its
+    /// private half, which is then kept rather than opened again on every refresh.
+    verified: RwLock<HashMap<String, Arc<SigningKey>>>,
     settings: KeySettings,
 }
 
 impl KeyRing {
     pub async fn load(pool: &PgPool, settings: KeySettings) -> Result<Arc<Self>, KeyError> {
-        let mut unsealed = HashMap::new();
-        let set = build_key_set(pool, &settings, &mut unsealed).await?;
+        let mut verified = HashMap::new();
+        let set = build_key_set(pool, &settings, &mut verified).await?;
         Ok(Arc::new(Self {
             current: RwLock::new(Arc::new(set)),
-            unsealed: RwLock::new(unsealed),
+            verified: RwLock::new(verified),
             settings,
         }))
+    }
+
+    /// The key settings this ring authenticates keys with.
+    pub fn settings(&self) -> &KeySettings {
+        &self.settings
     }
 
     pub fn current(&self) -> Arc<KeySet> {
@@ -515,20 +664,20 @@ impl KeyRing {
     }
 
     pub async fn refresh(&self, pool: &PgPool) -> Result<(), KeyError> {
-        let mut unsealed = self
-            .unsealed
+        let mut verified = self
+            .verified
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let set = build_key_set(pool, &self.settings, &mut unsealed).await?;
+        let set = build_key_set(pool, &self.settings, &mut verified).await?;
         *self
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(set);
         *self
-            .unsealed
+            .verified
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = unsealed;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = verified;
         Ok(())
     }
 
@@ -566,10 +715,12 @@ impl KeyRing {
     }
 }
 
+/// Builds the published and accepted key set from the rows that authenticate; `verified`
+/// keeps the keys already opened, so a refresh opens only new or changed rows.
 async fn build_key_set(
     pool: &PgPool,
     settings: &KeySettings,
-    unsealed: &mut HashMap<String, Arc<SigningKey>>,
+    verified: &mut HashMap<String, Arc<SigningKey>>,
 ) -> Result<KeySet, KeyError> {
     let rows: Vec<KeyRow> = sqlx::query_as(
         "SELECT kid, algorithm, public_jwk, sealed_private_key, wrapped_data_key, kek_id, state
@@ -583,39 +734,44 @@ async fn build_key_set(
     let mut active = None;
     let mut published = Vec::with_capacity(rows.len());
     let mut verifiers = HashMap::with_capacity(rows.len());
+    let mut seen = HashSet::with_capacity(rows.len());
     for row in rows {
-        let malformed = || KeyError::Malformed {
-            kid: row.kid.clone(),
+        let stored = &row.key;
+        let unchanged = verified.get(&stored.kid).filter(|key| {
+            key.algorithm.as_str() == stored.algorithm && key.public_jwk() == stored.public_jwk
+        });
+        let key = match unchanged {
+            Some(key) => key.clone(),
+            None => match stored.authenticate(&keks) {
+                Ok(key) => Arc::new(key),
+                Err(error) => {
+                    refuse_key("signing_keys", &stored.kid, &error);
+                    continue;
+                }
+            },
         };
-        let algorithm = SigningAlgorithm::parse(&row.algorithm).ok_or_else(malformed)?;
+        let public_jwk = key.public_jwk();
         let jwk: jsonwebtoken::jwk::Jwk =
-            serde_json::from_value(row.public_jwk.clone()).map_err(|_| malformed())?;
-        let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|_| malformed())?;
+            serde_json::from_value(public_jwk.clone()).map_err(|_| KeyError::Malformed {
+                kid: key.kid.clone(),
+            })?;
+        let decoding =
+            jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|_| KeyError::Malformed {
+                kid: key.kid.clone(),
+            })?;
         verifiers.insert(
-            row.kid.clone(),
-            (jose_algorithm(algorithm), Arc::new(decoding)),
+            key.kid.clone(),
+            (jose_algorithm(key.algorithm), Arc::new(decoding)),
         );
         if KeyState::parse(&row.state) == Some(KeyState::Active) {
-            let key = match unsealed.get(&row.kid) {
-                Some(key) => key.clone(),
-                None => {
-                    let envelope = Envelope {
-                        sealed_private_key: row.sealed_private_key,
-                        wrapped_data_key: row.wrapped_data_key,
-                        kek_id: row.kek_id,
-                    };
-                    let pkcs8 = envelope.open(&keks, &row.kid)?;
-                    let key = Arc::new(SigningKey::from_pkcs8(&row.kid, algorithm, &pkcs8)?);
-                    unsealed.insert(row.kid.clone(), key.clone());
-                    key
-                }
-            };
-            active = Some(key);
+            active = Some(key.clone());
         }
-        published.push(row.public_jwk);
+        published.push(public_jwk);
+        seen.insert(key.kid.clone());
+        verified.insert(key.kid.clone(), key);
     }
     let active = active.ok_or(KeyError::NoActiveKey)?;
-    unsealed.retain(|kid, _| *kid == active.kid);
+    verified.retain(|kid, _| seen.contains(kid));
     Ok(KeySet {
         active,
         jwks: Arc::from(json!({ "keys": published }).to_string()),

@@ -95,6 +95,9 @@ impl Metrics {
         registry.register(Box::new(audit_batch_size.clone()))?;
         registry.register(Box::new(unused_clients.clone()))?;
         registry.register(Box::new(expiring_certificates.clone()))?;
+        if let Some(refused) = crate::keys::unauthenticated_keys() {
+            registry.register(Box::new(refused.clone()))?;
+        }
         Ok(Self {
             registry,
             requests,

@@ -20,17 +20,24 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .service(audit_jwks);
 }
 
-/// The key set that verifies audit checkpoints, for auditors verifying exports offline.
+/// The key set that verifies audit checkpoints, for auditors verifying exports offline: only
+/// keys that authenticate under the key-encryption key.
 #[get("/audit/jwks.json")]
-async fn audit_jwks(pool: web::Data<PgPool>) -> Result<HttpResponse, Problem> {
-    let jwks = crate::audit::audit_jwks(&pool).await.map_err(|error| {
-        tracing::error!(%error, "audit keys unavailable");
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service Unavailable",
-            "the audit key set is temporarily unavailable",
-        )
-    })?;
+async fn audit_jwks(
+    pool: web::Data<PgPool>,
+    services: web::Data<crate::app::Services>,
+) -> Result<HttpResponse, Problem> {
+    let settings = services.keys.settings();
+    let jwks = crate::audit::audit_jwks(&pool, settings)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "audit keys unavailable");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                "the audit key set is temporarily unavailable",
+            )
+        })?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "public, max-age=300"))
         .json(jwks))

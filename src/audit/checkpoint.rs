@@ -1,6 +1,7 @@
 //! Signed checkpoints: an Ed25519 audit key, sealed at rest like the token keys, signs the
-//! head of a chain at a sequence number. Its public half is published (`/audit/jwks.json`,
-//! `tessera audit jwks`) so exported segments verify offline.
+//! head of a chain at a sequence number, and each chain's registration. Its public half is
+//! published (`/audit/jwks.json`, `tessera audit jwks`) so exported segments verify offline;
+//! only keys that authenticate under the key-encryption key are used or published.
 
 use std::sync::Arc;
 
@@ -11,11 +12,14 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::config::{KeySettings, SigningAlgorithm};
-use crate::keys::{Envelope, KeyError, SigningKey, all_keks, generate_pkcs8};
+use crate::keys::{
+    Envelope, KeyError, SigningKey, StoredKey, all_keks, generate_pkcs8, refuse_key,
+};
 
 /// Serialises creation of the audit key across nodes.
 const AUDIT_KEY_LOCK: i64 = 0x7e55_e7a0_0000_0002;
 pub const CHECKPOINT_TYP: &str = "tessera-audit-checkpoint+jwt";
+pub const CHAIN_TYP: &str = "tessera-audit-chain+jwt";
 
 /// What a checkpoint signs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,35 +31,48 @@ pub struct CheckpointClaims {
     pub signed_at: i64,
 }
 
+/// What a chain registration signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainClaims {
+    pub chain_id: String,
+    pub node: String,
+    pub opened_at: i64,
+}
+
 #[derive(Clone)]
 pub struct AuditSigner {
     key: Arc<SigningKey>,
+    /// What tells trusted audit keys from rows anyone could have written.
+    settings: KeySettings,
 }
 
 impl AuditSigner {
-    /// Loads the audit key, creating it on first use.
+    /// Loads the newest audit key that authenticates under the configured key-encryption
+    /// keys, creating one when there is none: a row the database role wrote on its own is
+    /// skipped, so it can neither sign checkpoints nor keep the node from starting.
     pub async fn load(pool: &PgPool, settings: &KeySettings) -> Result<Self, KeyError> {
         let mut tx = pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(AUDIT_KEY_LOCK)
             .execute(&mut *tx)
             .await?;
-        let row: Option<(String, Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
-            "SELECT kid, sealed_private_key, wrapped_data_key, kek_id
-               FROM audit_keys ORDER BY created_at DESC LIMIT 1",
+        let rows: Vec<StoredKey> = sqlx::query_as(
+            "SELECT kid, 'EdDSA' AS algorithm, public_jwk, sealed_private_key, wrapped_data_key,
+                    kek_id
+               FROM audit_keys ORDER BY created_at DESC",
         )
-        .fetch_optional(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
-        let key = match row {
-            Some((kid, sealed_private_key, wrapped_data_key, kek_id)) => {
-                let envelope = Envelope {
-                    sealed_private_key,
-                    wrapped_data_key,
-                    kek_id,
-                };
-                let pkcs8 = envelope.open(&all_keks(settings), &kid)?;
-                SigningKey::from_pkcs8(&kid, SigningAlgorithm::EdDsa, &pkcs8)?
+        let keks = all_keks(settings);
+        let existing = rows.iter().find_map(|row| match row.authenticate(&keks) {
+            Ok(key) => Some(key),
+            Err(error) => {
+                refuse_key("audit_keys", &row.kid, &error);
+                None
             }
+        });
+        let key = match existing {
+            Some(key) => key,
             None => {
                 let kid = format!("audit-{}", uuid::Uuid::new_v4().simple());
                 let pkcs8 = generate_pkcs8(SigningAlgorithm::EdDsa)?;
@@ -77,7 +94,35 @@ impl AuditSigner {
             }
         };
         tx.commit().await?;
-        Ok(Self { key: Arc::new(key) })
+        Ok(Self {
+            key: Arc::new(key),
+            settings: settings.clone(),
+        })
+    }
+
+    /// Registers a chain this node is about to write, signed, so that verification knows
+    /// the chain must exist and which node it belongs to.
+    pub async fn open_chain(
+        &self,
+        pool: &PgPool,
+        chain_id: uuid::Uuid,
+        node: &str,
+    ) -> Result<(), KeyError> {
+        let claims = ChainClaims {
+            chain_id: chain_id.to_string(),
+            node: node.to_owned(),
+            opened_at: crate::keys::unix_now(),
+        };
+        let payload = serde_json::to_vec(&claims).map_err(|_| KeyError::Crypto)?;
+        let jws = self.key.sign_typed(CHAIN_TYP, &payload)?;
+        sqlx::query("INSERT INTO audit_chains (chain_id, node, kid, jws) VALUES ($1, $2, $3, $4)")
+            .bind(chain_id)
+            .bind(node)
+            .bind(&self.key.kid)
+            .bind(jws)
+            .execute(pool)
+            .await?;
+        Ok(())
     }
 
     /// Signs and stores the checkpoint at `seq`; an existing one there is kept.
@@ -88,6 +133,19 @@ impl AuditSigner {
         seq: i64,
         head: &[u8; 32],
     ) -> Result<(), KeyError> {
+        self.sign_checkpoint(pool, chain_id, seq, head).await?;
+        Ok(())
+    }
+
+    /// Signs and stores the checkpoint at `seq` and returns what it signed, which vouches for
+    /// the head even where the table already holds another row at `seq`.
+    pub(crate) async fn sign_checkpoint(
+        &self,
+        pool: &PgPool,
+        chain_id: uuid::Uuid,
+        seq: i64,
+        head: &[u8; 32],
+    ) -> Result<String, KeyError> {
         let claims = CheckpointClaims {
             chain_id: chain_id.to_string(),
             seq,
@@ -104,44 +162,104 @@ impl AuditSigner {
         .bind(seq)
         .bind(head.as_slice())
         .bind(&self.key.kid)
-        .bind(jws)
+        .bind(&jws)
         .execute(pool)
         .await?;
-        Ok(())
+        Ok(jws)
+    }
+
+    /// The audit keys that authenticate under the same key-encryption keys as this signer's.
+    pub(crate) async fn trusted_keys(
+        &self,
+        pool: &PgPool,
+    ) -> Result<jsonwebtoken::jwk::JwkSet, KeyError> {
+        trusted_keys(pool, &self.settings).await
     }
 }
 
-/// The published audit keys (RFC 7517).
-pub async fn audit_jwks(pool: &PgPool) -> Result<Value, sqlx::Error> {
-    let keys: Vec<Value> =
-        sqlx::query_scalar("SELECT public_jwk FROM audit_keys ORDER BY created_at")
-            .fetch_all(pool)
-            .await?;
+/// The trusted audit keys as a key set to verify signatures with; none if they cannot be
+/// read as one, so that nothing verifies.
+pub(crate) async fn trusted_keys(
+    pool: &PgPool,
+    settings: &KeySettings,
+) -> Result<jsonwebtoken::jwk::JwkSet, KeyError> {
+    Ok(serde_json::from_value(audit_jwks(pool, settings).await?)
+        .unwrap_or(jsonwebtoken::jwk::JwkSet { keys: Vec::new() }))
+}
+
+/// Whether `jws` is a checkpoint a trusted key signed for exactly this chain position and head.
+pub(crate) fn vouches(
+    jws: &str,
+    keys: &jsonwebtoken::jwk::JwkSet,
+    chain_id: uuid::Uuid,
+    seq: i64,
+    head: &[u8],
+) -> bool {
+    verify_checkpoint(jws, keys).is_ok_and(|claims| {
+        claims.chain_id == chain_id.to_string()
+            && claims.seq == seq
+            && claims.head == encode_hash(head)
+    })
+}
+
+/// The audit keys that authenticate under the configured key-encryption keys (RFC 7517);
+/// only these verify checkpoints, whatever else the table holds.
+pub async fn audit_jwks(pool: &PgPool, settings: &KeySettings) -> Result<Value, KeyError> {
+    let rows: Vec<StoredKey> = sqlx::query_as(
+        "SELECT kid, 'EdDSA' AS algorithm, public_jwk, sealed_private_key, wrapped_data_key,
+                kek_id
+           FROM audit_keys ORDER BY created_at",
+    )
+    .fetch_all(pool)
+    .await?;
+    let keks = all_keks(settings);
+    let keys: Vec<Value> = rows
+        .iter()
+        .filter_map(|row| match row.authenticate(&keks) {
+            Ok(key) => Some(key.public_jwk()),
+            Err(error) => {
+                refuse_key("audit_keys", &row.kid, &error);
+                None
+            }
+        })
+        .collect();
     Ok(json!({ "keys": keys }))
 }
 
-/// Verifies a checkpoint's signature and type with the published keys.
+/// Verifies a checkpoint's signature and type with the trusted keys.
 pub fn verify_checkpoint(
     jws: &str,
     keys: &jsonwebtoken::jwk::JwkSet,
-) -> Result<CheckpointClaims, &'static str> {
-    let header = jsonwebtoken::decode_header(jws).map_err(|_| "checkpoint is not a JWS")?;
-    if header.typ.as_deref() != Some(CHECKPOINT_TYP) || header.alg != jsonwebtoken::Algorithm::EdDSA
-    {
-        return Err("checkpoint has the wrong type or algorithm");
+) -> Result<CheckpointClaims, String> {
+    verify_signed(jws, CHECKPOINT_TYP, keys).map_err(|problem| format!("checkpoint {problem}"))
+}
+
+/// Verifies a chain registration's signature and type with the trusted keys.
+pub fn verify_chain(jws: &str, keys: &jsonwebtoken::jwk::JwkSet) -> Result<ChainClaims, String> {
+    verify_signed(jws, CHAIN_TYP, keys).map_err(|problem| format!("chain registration {problem}"))
+}
+
+fn verify_signed<T: serde::de::DeserializeOwned>(
+    jws: &str,
+    typ: &str,
+    keys: &jsonwebtoken::jwk::JwkSet,
+) -> Result<T, &'static str> {
+    let header = jsonwebtoken::decode_header(jws).map_err(|_| "is not a JWS")?;
+    if header.typ.as_deref() != Some(typ) || header.alg != jsonwebtoken::Algorithm::EdDSA {
+        return Err("has the wrong type or algorithm");
     }
-    let kid = header.kid.ok_or("checkpoint names no key")?;
+    let kid = header.kid.ok_or("names no key")?;
     let jwk = keys
         .find(&kid)
-        .ok_or("checkpoint signed by an unknown key")?;
-    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|_| "unusable audit key")?;
+        .ok_or("is signed by a key that is not a trusted audit key")?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|_| "names an unusable key")?;
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
     validation.required_spec_claims.clear();
     validation.validate_exp = false;
     validation.validate_aud = false;
-    jsonwebtoken::decode::<CheckpointClaims>(jws, &key, &validation)
+    jsonwebtoken::decode::<T>(jws, &key, &validation)
         .map(|data| data.claims)
-        .map_err(|_| "checkpoint signature invalid")
+        .map_err(|_| "signature invalid")
 }
 
 pub fn encode_hash(hash: &[u8]) -> String {

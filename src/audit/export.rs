@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use super::checkpoint::{encode_hash, verify_checkpoint};
+use super::checkpoint::{encode_hash, verify_checkpoint, vouches};
 use super::{AuditSigner, chained_hash};
 
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ enum Line {
 pub enum ExportError {
     #[error("audit storage: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("signing a checkpoint: {0}")]
+    #[error("audit keys or checkpoint: {0}")]
     Checkpoint(#[from] crate::keys::KeyError),
     #[error("writing the export: {0}")]
     Write(#[from] std::io::Error),
@@ -90,8 +90,9 @@ pub async fn export(
     )));
     let spans = bind_filter(spans, filter).fetch_all(pool).await?;
     let mut summary = ExportSummary::default();
+    let trusted = signer.trusted_keys(pool).await?;
     for (chain_id, first, last) in spans {
-        let checkpoint = covering_checkpoint(pool, signer, chain_id, last).await?;
+        let checkpoint = covering_checkpoint(pool, signer, &trusted, chain_id, last).await?;
         let Some((checkpoint_seq, jws)) = checkpoint else {
             continue;
         };
@@ -157,25 +158,29 @@ fn bind_filter<'q, O>(
         .bind(filter.txn.clone())
 }
 
-/// The first checkpoint at or after `seq`, signing the chain's current head if there is none
-/// yet (the chain may still be growing on its node; a checkpoint at any existing head is sound).
+/// The first checkpoint at or after `seq` that a trusted audit key signed, signing the chain's
+/// current head if there is none yet (the chain may still be growing on its node; a
+/// checkpoint at any existing head is sound).
 async fn covering_checkpoint(
     pool: &PgPool,
     signer: &AuditSigner,
+    trusted: &jsonwebtoken::jwk::JwkSet,
     chain_id: uuid::Uuid,
     seq: i64,
 ) -> Result<Option<(i64, String)>, ExportError> {
-    let select = || {
-        sqlx::query_as::<_, (i64, String)>(
-            "SELECT seq, jws FROM audit_checkpoints WHERE chain_id = $1 AND seq >= $2
-              ORDER BY seq LIMIT 1",
-        )
-        .bind(chain_id)
-        .bind(seq)
-    };
-    if let Some(found) = select().fetch_optional(pool).await? {
-        return Ok(Some(found));
+    let mut candidates = sqlx::query_as::<_, (i64, Vec<u8>, String)>(
+        "SELECT seq, head_hash, jws FROM audit_checkpoints WHERE chain_id = $1 AND seq >= $2
+          ORDER BY seq",
+    )
+    .bind(chain_id)
+    .bind(seq)
+    .fetch(pool);
+    while let Some((seq, head, jws)) = candidates.try_next().await? {
+        if vouches(&jws, trusted, chain_id, seq, &head) {
+            return Ok(Some((seq, jws)));
+        }
     }
+    drop(candidates);
     let head: Option<(i64, Vec<u8>)> = sqlx::query_as(
         "SELECT seq, hash FROM audit_events WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1",
     )
@@ -186,8 +191,10 @@ async fn covering_checkpoint(
         return Ok(None);
     };
     let hash: [u8; 32] = hash.try_into().unwrap_or([0; 32]);
-    signer.checkpoint(pool, chain_id, head_seq, &hash).await?;
-    Ok(select().fetch_optional(pool).await?)
+    let jws = signer
+        .sign_checkpoint(pool, chain_id, head_seq, &hash)
+        .await?;
+    Ok(Some((head_seq, jws)))
 }
 
 /// Verifies an export with nothing but the published audit key set. On failure, names the
@@ -250,7 +257,7 @@ pub fn verify_export(
                 summary.links += 1;
             }
             Line::Checkpoint { chain_id, seq, jws } => {
-                let claims = verify_checkpoint(&jws, keys).map_err(fail)?;
+                let claims = verify_checkpoint(&jws, keys).map_err(|problem| fail(&problem))?;
                 let current = open
                     .remove(&chain_id)
                     .ok_or_else(|| fail("checkpoint without preceding links"))?;

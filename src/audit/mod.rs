@@ -12,14 +12,17 @@ mod verify;
 
 pub use checkpoint::{AuditSigner, audit_jwks};
 pub use export::{ExportFilter, ExportSummary, export, verify_export};
-pub use verify::{Broken, VerifySummary, verify_all};
+pub use verify::{Broken, ChainReport, VerifySummary, verify_all, verify_pinned};
 
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
+use crate::config::KeySettings;
+use crate::keys::KeyError;
 use crate::metrics::Metrics;
+use futures_util::TryStreamExt;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
@@ -120,27 +123,49 @@ struct Pending {
     done: oneshot::Sender<Result<(), AuditError>>,
 }
 
-/// Removes, chain by chain, the records up to the newest checkpoint older than `retention`;
-/// the database function refuses anything else. Returns how many records went.
-pub async fn prune(pool: &PgPool, retention: Duration) -> Result<i64, sqlx::Error> {
-    let boundaries: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
-        "SELECT chain_id, max(seq) FROM audit_checkpoints
-          WHERE signed_at < now() - make_interval(secs => $1)
-          GROUP BY chain_id",
+/// Removes, chain by chain, the records up to the newest checkpoint older than `retention`,
+/// or than the database owner's retention (`audit_retention`) where that is longer: the
+/// database function refuses anything younger. Only a checkpoint that a trusted audit key
+/// signed for that very head is a place to prune to. Returns how many records went.
+pub async fn prune(
+    pool: &PgPool,
+    retention: Duration,
+    keys: &KeySettings,
+) -> Result<i64, KeyError> {
+    let trusted = checkpoint::trusted_keys(pool, keys).await?;
+    let mut candidates = sqlx::query_as::<_, (uuid::Uuid, i64, Vec<u8>, String)>(
+        "SELECT c.chain_id, c.seq, c.head_hash, c.jws FROM audit_checkpoints c
+           JOIN audit_events e ON e.chain_id = c.chain_id AND e.seq = c.seq
+                              AND e.hash = c.head_hash
+          WHERE c.signed_at < now() - GREATEST(make_interval(secs => $1),
+                                               (SELECT minimum FROM audit_retention))
+          ORDER BY c.chain_id, c.seq DESC",
     )
     .bind(retention.as_secs_f64())
-    .fetch_all(pool)
-    .await?;
-    let mut removed = 0;
+    .fetch(pool);
+    let mut boundaries: Vec<(uuid::Uuid, i64)> = Vec::new();
+    while let Some((chain_id, seq, head, jws)) = candidates.try_next().await? {
+        if boundaries
+            .last()
+            .is_some_and(|(chain, _)| *chain == chain_id)
+        {
+            continue;
+        }
+        if checkpoint::vouches(&jws, &trusted, chain_id, seq, &head) {
+            boundaries.push((chain_id, seq));
+        } else {
+            tracing::warn!(%chain_id, seq, "not pruning to a checkpoint no trusted audit key signed");
+        }
+    }
+    drop(candidates);
+    let mut removed: i64 = 0;
     for (chain_id, seq) in boundaries {
-        let count: i64 =
-            sqlx::query_scalar("SELECT audit_prune($1, $2, make_interval(secs => $3))")
-                .bind(chain_id)
-                .bind(seq)
-                .bind(retention.as_secs_f64())
-                .fetch_one(pool)
-                .await?;
-        removed += count;
+        let count: i64 = sqlx::query_scalar("SELECT audit_prune($1, $2)")
+            .bind(chain_id)
+            .bind(seq)
+            .fetch_one(pool)
+            .await?;
+        removed = removed.saturating_add(count);
     }
     Ok(removed)
 }
@@ -288,6 +313,13 @@ impl Writer {
         mut receiver: mpsc::Receiver<Pending>,
         mut stopped: oneshot::Receiver<()>,
     ) {
+        if let Err(error) = self
+            .signer
+            .open_chain(&self.pool, self.chain_id, &self.node)
+            .await
+        {
+            tracing::error!(%error, chain_id = %self.chain_id, "audit chain not registered");
+        }
         let mut batch = Vec::with_capacity(self.batch_max);
         let mut ticker = tokio::time::interval(self.policy.every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -97,7 +97,12 @@ async fn chains_from_two_server_processes_verify_after_concurrent_mixed_load() {
         .filter(|line| !line.contains("\"INFO\""))
         .collect();
     let pool = PgPool::connect(&db.url).await.unwrap();
-    let summary = verified(tessera::audit::verify_all(&pool).await.unwrap());
+    let settings = crate::helpers::process_settings(&db.url);
+    let summary = verified(
+        tessera::audit::verify_all(&pool, &settings.keys, &settings.audit)
+            .await
+            .unwrap(),
+    );
     assert_eq!(summary.chains, 2);
     // 8 workers × 25 rounds, every fourth refused: 144 issued and introspected, 56 refused.
     assert_eq!(summary.records, 144 + 144 + 56);
@@ -133,16 +138,21 @@ async fn altering_deleting_or_inserting_records_is_detected_and_located() {
         // Each case tampers with its own, intact trail.
         let fresh = spawn_app().await;
         some_events(&fresh, 6).await;
-        verified(tessera::audit::verify_all(&fresh.pool).await.unwrap());
+        verified(
+            tessera::audit::verify_all(&fresh.pool, &fresh.settings.keys, &fresh.settings.audit)
+                .await
+                .unwrap(),
+        );
         let chain: uuid::Uuid = sqlx::query_scalar("SELECT chain_id FROM audit_events LIMIT 1")
             .fetch_one(&fresh.pool)
             .await
             .unwrap();
         tamper(&fresh.pool, statement).await;
-        let broken = tessera::audit::verify_all(&fresh.pool)
-            .await
-            .unwrap()
-            .expect_err(statement);
+        let broken =
+            tessera::audit::verify_all(&fresh.pool, &fresh.settings.keys, &fresh.settings.audit)
+                .await
+                .unwrap()
+                .expect_err(statement);
         assert_eq!(
             (broken.chain_id, broken.seq, broken.problem.as_str()),
             (chain, seq, problem)
@@ -281,7 +291,11 @@ async fn when_the_audit_insert_fails_the_token_request_gets_503_and_no_token() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(app.audited("token_issued").await, 1);
-    verified(tessera::audit::verify_all(&app.pool).await.unwrap());
+    verified(
+        tessera::audit::verify_all(&app.pool, &app.settings.keys, &app.settings.audit)
+            .await
+            .unwrap(),
+    );
 }
 
 #[tokio::test]
@@ -351,7 +365,12 @@ async fn a_server_killed_under_load_leaves_no_token_without_its_committed_record
         unrecorded.is_empty(),
         "tokens without audit records: {unrecorded:?}"
     );
-    verified(tessera::audit::verify_all(&pool).await.unwrap());
+    let settings = crate::helpers::process_settings(&db.url);
+    verified(
+        tessera::audit::verify_all(&pool, &settings.keys, &settings.audit)
+            .await
+            .unwrap(),
+    );
 }
 
 #[tokio::test]
@@ -371,10 +390,17 @@ async fn pruning_goes_only_to_an_old_checkpoint_and_the_rest_still_verifies() {
         .checkpoint(&app.pool, chain, seq, &hash.try_into().unwrap())
         .await
         .unwrap();
+    // The database owner's retention bounds what pruning may remove.
+    sqlx::query("UPDATE audit_retention SET minimum = interval '1 day'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
     let retention = Duration::from_secs(86_400);
     // A fresh checkpoint is inside the retention period: nothing goes.
     assert_eq!(
-        tessera::audit::prune(&app.pool, retention).await.unwrap(),
+        tessera::audit::prune(&app.pool, retention, &app.settings.keys)
+            .await
+            .unwrap(),
         0
     );
     tamper(
@@ -385,9 +411,15 @@ async fn pruning_goes_only_to_an_old_checkpoint_and_the_rest_still_verifies() {
     )
     .await;
     assert_eq!(
-        tessera::audit::prune(&app.pool, retention).await.unwrap(),
+        tessera::audit::prune(&app.pool, retention, &app.settings.keys)
+            .await
+            .unwrap(),
         seq
     );
-    let summary = verified(tessera::audit::verify_all(&app.pool).await.unwrap());
+    let summary = verified(
+        tessera::audit::verify_all(&app.pool, &app.settings.keys, &app.settings.audit)
+            .await
+            .unwrap(),
+    );
     assert_eq!(summary.records, 5 - seq as u64);
 }

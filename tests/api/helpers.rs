@@ -450,6 +450,13 @@ impl ServerProcess {
 /// tests that share a database between processes must share it).
 pub const PROCESS_KEK: &str = "dGVzc2VyYS10ZXN0LWtlay0wMTIzNDU2Nzg5YWJjZGU=";
 
+/// The settings of server processes started by tests, as tools run beside them see them.
+pub fn process_settings(database_url: &str) -> Settings {
+    let mut settings = test_settings(database_url);
+    settings.keys.kek = tessera::config::Kek::parse("keys.kek", "test", PROCESS_KEK).unwrap();
+    settings
+}
+
 /// A migrated, seeded database for server processes.
 pub async fn seeded_database() -> TestDatabase {
     let db = TestDatabase::create().await;

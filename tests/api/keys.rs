@@ -157,7 +157,10 @@ async fn rewrapping_moves_every_key_to_the_new_key_encryption_key() {
 
     let mut rotating = only_new.clone();
     rotating.previous_keks = vec![old.kek.clone()];
-    let count = tessera::keys::rewrap(&app.pool, &rotating).await.unwrap();
+    let count = tessera::keys::rewrap(&app.pool, &rotating)
+        .await
+        .unwrap()
+        .signing_keys;
     assert_eq!(count, 2);
     let ring = tessera::keys::KeyRing::load(&app.pool, only_new)
         .await

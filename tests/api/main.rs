@@ -8,6 +8,7 @@ mod client_credentials;
 mod exchange;
 mod fixtures;
 mod helpers;
+mod insider;
 mod introspection;
 mod keys;
 mod ops;
