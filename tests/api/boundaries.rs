@@ -1136,6 +1136,7 @@ async fn token_types_are_checked_and_reported() {
             (400, Some("invalid_request")),
             "{case}: {body}"
         );
+        assert_eq!(last_denial(&app).await, reason, "{case}");
     }
     assert_eq!(issued(&app).await, 0);
     let (status, body) = exchange_own(
