@@ -257,3 +257,77 @@ fn client_for(certs: &Path) -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// Issue 10 item 8: the database link can be TLS, verified against a named CA and host
+/// (`sslmode=verify-full`), with rustls on aws-lc-rs; a server the CA does not vouch for, and
+/// a plaintext connection to a server that requires TLS, are refused.
+#[tokio::test]
+async fn the_database_link_is_tls_verified_against_its_ca_and_host() {
+    use sqlx::Connection;
+    let pki = crate::helpers::pki();
+    let data_dir = crate::helpers::scratch_dir()
+        .join(format!("tls-cluster-{}", uuid::Uuid::new_v4().simple()))
+        .join("data");
+    let port = crate::helpers::free_port();
+    let (cluster, _) = crate::helpers::start_cluster(&data_dir).await;
+    cluster.stop().await.unwrap();
+    for (from, to) in [
+        (pki.server_cert(), "server.pem"),
+        (pki.server_key(), "server.key"),
+    ] {
+        std::fs::copy(from, data_dir.join(to)).unwrap();
+        // As root the cluster runs as `postgres`, which must own its key; otherwise the files
+        // already belong to the cluster's user and this chown fails harmlessly.
+        let _ = std::process::Command::new("chown")
+            .args(["postgres:postgres", to])
+            .current_dir(&data_dir)
+            .status();
+        std::fs::set_permissions(
+            data_dir.join(to),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(data_dir.join("postgresql.auto.conf"))
+        .unwrap()
+        .write_all(b"ssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'\n")
+        .unwrap();
+    std::fs::write(
+        data_dir.join("pg_hba.conf"),
+        "hostssl all all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 reject\n",
+    )
+    .unwrap();
+    let (cluster, _) = tessera::local_postgres::LocalCluster::start(&data_dir, port)
+        .await
+        .unwrap();
+
+    let ca = pki.ca_cert();
+    let verified = format!(
+        "postgres://postgres@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+        ca.display()
+    );
+    let db = crate::helpers::TestDatabase::create_on(&verified).await;
+    let app = crate::helpers::spawn_app_on(db, |_| {}).await;
+    let on_tls: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(on_tls);
+    app.token("partner-a", "partner-a-treasury", "https://ledger.test")
+        .await;
+
+    let untrusted = format!(
+        "postgres://postgres@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+        pki.untrusted_ca_cert().display()
+    );
+    assert!(sqlx::PgConnection::connect(&untrusted).await.is_err());
+    let plaintext = format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable");
+    assert!(sqlx::PgConnection::connect(&plaintext).await.is_err());
+    app.handle.stop(true).await;
+    drop(app);
+    cluster.stop().await.unwrap();
+}
