@@ -267,10 +267,13 @@ impl Exchanger<'_> {
                         "the actor_token must be the client's own token about itself",
                     ));
                 }
-                let mut act = json!({ "sub": actor.sub, "client_id": actor.client_id });
+                let mut act = serde_json::Map::new();
+                act.insert("sub".into(), json!(actor.sub));
+                act.insert("client_id".into(), json!(actor.client_id));
                 if let Some(prior) = &subject.act {
-                    act["act"] = prior.clone();
+                    act.insert("act".into(), prior.clone());
                 }
+                let act = Value::Object(act);
                 Actor {
                     act: Some(act),
                     jti: Some(actor.jti),

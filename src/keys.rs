@@ -189,7 +189,8 @@ impl SigningKey {
             KeyMaterial::Es256(key) => {
                 // Uncompressed point: 0x04 || x || y.
                 let point = key.public_key().as_ref();
-                json!({ "kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65]) })
+                let coordinate = |range| point.get(range).map(b64).unwrap_or_default();
+                json!({ "kty": "EC", "crv": "P-256", "x": coordinate(1..33), "y": coordinate(33..65) })
             }
             KeyMaterial::EdDsa(key) => {
                 json!({ "kty": "OKP", "crv": "Ed25519", "x": b64(key.public_key().as_ref()) })
@@ -203,9 +204,11 @@ impl SigningKey {
                 })
             }
         };
-        jwk["kid"] = json!(self.kid);
-        jwk["alg"] = json!(self.algorithm.as_str());
-        jwk["use"] = json!("sig");
+        if let Some(fields) = jwk.as_object_mut() {
+            fields.insert("kid".into(), json!(self.kid));
+            fields.insert("alg".into(), json!(self.algorithm.as_str()));
+            fields.insert("use".into(), json!("sig"));
+        }
         jwk
     }
 }

@@ -1,5 +1,13 @@
 //! Tessera: an OAuth 2.0 token-exchange authorization server for institutional finance.
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod app;
 pub mod audiences;

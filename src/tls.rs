@@ -700,8 +700,8 @@ fn unescape_rfc4514(value: &str) -> Option<String> {
         }
         match tail {
             [high, low, more @ ..] if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() => {
-                let hex = std::str::from_utf8(&tail[..2]).ok()?;
-                bytes.push(u8::from_str_radix(hex, 16).ok()?);
+                let hex = std::str::from_utf8(&[*high, *low]).ok()?.to_owned();
+                bytes.push(u8::from_str_radix(&hex, 16).ok()?);
                 rest = more;
             }
             [special, more @ ..] => {

@@ -1,7 +1,7 @@
 use actix_web::http::header::{self, CACHE_CONTROL, CONTENT_TYPE, PRAGMA};
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse, get, post};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{OAuthError, Params};
 use crate::app::Services;
@@ -585,10 +585,13 @@ async fn introspect_endpoint(
     let body = match claims {
         None => json!({ "active": false }),
         Some(claims) => {
-            let mut body = serde_json::to_value(&claims).unwrap_or_else(|_| json!({}));
-            body["active"] = json!(true);
-            body["token_type"] = json!("Bearer");
-            body
+            let mut body = match serde_json::to_value(&claims) {
+                Ok(Value::Object(claims)) => claims,
+                _ => serde_json::Map::new(),
+            };
+            body.insert("active".into(), json!(true));
+            body.insert("token_type".into(), json!("Bearer"));
+            Value::Object(body)
         }
     };
     Ok(no_store(HttpResponse::Ok()).json(body))
