@@ -21,7 +21,7 @@ const MAX_ASSERTION_LIFETIME_S: i64 = 300;
 const ASSERTION_ALGORITHMS: [Algorithm; 3] = [Algorithm::ES256, Algorithm::EdDSA, Algorithm::PS256];
 
 /// The credentials a request carried.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Credentials {
     pub client_id: Option<String>,
     pub assertion_type: Option<String>,
@@ -29,6 +29,17 @@ pub struct Credentials {
     /// An `Authorization` header was sent (with this scheme, if a registered one); Tessera has
     /// no shared secrets to check it against.
     pub authorization: Option<Option<&'static str>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("client_id", &self.client_id)
+            .field("assertion_type", &self.assertion_type)
+            .field("assertion", &self.assertion.as_ref().map(|_| "[redacted]"))
+            .field("authorization", &self.authorization)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -44,7 +44,7 @@ impl TokenType {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ExchangeRequest<'a> {
     /// `access_token`: one of our tokens; `jwt`: a partner's JWT.
     pub subject_token: &'a str,
@@ -52,6 +52,18 @@ pub struct ExchangeRequest<'a> {
     pub actor_token: Option<&'a str>,
     pub target: AudienceId,
     pub requested_scopes: Option<ScopeSet>,
+}
+
+impl std::fmt::Debug for ExchangeRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeRequest")
+            .field("subject_token", &"[redacted]")
+            .field("subject_token_type", &self.subject_token_type)
+            .field("actor_token", &self.actor_token.map(|_| "[redacted]"))
+            .field("target", &self.target)
+            .field("requested_scopes", &self.requested_scopes)
+            .finish()
+    }
 }
 
 /// A refusal: what the caller is told, and the precise reason the audit trail keeps.

@@ -120,12 +120,22 @@ pub enum DecisionError {
     Registry(#[from] crate::clients::RegistryError),
 }
 
-#[derive(Debug)]
 pub struct Issued {
     pub access_token: String,
     pub expires_in: u64,
     pub scopes: ScopeSet,
     pub claims: AccessTokenClaims,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("access_token", &"[redacted]")
+            .field("expires_in", &self.expires_in)
+            .field("scopes", &self.scopes)
+            .field("claims", &self.claims)
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +282,29 @@ mod tests {
 
     fn set(value: &str) -> ScopeSet {
         ScopeSet::parse(value).unwrap()
+    }
+
+    #[test]
+    fn debug_output_never_shows_tokens_or_assertions() {
+        let credentials = crate::client_auth::Credentials {
+            assertion: Some("eyJ.assertion.secret".into()),
+            ..Default::default()
+        };
+        let params = crate::oauth::Params::parse(b"subject_token=eyJ.subject.secret").unwrap();
+        let request = crate::exchange::ExchangeRequest {
+            subject_token: "eyJ.subject.secret",
+            subject_token_type: crate::exchange::TokenType::AccessToken,
+            actor_token: Some("eyJ.actor.secret"),
+            target: crate::audiences::AudienceId::parse("https://ledger.example").unwrap(),
+            requested_scopes: None,
+        };
+        for printed in [
+            format!("{credentials:?}"),
+            format!("{params:?}"),
+            format!("{request:?}"),
+        ] {
+            assert!(!printed.contains("secret"), "{printed}");
+        }
     }
 
     #[test]

@@ -7,8 +7,15 @@ use super::OAuthError;
 
 const REPEATABLE: [&str; 2] = ["resource", "audience"];
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Params(HashMap<String, Vec<String>>);
+
+/// Names only: values include tokens and assertions.
+impl std::fmt::Debug for Params {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
 
 impl Params {
     pub fn parse(body: &[u8]) -> Result<Self, OAuthError> {
