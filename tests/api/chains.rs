@@ -57,9 +57,16 @@ const AUDIENCES: [&str; 5] = [
     "https://reports.test",
     "https://us-ledger.test",
 ];
-const PROFILE_AUDIENCES: [&str; 4] = [
+/// What consents name; partner D's profile leaves out the payments audience, so that a consent
+/// reaching further than the profile is tried too.
+const CONSENT_AUDIENCES: [&str; 4] = [
     "https://ledger.test",
     "https://payments.test",
+    "https://settlement.test",
+    "https://us-ledger.test",
+];
+const PROFILE_AUDIENCES: [&str; 3] = [
+    "https://ledger.test",
     "https://settlement.test",
     "https://us-ledger.test",
 ];
@@ -213,20 +220,29 @@ async fn is_active(app: &TestApp, token: &str) -> bool {
 
 async fn run_case(world: &World, rng: &mut Rng, case: usize) -> usize {
     let app = &world.app;
-    let consent_audiences = rng.subset(&PROFILE_AUDIENCES);
+    let consent_audiences = rng.subset(&CONSENT_AUDIENCES);
     let consent_scopes = if rng.chance(70) {
         rng.subset(&PROFILE_SCOPES)
     } else {
         rng.subset(&SCOPES)
     };
-    let grantee_client = rng.chance(50).then_some("partner-a-treasury");
+    // Partner A (eu) or partner B (us) receives the consent: B's clients are where residency,
+    // not the client's own region, must stop the US-only audience.
+    let (grantee, grantee_client) = if rng.chance(60) {
+        ("partner-a", rng.chance(50).then_some("partner-a-treasury"))
+    } else {
+        (
+            "partner-b",
+            rng.chance(50).then_some("partner-b-reconciliation"),
+        )
+    };
     let now = time::OffsetDateTime::now_utc();
     let consent = tessera::consents::create(
         &app.pool,
         &crate::helpers::admin_audit(app).await,
         &tessera::consents::NewConsent {
             grantor: "partner-d".into(),
-            grantee_partner: "partner-a".into(),
+            grantee_partner: grantee.into(),
             grantee_client: grantee_client.map(str::to_owned),
             scopes: consent_scopes.iter().map(|s| (*s).to_owned()).collect(),
             audiences: consent_audiences.iter().map(|a| (*a).to_owned()).collect(),
@@ -282,11 +298,18 @@ async fn run_case(world: &World, rng: &mut Rng, case: usize) -> usize {
         // Biased towards requests that can succeed, so that the invariants are exercised
         // on many issued tokens and not only on refusals.
         let exchanger = if rng.chance(50) {
-            EXCHANGERS[0]
+            if grantee == "partner-a" {
+                EXCHANGERS[0]
+            } else {
+                EXCHANGERS[3]
+            }
         } else {
             *rng.pick(&EXCHANGERS)
         };
-        let audience = if rng.chance(60) {
+        let reachable: Vec<&str> = reach_audiences.iter().copied().collect();
+        let audience = if !reachable.is_empty() && rng.chance(60) {
+            *rng.pick(&reachable)
+        } else if rng.chance(50) {
             *rng.pick(&consent_audiences)
         } else {
             *rng.pick(&AUDIENCES)
@@ -299,8 +322,8 @@ async fn run_case(world: &World, rng: &mut Rng, case: usize) -> usize {
                 (chain[index].token.clone(), ACCESS_TOKEN, Some(index))
             }
         };
-        // An actor token is the exchanger's own (the clients of partner B have none).
-        let actor = if exchanger.1 == "partner-a" && rng.chance(25) {
+        // An actor token is the exchanger's own (the payments resource server has none).
+        let actor = if exchanger.0 != "payments-rs" && rng.chance(25) {
             Some(
                 app.token(exchanger.1, exchanger.0, "https://ledger.test")
                     .await,
@@ -449,7 +472,7 @@ async fn run(cases: usize) {
     eprintln!("{issued} tokens issued in {cases} cases (seed {seed})");
     // The generator must reach issuance often enough for the invariants to mean something.
     assert!(
-        issued >= cases / 4,
+        issued >= cases / 5,
         "only {issued} tokens issued in {cases} cases (seed {seed})"
     );
 }
