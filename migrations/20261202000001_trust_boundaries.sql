@@ -57,3 +57,16 @@ INSERT INTO assertion_jtis (kind, issuer, jti, expires_at)
      WHERE length(jti) BETWEEN 1 AND 256;
 DROP TABLE client_assertion_jtis, partner_assertion_jtis;
 GRANT SELECT, INSERT, DELETE ON assertion_jtis TO tessera_app;
+
+-- One issuer vouches for one partner, enforced by a key rather than a read before the insert:
+-- otherwise two concurrent publications could both claim an issuer.
+CREATE TABLE trust_issuers (
+    issuer      TEXT PRIMARY KEY,
+    partner_id  TEXT NOT NULL REFERENCES partners (id)
+);
+INSERT INTO trust_issuers (issuer, partner_id)
+    SELECT DISTINCT ON (issuer) issuer, p.partner_id
+      FROM trust_profiles p, unnest(p.issuers) AS issuer
+     ORDER BY issuer, p.created_at
+    ON CONFLICT DO NOTHING;
+GRANT SELECT, INSERT ON trust_issuers TO tessera_app;

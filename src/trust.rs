@@ -101,10 +101,11 @@ pub async fn profile_for_issuer(
         "SELECT p.partner_id, p.version, p.issuers, p.jwks, p.jwks_uri, p.algorithms,
                 p.max_assertion_lifetime_s, p.required_claims, p.single_use, p.audiences,
                 p.scopes, p.region, p.status, p.required_typ
-           FROM trust_profiles p
-           JOIN trust_profile_heads h
-             ON h.partner_id = p.partner_id AND h.active_version = p.version
-          WHERE $1 = ANY (p.issuers)",
+           FROM trust_issuers i
+           JOIN trust_profile_heads h ON h.partner_id = i.partner_id
+           JOIN trust_profiles p
+             ON p.partner_id = h.partner_id AND p.version = h.active_version
+          WHERE i.issuer = $1 AND $1 = ANY (p.issuers)",
     )
     .bind(issuer)
     .fetch_optional(pool)
@@ -213,16 +214,23 @@ pub async fn publish(
     by: &str,
 ) -> Result<i32, TrustError> {
     let mut tx = pool.begin().await?;
-    // One issuer vouches for one partner: otherwise a partner could speak for another's subjects.
+    // One issuer vouches for one partner: otherwise a partner could speak for another's
+    // subjects. The first partner to claim an issuer keeps it; the key on `trust_issuers`
+    // serialises concurrent claims.
+    sqlx::query(
+        "INSERT INTO trust_issuers (issuer, partner_id) SELECT unnest($1::text[]), $2
+         ON CONFLICT (issuer) DO NOTHING",
+    )
+    .bind(&profile.issuers)
+    .bind(partner)
+    .execute(&mut *tx)
+    .await?;
     let claimed: Option<String> = sqlx::query_scalar(
-        "SELECT p.partner_id FROM trust_profiles p
-           JOIN trust_profile_heads h
-             ON h.partner_id = p.partner_id AND h.active_version = p.version
-          WHERE p.partner_id <> $1 AND p.issuers && $2
+        "SELECT partner_id FROM trust_issuers WHERE issuer = ANY ($1) AND partner_id <> $2
           LIMIT 1",
     )
-    .bind(partner)
     .bind(&profile.issuers)
+    .bind(partner)
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(other) = claimed {
@@ -475,6 +483,9 @@ pub async fn validate_partner_jwt(
     let Some(issuer) = unverified.claims.get("iss").and_then(Value::as_str) else {
         return reject("no iss");
     };
+    if issuer == our_issuer {
+        return reject("this server's own issuer is never a partner's");
+    }
     let Some(profile) = profile_for_issuer(pool, issuer).await? else {
         return reject("issuer is not in any trust profile");
     };

@@ -1081,7 +1081,7 @@ async fn token_types_are_checked_and_reported() {
             &own,
             JWT_TYPE,
             vec![],
-            "partner subject_token: issuer is not in any trust profile",
+            "partner subject_token: this server's own issuer is never a partner's",
         ),
         (
             "a partner jwt declared an access token",
@@ -1301,4 +1301,45 @@ async fn a_same_partner_client_that_does_not_hold_the_token_cannot_exchange_it()
         "the client is neither the subject token's client nor its audience"
     );
     assert_eq!(issued(&app).await, 0);
+}
+
+/// One issuer vouches for one partner even when two partners claim it at the same moment: the
+/// database key decides, not a read before the insert.
+#[tokio::test]
+async fn concurrent_claims_of_one_issuer_leave_it_with_one_partner() {
+    let app = fast_app().await;
+    let audit = crate::helpers::admin_audit(&app).await;
+    let profile = tessera::trust::NewProfile {
+        issuers: vec!["https://idp.contested.test".into()],
+        jwks: Some(json!({ "keys": [] })),
+        algorithms: vec!["ES256".into()],
+        max_assertion_lifetime_s: 300,
+        required_claims: json!({}),
+        single_use: true,
+        audiences: vec!["https://ledger.test".into()],
+        scopes: vec!["ledger:read".into()],
+        region: "eu".into(),
+        active: true,
+        ..tessera::trust::NewProfile::default()
+    };
+    for _ in 0..5 {
+        let (d, e) = tokio::join!(
+            tessera::trust::publish(&app.pool, &audit, "partner-d", &profile, "admin"),
+            tessera::trust::publish(&app.pool, &audit, "partner-e", &profile, "admin"),
+        );
+        let owners: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT p.partner_id FROM trust_profiles p
+               JOIN trust_profile_heads h
+                 ON h.partner_id = p.partner_id AND h.active_version = p.version
+              WHERE 'https://idp.contested.test' = ANY (p.issuers)",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(owners.len(), 1, "{owners:?}");
+        assert!(
+            d.is_ok() != e.is_ok(),
+            "exactly one claim stands: {d:?} {e:?}"
+        );
+    }
 }
