@@ -10,6 +10,7 @@ mod boundaries;
 mod chains;
 mod client_auth;
 mod client_credentials;
+mod cluster;
 mod exchange;
 mod fixtures;
 mod helpers;
