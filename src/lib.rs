@@ -14,6 +14,7 @@ pub mod exchange;
 pub mod grants;
 pub mod http;
 pub mod keys;
+pub mod listeners;
 pub mod local_postgres;
 pub mod metrics;
 pub mod oauth;

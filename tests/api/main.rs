@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod audit;
+mod availability;
 mod client_auth;
 mod client_credentials;
 mod exchange;
