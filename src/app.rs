@@ -177,7 +177,7 @@ impl Application {
         let trust_data = web::Data::from(client_trust.clone());
         let body_limit = settings.server.body_limit_bytes;
         let body_deadline = BodyDeadline(settings.server.request_timeout);
-        let probes_on_main_port = settings.server.ops_bind.is_none();
+        let metrics_on_main_port = settings.server.ops_bind.is_none();
 
         let main_app = {
             let metrics = metrics.clone();
@@ -196,8 +196,8 @@ impl Application {
                     .app_data(web::JsonConfig::default().limit(body_limit))
                     .wrap(from_fn(request_context))
                     .configure(|config| {
-                        if probes_on_main_port {
-                            crate::ops::probes(config);
+                        if metrics_on_main_port {
+                            crate::ops::metrics_route(config);
                         }
                     })
                     .configure(crate::ops::routes)

@@ -319,8 +319,8 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
     /// Zero means one worker per core.
     pub workers: usize,
-    /// A separate plain-HTTP listener for `/metrics`, `/healthz` and `/readyz`, which then
-    /// leave the partner-facing port; unset keeps them on it.
+    /// A separate plain-HTTP listener for `/metrics`, `/healthz` and `/readyz`; `/metrics`
+    /// then leaves the partner-facing port.
     pub ops_bind: Option<SocketAddr>,
     /// A connection must finish its TLS handshake within this, or it is closed.
     pub tls_handshake_timeout: Duration,

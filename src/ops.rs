@@ -12,15 +12,25 @@ use crate::http::PeerCertificate;
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 
-/// What partners use on the main port: their certificate identity and the audit key set.
+/// What the main port serves: liveness and readiness (load balancers in front of it check
+/// them there), the certificate identity and the audit key set.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(identity).service(audit_jwks);
+    config
+        .service(healthz)
+        .service(readyz)
+        .service(identity)
+        .service(audit_jwks);
 }
 
-/// Liveness, readiness and metrics: on the main port, or on the operations listener
-/// (`server.ops_bind`) when there is one.
+/// What the operations listener (`server.ops_bind`) serves.
 pub fn probes(config: &mut web::ServiceConfig) {
     config.service(healthz).service(readyz).service(metrics);
+}
+
+/// Metrics, on the main port only while there is no operations listener: they describe
+/// traffic and clients, nothing a partner should read.
+pub fn metrics_route(config: &mut web::ServiceConfig) {
+    config.service(metrics);
 }
 
 /// The key set that verifies audit checkpoints, for auditors verifying exports offline.

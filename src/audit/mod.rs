@@ -15,7 +15,7 @@ pub use export::{ExportFilter, ExportSummary, export, verify_export};
 pub use verify::{Broken, VerifySummary, verify_all};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,9 @@ pub const GENESIS: [u8; 32] = [0; 32];
 /// Longest text an audited field keeps, in characters. Values may come from unauthenticated
 /// callers and some land in indexed columns, whose entries PostgreSQL caps at about 2.7 kB.
 pub const AUDITED_VALUE_MAX_CHARS: usize = 256;
+
+/// How long readiness reports a failed commit that no successful one has followed.
+const FAILURE_REPORTED_MS: u64 = 10_000;
 
 /// How long a request waits for its record by default before it is answered 503.
 pub const DEFAULT_WAIT_LIMIT: Duration = Duration::from_secs(5);
@@ -179,9 +182,9 @@ enum Sink {
 /// What readiness needs to know about the writer, kept current by the writer itself.
 #[derive(Default)]
 struct WriterHealth {
-    /// Set when a commit failed for a reason other than the records in it (the database
-    /// unreachable, say); cleared by the next commit that succeeds.
-    failing: AtomicBool,
+    /// Milliseconds since `epoch` at which a commit last failed for a reason other than the
+    /// records in it (the database unreachable, say); zero once a commit succeeds.
+    failed_at_ms: AtomicU64,
     /// Milliseconds since `epoch` at which the commit in progress started; zero when idle.
     busy_since_ms: AtomicU64,
     epoch: Option<Instant>,
@@ -259,12 +262,16 @@ impl AuditLog {
         if sender.is_closed() {
             return Some("audit writer stopped");
         }
-        if health.failing.load(Ordering::Relaxed) {
+        let now = health.now_ms();
+        let failed_at = health.failed_at_ms.load(Ordering::Relaxed);
+        // Only a recent failure counts: a node kept out of rotation gets no requests, so no
+        // commit would ever clear it.
+        if failed_at != 0 && now.saturating_sub(failed_at) < FAILURE_REPORTED_MS {
             return Some("audit writes failing");
         }
         let busy_since = health.busy_since_ms.load(Ordering::Relaxed);
         let wait_limit_ms = u64::try_from(self.wait_limit.as_millis()).unwrap_or(u64::MAX);
-        if busy_since != 0 && health.now_ms().saturating_sub(busy_since) > wait_limit_ms {
+        if busy_since != 0 && now.saturating_sub(busy_since) > wait_limit_ms {
             return Some("audit writer stalled");
         }
         None
@@ -430,7 +437,7 @@ impl Writer {
         while let Some(mut group) = groups.pop() {
             let error = match self.commit(&group.pending).await {
                 Ok(()) => {
-                    self.health.failing.store(false, Ordering::Relaxed);
+                    self.health.failed_at_ms.store(0, Ordering::Relaxed);
                     answer(group.pending, Ok(()));
                     continue;
                 }
@@ -457,7 +464,9 @@ impl Writer {
                 continue;
             }
             if !error.caused_by_records() {
-                self.health.failing.store(true, Ordering::Relaxed);
+                self.health
+                    .failed_at_ms
+                    .store(self.health.now_ms(), Ordering::Relaxed);
             }
             tracing::error!(%error, events = group.pending.len(), "audit records not committed");
             answer(group.pending, Err(AuditError::Unavailable));
