@@ -97,14 +97,6 @@ impl Drop for Admitted {
     }
 }
 
-impl fmt::Debug for Admitted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Admitted")
-            .field("source", &self.source)
-            .finish()
-    }
-}
-
 /// A server builder with this process's worker, shutdown and handshake settings.
 pub fn builder(settings: &ServerSettings) -> ServerBuilder {
     actix_tls::accept::max_concurrent_tls_connect(PENDING_HANDSHAKES_PER_WORKER);

@@ -31,6 +31,9 @@ pub const GENESIS: [u8; 32] = [0; 32];
 /// Longest text an audited field keeps, in characters. Values may come from unauthenticated
 /// callers and some land in indexed columns, whose entries PostgreSQL caps at about 2.7 kB.
 pub const AUDITED_VALUE_MAX_CHARS: usize = 256;
+/// Longest audited reason: not indexed, and an error message (a policy set refused on reload,
+/// say) can need more room than an identifier.
+const AUDITED_REASON_MAX_CHARS: usize = 1_024;
 
 /// How long readiness reports a failed commit that no successful one has followed.
 const FAILURE_REPORTED_MS: u64 = 10_000;
@@ -599,7 +602,10 @@ fn bounded(details: &EventDetails) -> EventDetails {
     let text = |value: &Option<String>| value.as_deref().map(bounded_text);
     let texts = |values: &[String]| values.iter().map(|value| bounded_text(value)).collect();
     EventDetails {
-        reason: text(&details.reason),
+        reason: details
+            .reason
+            .as_deref()
+            .map(|reason| truncated(reason, AUDITED_REASON_MAX_CHARS)),
         request_id: text(&details.request_id),
         client_id: text(&details.client_id),
         partner: text(&details.partner),
@@ -621,13 +627,23 @@ fn bounded(details: &EventDetails) -> EventDetails {
 
 /// Control characters become `\u{..}` escapes; anything beyond the limit is replaced by `…`.
 pub fn bounded_text(value: &str) -> String {
+    truncated(value, AUDITED_VALUE_MAX_CHARS)
+}
+
+/// At most `max_chars` characters after escaping, plus the `…` that marks a cut.
+fn truncated(value: &str, max_chars: usize) -> String {
     let mut bounded = String::new();
-    for (count, character) in value.chars().enumerate() {
-        if count == AUDITED_VALUE_MAX_CHARS {
+    let mut escaped = String::new();
+    let mut count = 0usize;
+    for character in value.chars() {
+        escaped.clear();
+        push_escaped(&mut escaped, character);
+        count = count.saturating_add(escaped.chars().count());
+        if count > max_chars {
             bounded.push('…');
             break;
         }
-        push_escaped(&mut bounded, character);
+        bounded.push_str(&escaped);
     }
     bounded
 }
@@ -857,6 +873,12 @@ mod tests {
         let long = bounded_text(&"é".repeat(4_000));
         assert_eq!(long.chars().count(), AUDITED_VALUE_MAX_CHARS + 1);
         assert!(long.ends_with('…'));
+        let escapes = bounded_text(&"\u{0}".repeat(4_000));
+        assert!(escapes.chars().count() <= AUDITED_VALUE_MAX_CHARS + 1);
+        assert_eq!(
+            bounded_text(&"a".repeat(AUDITED_VALUE_MAX_CHARS)).len(),
+            AUDITED_VALUE_MAX_CHARS
+        );
         let nested = escaped_json(serde_json::json!({ "k\u{0}": ["x\u{1}"] }));
         assert_eq!(nested, serde_json::json!({ "k\\u{0}": ["x\\u{1}"] }));
     }
