@@ -231,6 +231,7 @@ impl AuditLog {
             checkpointed_at: Instant::now(),
             metrics,
             health: health.clone(),
+            unconfirmed: None,
         };
         let task = tokio::spawn(writer.run(receiver, stopped));
         (
@@ -349,6 +350,8 @@ struct Writer {
     checkpointed_at: Instant,
     metrics: Option<Metrics>,
     health: Arc<WriterHealth>,
+    /// The head a commit would have left if it succeeded without the writer hearing so.
+    unconfirmed: Option<ChainHead>,
 }
 
 /// One row as inserted: the event, its canonical text and its place in the chain.
@@ -371,7 +374,8 @@ struct ChainHead {
 enum AfterFailure {
     /// The group is there: the commit succeeded though its acknowledgement was lost.
     Committed,
-    /// The stored head is not where the writer believed; it now continues from there.
+    /// The writer now continues from elsewhere: an earlier commit of its own that did
+    /// happen after all, or a new chain.
     Moved,
     Unchanged,
 }
@@ -528,25 +532,16 @@ impl Writer {
 
     /// Re-reads the chain's stored head after a failed commit. A commit whose outcome was
     /// lost (the connection dropped while committing) would otherwise leave the writer
-    /// appending after a head that is no longer the last record, failing forever.
+    /// appending after a head that is no longer the last record, failing forever. A head the
+    /// writer did not write itself is never built on (nor signed over by a checkpoint): the
+    /// writer continues on a new chain instead.
     async fn after_failure(&mut self, expected: Option<ChainHead>) -> AfterFailure {
-        let stored: Result<Option<(i64, Vec<u8>)>, sqlx::Error> = sqlx::query_as(
-            "SELECT seq, hash FROM audit_events WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(self.chain_id)
-        .fetch_optional(&self.pool)
-        .await;
-        let stored = match stored {
-            Ok(Some((seq, hash))) => match <[u8; 32]>::try_from(hash) {
-                Ok(hash) => ChainHead { seq, hash },
-                Err(_) => return AfterFailure::Unchanged,
-            },
-            Ok(None) => ChainHead {
-                seq: 0,
-                hash: GENESIS,
-            },
+        let stored = match self.stored_head().await {
+            Ok(stored) => stored,
             Err(error) => {
                 tracing::warn!(%error, "audit chain head not re-read");
+                // The commit may still have happened; recognise it when the head is readable.
+                self.unconfirmed = expected.or(self.unconfirmed);
                 return AfterFailure::Unchanged;
             }
         };
@@ -554,20 +549,51 @@ impl Writer {
             seq: self.next_seq - 1,
             hash: self.head,
         };
-        if stored == believed {
+        if stored == Some(believed) {
+            self.unconfirmed = None;
             return AfterFailure::Unchanged;
         }
-        self.head = stored.hash;
-        self.next_seq = stored.seq + 1;
-        if Some(stored) == expected {
-            AfterFailure::Committed
-        } else {
-            tracing::warn!(
-                seq = stored.seq,
-                "audit chain head moved; continuing from the stored head"
-            );
-            AfterFailure::Moved
+        if let Some(own) = stored.filter(|head| [expected, self.unconfirmed].contains(&Some(*head)))
+        {
+            self.head = own.hash;
+            self.next_seq = own.seq + 1;
+            self.unconfirmed = None;
+            return if Some(own) == expected {
+                AfterFailure::Committed
+            } else {
+                AfterFailure::Moved
+            };
         }
+        tracing::error!(
+            chain_id = %self.chain_id,
+            "audit chain altered outside its writer; continuing on a new chain"
+        );
+        self.checkpoint().await;
+        self.chain_id = uuid::Uuid::new_v4();
+        self.head = GENESIS;
+        self.next_seq = 1;
+        self.checkpointed_seq = 0;
+        self.unconfirmed = None;
+        AfterFailure::Moved
+    }
+
+    /// The chain's last stored record; `None` if it is not one this writer could have written.
+    async fn stored_head(&self) -> Result<Option<ChainHead>, sqlx::Error> {
+        let stored: Option<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, hash FROM audit_events WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(self.chain_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match stored {
+            None => Some(ChainHead {
+                seq: 0,
+                hash: GENESIS,
+            }),
+            Some((seq, hash)) => <[u8; 32]>::try_from(hash)
+                .ok()
+                .map(|hash| ChainHead { seq, hash }),
+        })
     }
 
     async fn checkpoint(&mut self) {
@@ -632,6 +658,10 @@ pub fn bounded_text(value: &str) -> String {
 
 /// At most `max_chars` characters after escaping, plus the `…` that marks a cut.
 fn truncated(value: &str, max_chars: usize) -> String {
+    // The writer runs this on every field of every record, inside the group commit.
+    if value.len() <= max_chars && !value.chars().any(char::is_control) {
+        return value.to_owned();
+    }
     let mut bounded = String::new();
     let mut escaped = String::new();
     let mut count = 0usize;
