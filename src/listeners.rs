@@ -97,6 +97,23 @@ impl Drop for Admitted {
     }
 }
 
+/// Connections the kernel queues for accepting. A burst of connections (an attacker's, say)
+/// must not overflow a short queue, or everyone else's connection attempts are dropped and
+/// retried only after seconds.
+const ACCEPT_BACKLOG: u32 = 2_048;
+
+/// Binds `addr` with [`ACCEPT_BACKLOG`]; needs a Tokio runtime.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)?.into_std()
+}
+
 /// A server builder with this process's worker, shutdown and handshake settings.
 pub fn builder(settings: &ServerSettings) -> ServerBuilder {
     actix_tls::accept::max_concurrent_tls_connect(PENDING_HANDSHAKES_PER_WORKER);
@@ -131,7 +148,7 @@ where
     S::Service: 'static,
     B: MessageBody + 'static,
 {
-    let listener = TcpListener::bind(settings.bind)?;
+    let listener = listen(settings.bind)?;
     let addr = listener.local_addr()?;
     let shutdown = builder.graceful_shutdown_signal();
     let handshake_timeout = settings.tls_handshake_timeout;
@@ -190,7 +207,7 @@ where
     S::Service: 'static,
     B: MessageBody + 'static,
 {
-    let listener = TcpListener::bind(addr)?;
+    let listener = listen(addr)?;
     let addr = listener.local_addr()?;
     let shutdown = builder.graceful_shutdown_signal();
     let builder = builder.listen(format!("tessera-ops-{addr}"), listener, move || {
