@@ -5,17 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::http::KeepAlive;
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, web};
 use sqlx::PgPool;
 
 use crate::audit::{AuditLog, AuditSigner, CheckpointPolicy, WriterHandle};
 use crate::clients::{Registry, RegistryError, UsageTracker};
 use crate::config::{Settings, TokenSettings};
 use crate::grants::Issuer;
-use crate::http::request_context;
+use crate::http::{BodyDeadline, request_context};
 use crate::keys::{KeyError, KeyRing};
+use crate::listeners::ConnectionCounts;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, PolicyError};
 use crate::storage::StorageError;
@@ -28,8 +28,9 @@ pub enum StartupError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("setting `server.bind`: cannot listen on {addr}: {source}")]
+    #[error("setting `{setting}`: cannot listen on {addr}: {source}")]
     Bind {
+        setting: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -78,6 +79,7 @@ impl Services {
 pub struct Application {
     server: Server,
     local_addr: SocketAddr,
+    ops_addr: Option<SocketAddr>,
     pool: PgPool,
     client_trust: Arc<ClientTrust>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -133,7 +135,10 @@ impl Application {
                 },
                 Some(metrics.clone()),
             );
-            (audit, Some(writer))
+            (
+                audit.with_wait_limit(settings.audit.wait_timeout),
+                Some(writer),
+            )
         } else {
             tracing::warn!("audit trail disabled: benchmark mode, never for production");
             (AuditLog::disabled(pool.clone()), None)
@@ -143,6 +148,7 @@ impl Application {
         let background = vec![
             spawn_usage_flush(usage.clone(), pool.clone()),
             spawn_expiry(pool.clone()),
+            spawn_governance_refresh(metrics.clone(), pool.clone()),
             spawn_policy_reload(policy.clone(), audit.clone(), hangup),
             keys.spawn_maintenance(pool.clone(), settings.tokens.max_lifetime, audit.clone()),
             spawn_trust_refresh(
@@ -168,46 +174,78 @@ impl Application {
         });
         let metrics = web::Data::new(metrics);
         let pool_data = web::Data::new(pool.clone());
+        let audit_data = web::Data::new(services.audit.clone());
         let trust_data = web::Data::from(client_trust.clone());
         let body_limit = settings.server.body_limit_bytes;
+        let body_deadline = BodyDeadline(settings.server.request_timeout);
+        let metrics_on_main_port = settings.server.ops_bind.is_none();
 
-        let mut server = HttpServer::new(move || {
-            App::new()
-                .app_data(metrics.clone())
-                .app_data(pool_data.clone())
-                .app_data(trust_data.clone())
-                .app_data(services.clone())
-                .app_data(web::PayloadConfig::new(body_limit))
-                .app_data(web::FormConfig::default().limit(body_limit))
-                .app_data(web::JsonConfig::default().limit(body_limit))
-                .wrap(from_fn(request_context))
-                .configure(crate::ops::routes)
-                .configure(crate::oauth::routes)
-        })
-        .on_connect(crate::tls::on_connect)
-        .client_request_timeout(settings.server.request_timeout)
-        .client_disconnect_timeout(settings.server.request_timeout)
-        .keep_alive(KeepAlive::Timeout(std::time::Duration::from_secs(75)))
-        .shutdown_timeout(settings.server.shutdown_timeout.as_secs())
-        .disable_signals();
-        if settings.server.workers > 0 {
-            server = server.workers(settings.server.workers);
-        }
+        let main_app = {
+            let metrics = metrics.clone();
+            let pool_data = pool_data.clone();
+            let audit_data = audit_data.clone();
+            move || {
+                App::new()
+                    .app_data(metrics.clone())
+                    .app_data(pool_data.clone())
+                    .app_data(audit_data.clone())
+                    .app_data(trust_data.clone())
+                    .app_data(services.clone())
+                    .app_data(body_deadline)
+                    .app_data(web::PayloadConfig::new(body_limit))
+                    .app_data(web::FormConfig::default().limit(body_limit))
+                    .app_data(web::JsonConfig::default().limit(body_limit))
+                    .wrap(from_fn(request_context))
+                    .configure(|config| {
+                        if metrics_on_main_port {
+                            crate::ops::metrics_route(config);
+                        }
+                    })
+                    .configure(crate::ops::routes)
+                    .configure(crate::oauth::routes)
+            }
+        };
+        let builder = crate::listeners::builder(&settings.server);
         let addr = settings.server.bind;
-        let server = server
-            .bind_rustls_0_23(addr, tls)
-            .map_err(|source| StartupError::Bind { addr, source })?;
-        let local_addr = server
-            .addrs()
-            .first()
-            .copied()
-            .ok_or_else(|| StartupError::Bind {
-                addr,
-                source: std::io::Error::other("no address bound"),
-            })?;
+        let bind_error = |addr, setting, source| StartupError::Bind {
+            setting,
+            addr,
+            source,
+        };
+        let (builder, local_addr) = crate::listeners::https(
+            builder,
+            &settings.server,
+            tls,
+            ConnectionCounts::new(settings.server.max_connections_per_address),
+            crate::tls::on_connect,
+            main_app,
+        )
+        .map_err(|source| bind_error(addr, "server.bind", source))?;
+        let (builder, ops_addr) = match settings.server.ops_bind {
+            None => (builder, None),
+            Some(ops_addr) => {
+                let ops_app = move || {
+                    App::new()
+                        .app_data(metrics.clone())
+                        .app_data(pool_data.clone())
+                        .app_data(audit_data.clone())
+                        .wrap(from_fn(request_context))
+                        .configure(crate::ops::probes)
+                };
+                let (builder, bound) = crate::listeners::plain(
+                    builder,
+                    ops_addr,
+                    settings.server.request_timeout,
+                    ops_app,
+                )
+                .map_err(|source| bind_error(ops_addr, "server.ops_bind", source))?;
+                (builder, Some(bound))
+            }
+        };
         Ok(Self {
-            server: server.run(),
+            server: builder.run(),
             local_addr,
+            ops_addr,
             pool,
             client_trust,
             background,
@@ -218,6 +256,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The plain-HTTP operations listener's address, when `server.ops_bind` is set.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
     }
 
     pub fn handle(&self) -> ServerHandle {
@@ -372,6 +415,19 @@ fn spawn_expiry(pool: PgPool) -> tokio::task::JoinHandle<()> {
                     tracing::warn!(%error, table, "expired rows not removed");
                 }
             }
+        }
+    })
+}
+
+/// Governance gauges come from the registry; they are recomputed here so that a scrape of
+/// `/metrics` never runs SQL.
+fn spawn_governance_refresh(metrics: Metrics, pool: PgPool) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(30));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            metrics.refresh_governance(&pool).await;
         }
     })
 }

@@ -103,6 +103,7 @@ struct RawAudit {
     checkpoint_every_records: i64,
     checkpoint_interval_s: u64,
     retention_days: u32,
+    wait_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,6 +118,9 @@ struct RawServer {
     body_limit_bytes: usize,
     shutdown_timeout_s: u64,
     workers: usize,
+    ops_bind: Option<String>,
+    tls_handshake_timeout_ms: u64,
+    max_connections_per_address: usize,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -168,6 +172,9 @@ impl Default for RawSettings {
                 body_limit_bytes: 64 * 1024,
                 shutdown_timeout_s: 30,
                 workers: 0,
+                ops_bind: None,
+                tls_handshake_timeout_ms: 3_000,
+                max_connections_per_address: 256,
             },
             database: RawDatabase {
                 url: None,
@@ -207,6 +214,7 @@ impl Default for RawSettings {
                 checkpoint_every_records: 10_000,
                 checkpoint_interval_s: 60,
                 retention_days: 2_557,
+                wait_timeout_ms: 5_000,
             },
         }
     }
@@ -321,6 +329,8 @@ pub struct AuditSettings {
     pub checkpoint_interval: Duration,
     /// Records older than this may be pruned (after export), down to a checkpoint.
     pub retention: Duration,
+    /// Longest a request waits for its record to commit before it is answered 503.
+    pub wait_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -335,6 +345,13 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
     /// Zero means one worker per core.
     pub workers: usize,
+    /// A separate plain-HTTP listener for `/metrics`, `/healthz` and `/readyz`; `/metrics`
+    /// then leaves the partner-facing port.
+    pub ops_bind: Option<SocketAddr>,
+    /// A connection must finish its TLS handshake within this, or it is closed.
+    pub tls_handshake_timeout: Duration,
+    /// Open connections from one source address beyond this are closed as they arrive.
+    pub max_connections_per_address: usize,
 }
 
 /// PEM files for the server identity and the CAs that client certificates must chain to.
@@ -484,6 +501,30 @@ impl Settings {
                 "must be greater than zero",
             ));
         }
+        let ops_bind = raw
+            .server
+            .ops_bind
+            .as_deref()
+            .map(|value| parse_address("server.ops_bind", value))
+            .transpose()?;
+        if raw.server.tls_handshake_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "server.tls_handshake_timeout_ms",
+                "must be greater than zero",
+            ));
+        }
+        if raw.server.max_connections_per_address == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_connections_per_address",
+                "must be greater than zero",
+            ));
+        }
+        if raw.audit.wait_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "audit.wait_timeout_ms",
+                "must be greater than zero",
+            ));
+        }
         let database = validate_database(raw.database, provisioned.database_url)?;
         let tokens = validate_tokens(raw.tokens, provisioned.issuer)?;
         let keys = validate_keys(raw.keys, provisioned.kek)?;
@@ -504,6 +545,9 @@ impl Settings {
                 body_limit_bytes: raw.server.body_limit_bytes,
                 shutdown_timeout: Duration::from_secs(raw.server.shutdown_timeout_s),
                 workers: raw.server.workers,
+                ops_bind,
+                tls_handshake_timeout: Duration::from_millis(raw.server.tls_handshake_timeout_ms),
+                max_connections_per_address: raw.server.max_connections_per_address,
             },
             database,
             log: LogSettings {
@@ -548,6 +592,7 @@ fn validate_audit(raw: &RawAudit) -> Result<AuditSettings, ConfigError> {
         checkpoint_every_records: raw.checkpoint_every_records,
         checkpoint_interval: Duration::from_secs(raw.checkpoint_interval_s),
         retention: Duration::from_secs(u64::from(raw.retention_days) * 86_400),
+        wait_timeout: Duration::from_millis(raw.wait_timeout_ms),
     })
 }
 
@@ -690,20 +735,21 @@ fn validate_keys(raw: RawKeys, provisioned_kek: Option<Kek>) -> Result<KeySettin
 }
 
 fn parse_bind(value: &str) -> Result<SocketAddr, ConfigError> {
+    parse_address("server.bind", value)
+}
+
+fn parse_address(setting: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     let (host, port) = value
         .rsplit_once(':')
-        .ok_or_else(|| ConfigError::invalid("server.bind", "expected HOST:PORT"))?;
+        .ok_or_else(|| ConfigError::invalid(setting, "expected HOST:PORT"))?;
     let port: u16 = port.parse().map_err(|_| {
-        ConfigError::invalid(
-            "server.bind",
-            format!("invalid port `{port}` (expected 0-65535)"),
-        )
+        ConfigError::invalid(setting, format!("invalid port `{port}` (expected 0-65535)"))
     })?;
     let ip = host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .parse()
-        .map_err(|_| ConfigError::invalid("server.bind", format!("invalid address `{host}`")))?;
+        .map_err(|_| ConfigError::invalid(setting, format!("invalid address `{host}`")))?;
     Ok(SocketAddr::new(ip, port))
 }
 

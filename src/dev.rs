@@ -54,7 +54,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             ),
             None => find_or_start_database(&options).await?,
         };
-    let settings = Settings::load_with(
+    let mut settings = Settings::load_with(
         options.config.as_deref(),
         Provisioned {
             tls: Some(TlsFiles {
@@ -70,6 +70,15 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             kek: Some(dev_kek(&options.kek_file)?),
         },
     )?;
+    // Operators should not expose metrics on the partner-facing port; in dev they go to
+    // loopback over plain HTTP unless configured otherwise.
+    settings.server.ops_bind = settings
+        .server
+        .ops_bind
+        .or(Some(std::net::SocketAddr::from((
+            std::net::Ipv4Addr::LOCALHOST,
+            0,
+        ))));
     crate::telemetry::init(&settings.log);
 
     let pool = crate::storage::pool(&settings.database)?;
@@ -85,6 +94,10 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         .collect();
     let application = Application::build(&settings, pool).await?;
     let url = format!("https://{}", application.local_addr());
+    let ops = application
+        .ops_addr()
+        .map(|addr| format!("http://{addr}/metrics, /healthz, /readyz"))
+        .unwrap_or_default();
     let certs = pki.dir.display();
     println!(
         "Tessera dev server\n  \
@@ -96,6 +109,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
          -d grant_type=client_credentials -d client_id=partner-a-treasury \\\n               \
          -d resource=https://ledger.tessera.test {url}/oauth2/token\n  \
          Identity:  curl --cacert {certs}/ca.pem --cert {certs}/partner-a.pem --key {certs}/partner-a.key {url}/mtls/identity\n  \
+         Ops:       {ops}\n  \
          Stop:      Ctrl-C",
         clients = client_ids.join(", "),
         seed = options.seed.display(),

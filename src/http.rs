@@ -2,13 +2,16 @@
 //! line per request, Prometheus metrics) and the extractor for the client certificate.
 
 use std::future::{Ready, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use actix_http::BoxedPayloadStream;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+use futures_util::StreamExt;
 use tracing::Instrument;
 
 use crate::metrics::Metrics;
@@ -58,22 +61,58 @@ impl FromRequest for PeerCertificate {
     }
 }
 
+/// How long a request may take to deliver its body, counted from its head; a client sending
+/// a byte now and then cannot hold a connection and a worker's attention indefinitely.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline(pub Duration);
+
+fn with_deadline(payload: Payload, limit: Duration) -> BoxedPayloadStream {
+    let expiry = Box::pin(tokio::time::sleep(limit));
+    Box::pin(futures_util::stream::unfold(
+        Some((payload, expiry)),
+        |state| async move {
+            let (mut payload, mut expiry) = state?;
+            tokio::select! {
+                chunk = payload.next() => chunk.map(|chunk| (chunk, Some((payload, expiry)))),
+                () = &mut expiry => {
+                    let late = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "request body not received in time",
+                    );
+                    Some((Err(PayloadError::Io(late)), None))
+                }
+            }
+        },
+    ))
+}
+
 /// Gives every request an id (echoed in `X-Request-Id`), a tracing span, one log line when it
 /// completes, and its count and latency in the metrics, labelled by route pattern so that
 /// arbitrary paths cannot explode the label set.
 pub async fn request_context(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
+    if let Some(BodyDeadline(limit)) = req.app_data::<BodyDeadline>().copied() {
+        let payload = req.take_payload();
+        if !matches!(payload, Payload::None) {
+            req.set_payload(Payload::from(with_deadline(payload, limit)));
+        }
+    }
     let request_id = RequestId(uuid::Uuid::new_v4());
     req.extensions_mut().insert(request_id);
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().to_string();
+    let method = req.method().clone();
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
-    let span = tracing::info_span!("request", request_id = %request_id.0, %method, %route);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id.0,
+        method = crate::metrics::method_label(&method),
+        %route
+    );
 
     let result = next.call(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();

@@ -23,6 +23,7 @@ pub mod grants;
 pub mod http;
 pub mod jwt;
 pub mod keys;
+pub mod listeners;
 pub mod local_postgres;
 pub mod metrics;
 pub mod oauth;

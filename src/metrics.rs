@@ -1,9 +1,30 @@
 //! Prometheus metrics: HTTP traffic, token governance and the audit writer.
 
+use actix_web::http::Method;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 use sqlx::PgPool;
+
+/// The label of a request method: the standard ones by name, any other as `other`, so that
+/// invented methods cannot grow the label set.
+pub fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == method)
+        .map_or("other", |(_, label)| label)
+}
 
 /// The windows, in days, of the "unused clients" and "expiring certificates" gauges.
 const GOVERNANCE_WINDOWS_DAYS: [i32; 2] = [30, 90];
@@ -112,8 +133,9 @@ impl Metrics {
         })
     }
 
-    /// Refreshes the registry-derived gauges, then renders everything in the text format.
-    pub async fn render(&self, pool: &PgPool) -> Result<String, prometheus::Error> {
+    /// Recomputes the registry-derived gauges. Runs in the background, never on a scrape, so
+    /// that scraping cannot put load on the database.
+    pub async fn refresh_governance(&self, pool: &PgPool) {
         for days in GOVERNANCE_WINDOWS_DAYS {
             let counts: Result<(i64, i64), sqlx::Error> = sqlx::query_as(
                 "SELECT
@@ -136,12 +158,17 @@ impl Metrics {
                 Err(error) => tracing::warn!(%error, "governance gauges not refreshed"),
             }
         }
+    }
+
+    /// Everything, in the text format, from memory only.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
         prometheus::TextEncoder::new().encode_to_string(&self.registry.gather())
     }
 
-    pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+    /// `route` must be a matched route pattern (or `unmatched`), never a request path.
+    pub fn observe_request(&self, route: &str, method: &Method, status: u16, seconds: f64) {
         let status = status.to_string();
-        let labels = [route, method, status.as_str()];
+        let labels = [route, method_label(method), status.as_str()];
         self.requests.with_label_values(&labels).inc();
         self.latency.with_label_values(&labels).observe(seconds);
     }

@@ -7,17 +7,30 @@ use actix_web::{HttpResponse, get, web};
 use serde_json::json;
 use sqlx::PgPool;
 
+use crate::audit::AuditLog;
 use crate::http::PeerCertificate;
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 
+/// What the main port serves: liveness and readiness (load balancers in front of it check
+/// them there), the certificate identity and the audit key set.
 pub fn routes(config: &mut web::ServiceConfig) {
     config
         .service(healthz)
         .service(readyz)
-        .service(metrics)
         .service(identity)
         .service(audit_jwks);
+}
+
+/// What the operations listener (`server.ops_bind`) serves.
+pub fn probes(config: &mut web::ServiceConfig) {
+    config.service(healthz).service(readyz).service(metrics);
+}
+
+/// Metrics, on the main port only while there is no operations listener: they describe
+/// traffic and clients, nothing a partner should read.
+pub fn metrics_route(config: &mut web::ServiceConfig) {
+    config.service(metrics);
 }
 
 /// The key set that verifies audit checkpoints, for auditors verifying exports offline: only
@@ -48,26 +61,30 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// Ready means a database round trip succeeds now; the pool re-validates connections, so a
-/// database that comes back makes this 200 again without a restart.
+/// Ready means a database round trip succeeds now and the audit writer is committing (no
+/// token can be issued without it); the pool re-validates connections, so a database that
+/// comes back makes this 200 again without a restart.
 #[get("/readyz")]
-async fn readyz(pool: web::Data<PgPool>) -> HttpResponse {
-    match sqlx::query("SELECT 1").execute(pool.get_ref()).await {
-        Ok(_) => HttpResponse::Ok().json(json!({ "status": "ready" })),
-        Err(error) => {
-            tracing::warn!(%error, "readiness check failed");
+async fn readyz(pool: web::Data<PgPool>, audit: web::Data<AuditLog>) -> HttpResponse {
+    if let Err(error) = sqlx::query("SELECT 1").execute(pool.get_ref()).await {
+        tracing::warn!(%error, "readiness check failed");
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "unavailable", "reason": "database unreachable" }));
+    }
+    match audit.unhealthy() {
+        None => HttpResponse::Ok().json(json!({ "status": "ready" })),
+        Some(reason) => {
+            tracing::warn!(reason, "readiness check failed");
             HttpResponse::ServiceUnavailable()
-                .json(json!({ "status": "unavailable", "reason": "database unreachable" }))
+                .json(json!({ "status": "unavailable", "reason": reason }))
         }
     }
 }
 
+/// Renders from memory only: a scrape never reaches the database.
 #[get("/metrics")]
-async fn metrics(
-    metrics: web::Data<Metrics>,
-    pool: web::Data<PgPool>,
-) -> Result<HttpResponse, Problem> {
-    let body = metrics.render(&pool).await.map_err(|error| {
+async fn metrics(metrics: web::Data<Metrics>) -> Result<HttpResponse, Problem> {
+    let body = metrics.render().map_err(|error| {
         tracing::error!(%error, "rendering metrics failed");
         Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,

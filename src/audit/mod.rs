@@ -14,6 +14,8 @@ pub use checkpoint::{AuditSigner, audit_jwks};
 pub use export::{ExportFilter, ExportSummary, export, verify_export};
 pub use verify::{Broken, ChainReport, VerifySummary, verify_all, verify_pinned};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +30,19 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Hash of the (absent) predecessor of a chain's first record.
 pub const GENESIS: [u8; 32] = [0; 32];
+
+/// Longest text an audited field keeps, in characters. Values may come from unauthenticated
+/// callers and some land in indexed columns, whose entries PostgreSQL caps at about 2.7 kB.
+pub const AUDITED_VALUE_MAX_CHARS: usize = 256;
+/// Longest audited reason: not indexed, and an error message (a policy set refused on reload,
+/// say) can need more room than an identifier.
+const AUDITED_REASON_MAX_CHARS: usize = 1_024;
+
+/// How long readiness reports a failed commit that no successful one has followed.
+const FAILURE_REPORTED_MS: u64 = 10_000;
+
+/// How long a request waits for its record by default before it is answered 503.
+pub const DEFAULT_WAIT_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -114,6 +129,8 @@ pub fn chained_hash(prev_hash: &[u8], record: &str) -> [u8; 32] {
 pub enum AuditError {
     #[error("the audit trail could not be written")]
     Unavailable,
+    #[error("the audit writer did not commit in time")]
+    TimedOut,
 }
 
 struct Pending {
@@ -182,13 +199,35 @@ pub struct CheckpointPolicy {
 #[derive(Clone)]
 pub struct AuditLog {
     sink: Sink,
+    /// Longest a request waits to hand over its event and hear that it is committed.
+    wait_limit: Duration,
 }
 
 #[derive(Clone)]
 enum Sink {
-    Chain(mpsc::Sender<Pending>),
+    Chain(mpsc::Sender<Pending>, Arc<WriterHealth>),
     /// No records, only the lineage of exchanged tokens (benchmark mode).
     LineageOnly(PgPool),
+}
+
+/// What readiness needs to know about the writer, kept current by the writer itself.
+#[derive(Default)]
+struct WriterHealth {
+    /// Milliseconds since `epoch` at which a commit last failed for a reason other than the
+    /// records in it (the database unreachable, say); zero once a commit succeeds.
+    failed_at_ms: AtomicU64,
+    /// Milliseconds since `epoch` at which the commit in progress started; zero when idle.
+    busy_since_ms: AtomicU64,
+    epoch: Option<Instant>,
+}
+
+impl WriterHealth {
+    fn now_ms(&self) -> u64 {
+        self.epoch
+            .map(|epoch| u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or_default()
+            .max(1)
+    }
 }
 
 impl AuditLog {
@@ -203,6 +242,10 @@ impl AuditLog {
     ) -> (Self, WriterHandle) {
         let (sender, receiver) = mpsc::channel(batch_max * 4);
         let (stop, stopped) = oneshot::channel();
+        let health = Arc::new(WriterHealth {
+            epoch: Some(Instant::now()),
+            ..WriterHealth::default()
+        });
         let writer = Writer {
             pool,
             node,
@@ -215,11 +258,14 @@ impl AuditLog {
             checkpointed_seq: 0,
             checkpointed_at: Instant::now(),
             metrics,
+            health: health.clone(),
+            unconfirmed: None,
         };
         let task = tokio::spawn(writer.run(receiver, stopped));
         (
             Self {
-                sink: Sink::Chain(sender),
+                sink: Sink::Chain(sender, health),
+                wait_limit: DEFAULT_WAIT_LIMIT,
             },
             WriterHandle { stop, task },
         )
@@ -230,11 +276,42 @@ impl AuditLog {
     pub fn disabled(pool: PgPool) -> Self {
         Self {
             sink: Sink::LineageOnly(pool),
+            wait_limit: DEFAULT_WAIT_LIMIT,
         }
     }
 
-    /// Returns once the event is committed; an error means it was not, and the caller must
-    /// not let whatever it was about to release leave the server.
+    /// Bounds how long [`Self::record`] waits for the writer.
+    pub fn with_wait_limit(self, wait_limit: Duration) -> Self {
+        Self { wait_limit, ..self }
+    }
+
+    /// Why the writer cannot be relied on now, if it cannot: stopped, failing to commit, or
+    /// stuck in one commit for longer than requests wait for it.
+    pub fn unhealthy(&self) -> Option<&'static str> {
+        let Sink::Chain(sender, health) = &self.sink else {
+            return None;
+        };
+        if sender.is_closed() {
+            return Some("audit writer stopped");
+        }
+        let now = health.now_ms();
+        let failed_at = health.failed_at_ms.load(Ordering::Relaxed);
+        // Only a recent failure counts: a node kept out of rotation gets no requests, so no
+        // commit would ever clear it.
+        if failed_at != 0 && now.saturating_sub(failed_at) < FAILURE_REPORTED_MS {
+            return Some("audit writes failing");
+        }
+        let busy_since = health.busy_since_ms.load(Ordering::Relaxed);
+        let wait_limit_ms = u64::try_from(self.wait_limit.as_millis()).unwrap_or(u64::MAX);
+        if busy_since != 0 && now.saturating_sub(busy_since) > wait_limit_ms {
+            return Some("audit writer stalled");
+        }
+        None
+    }
+
+    /// Returns once the event is committed; an error means it was not (or not yet: after the
+    /// wait limit the record may still be committed later), and the caller must not let
+    /// whatever it was about to release leave the server.
     pub async fn record(
         &self,
         kind: EventKind,
@@ -242,7 +319,7 @@ impl AuditLog {
         details: EventDetails,
     ) -> Result<(), AuditError> {
         let sender = match &self.sink {
-            Sink::Chain(sender) => sender,
+            Sink::Chain(sender, _) => sender,
             Sink::LineageOnly(pool) => {
                 let entry = lineage_of(outcome, &details).map_err(|_| AuditError::Unavailable)?;
                 if let Some(entry) = entry {
@@ -253,17 +330,22 @@ impl AuditLog {
                 return Ok(());
             }
         };
-        let (done, committed) = oneshot::channel();
-        sender
-            .send(Pending {
-                kind,
-                outcome,
-                details,
-                done,
-            })
+        let handed_over = async {
+            let (done, committed) = oneshot::channel();
+            sender
+                .send(Pending {
+                    kind,
+                    outcome,
+                    details,
+                    done,
+                })
+                .await
+                .map_err(|_| AuditError::Unavailable)?;
+            committed.await.map_err(|_| AuditError::Unavailable)?
+        };
+        tokio::time::timeout(self.wait_limit, handed_over)
             .await
-            .map_err(|_| AuditError::Unavailable)?;
-        committed.await.map_err(|_| AuditError::Unavailable)?
+            .map_err(|_| AuditError::TimedOut)?
     }
 }
 
@@ -295,9 +377,11 @@ struct Writer {
     checkpointed_seq: i64,
     checkpointed_at: Instant,
     metrics: Option<Metrics>,
+    health: Arc<WriterHealth>,
+    /// The head a commit would have left if it succeeded without the writer hearing so.
+    unconfirmed: Option<ChainHead>,
 }
 
-/// One row as inserted.
 /// One row as inserted: the event, its canonical text and its place in the chain.
 struct Row {
     event: AuditRecord,
@@ -305,6 +389,29 @@ struct Row {
     prev_hash: [u8; 32],
     hash: [u8; 32],
     recorded_at: OffsetDateTime,
+}
+
+/// Where the chain stands after a group of records: its last seq and hash.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ChainHead {
+    seq: i64,
+    hash: [u8; 32],
+}
+
+/// What the stored chain says after a commit reported failure.
+enum AfterFailure {
+    /// The group is there: the commit succeeded though its acknowledgement was lost.
+    Committed,
+    /// The writer now continues from elsewhere: an earlier commit of its own that did
+    /// happen after all, or a new chain.
+    Moved,
+    Unchanged,
+}
+
+/// Records committed together; `retried` once the chain head moved under it.
+struct Group {
+    pending: Vec<Pending>,
+    retried: bool,
 }
 
 impl Writer {
@@ -357,35 +464,72 @@ impl Writer {
         self.checkpoint().await;
     }
 
+    /// Commits the batch; when that fails because of what is in it, the halves are committed
+    /// separately, down to single records, so one unstorable record fails only its own request.
     async fn commit_batch(&mut self, batch: &mut Vec<Pending>) {
         let started = Instant::now();
-        let result = self.commit(batch).await;
+        let size = batch.len();
+        self.health
+            .busy_since_ms
+            .store(self.health.now_ms(), Ordering::Relaxed);
+        let mut groups = vec![Group {
+            pending: std::mem::take(batch),
+            retried: false,
+        }];
+        while let Some(mut group) = groups.pop() {
+            let error = match self.commit(&group.pending).await {
+                Ok(()) => {
+                    self.health.failed_at_ms.store(0, Ordering::Relaxed);
+                    answer(group.pending, Ok(()));
+                    continue;
+                }
+                Err((error, expected)) => match self.after_failure(expected).await {
+                    AfterFailure::Committed => {
+                        answer(group.pending, Ok(()));
+                        continue;
+                    }
+                    AfterFailure::Moved if !group.retried => {
+                        group.retried = true;
+                        groups.push(group);
+                        continue;
+                    }
+                    AfterFailure::Moved | AfterFailure::Unchanged => error,
+                },
+            };
+            if error.caused_by_records() && group.pending.len() > 1 {
+                let second = group.pending.split_off(group.pending.len() / 2);
+                groups.push(Group {
+                    pending: second,
+                    retried: group.retried,
+                });
+                groups.push(group);
+                continue;
+            }
+            if !error.caused_by_records() {
+                self.health
+                    .failed_at_ms
+                    .store(self.health.now_ms(), Ordering::Relaxed);
+            }
+            tracing::error!(%error, events = group.pending.len(), "audit records not committed");
+            answer(group.pending, Err(AuditError::Unavailable));
+        }
+        self.health.busy_since_ms.store(0, Ordering::Relaxed);
         if let Some(metrics) = &self.metrics {
             metrics
                 .audit_write_seconds
                 .observe(started.elapsed().as_secs_f64());
-            metrics.audit_batch_size.observe(batch.len() as f64);
-        }
-        if let Err(error) = &result {
-            tracing::error!(%error, events = batch.len(), "audit batch not committed");
-        }
-        for pending in batch.drain(..) {
-            let _ = pending.done.send(
-                result
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|_| AuditError::Unavailable),
-            );
+            metrics.audit_batch_size.observe(size as f64);
         }
     }
 
-    /// Writes the batch in one transaction; the chain head advances only if it commits, so
-    /// a failed batch leaves no gap in the chain.
-    async fn commit(&mut self, batch: &[Pending]) -> Result<(), BatchError> {
+    /// Writes the records in one transaction; the chain head advances only if it commits, so
+    /// a failed group leaves no gap in the chain. A failure comes with the head the chain
+    /// would have had.
+    async fn commit(&mut self, group: &[Pending]) -> Result<(), (BatchError, Option<ChainHead>)> {
         let mut head = self.head;
         let mut seq = self.next_seq;
-        let mut rows = Vec::with_capacity(batch.len());
-        for pending in batch {
+        let mut rows = Vec::with_capacity(group.len());
+        for pending in group {
             let recorded_at = OffsetDateTime::now_utc();
             let event = AuditRecord {
                 event_id: uuid::Uuid::new_v4().to_string(),
@@ -395,9 +539,9 @@ impl Writer {
                 node: self.node.clone(),
                 kind: pending.kind,
                 outcome: pending.outcome,
-                details: pending.details.clone(),
+                details: bounded(&pending.details),
             };
-            let record = event.canonical()?;
+            let record = event.canonical().map_err(|error| (error.into(), None))?;
             let hash = chained_hash(&head, &record);
             rows.push(Row {
                 event,
@@ -409,10 +553,82 @@ impl Writer {
             head = hash;
             seq += 1;
         }
-        insert(&self.pool, self.chain_id, self.next_seq, &rows).await?;
+        let expected = ChainHead {
+            seq: seq - 1,
+            hash: head,
+        };
+        insert(&self.pool, self.chain_id, self.next_seq, &rows)
+            .await
+            .map_err(|error| (error, Some(expected)))?;
         self.head = head;
         self.next_seq = seq;
         Ok(())
+    }
+
+    /// Re-reads the chain's stored head after a failed commit. A commit whose outcome was
+    /// lost (the connection dropped while committing) would otherwise leave the writer
+    /// appending after a head that is no longer the last record, failing forever. A head the
+    /// writer did not write itself is never built on (nor signed over by a checkpoint): the
+    /// writer continues on a new chain instead.
+    async fn after_failure(&mut self, expected: Option<ChainHead>) -> AfterFailure {
+        let stored = match self.stored_head().await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%error, "audit chain head not re-read");
+                // The commit may still have happened; recognise it when the head is readable.
+                self.unconfirmed = expected.or(self.unconfirmed);
+                return AfterFailure::Unchanged;
+            }
+        };
+        let believed = ChainHead {
+            seq: self.next_seq - 1,
+            hash: self.head,
+        };
+        if stored == Some(believed) {
+            self.unconfirmed = None;
+            return AfterFailure::Unchanged;
+        }
+        if let Some(own) = stored.filter(|head| [expected, self.unconfirmed].contains(&Some(*head)))
+        {
+            self.head = own.hash;
+            self.next_seq = own.seq + 1;
+            self.unconfirmed = None;
+            return if Some(own) == expected {
+                AfterFailure::Committed
+            } else {
+                AfterFailure::Moved
+            };
+        }
+        tracing::error!(
+            chain_id = %self.chain_id,
+            "audit chain altered outside its writer; continuing on a new chain"
+        );
+        self.checkpoint().await;
+        self.chain_id = uuid::Uuid::new_v4();
+        self.head = GENESIS;
+        self.next_seq = 1;
+        self.checkpointed_seq = 0;
+        self.unconfirmed = None;
+        AfterFailure::Moved
+    }
+
+    /// The chain's last stored record; `None` if it is not one this writer could have written.
+    async fn stored_head(&self) -> Result<Option<ChainHead>, sqlx::Error> {
+        let stored: Option<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, hash FROM audit_events WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(self.chain_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match stored {
+            None => Some(ChainHead {
+                seq: 0,
+                hash: GENESIS,
+            }),
+            Some((seq, hash)) => <[u8; 32]>::try_from(hash)
+                .ok()
+                .map(|hash| ChainHead { seq, hash }),
+        })
     }
 
     async fn checkpoint(&mut self) {
@@ -435,6 +651,103 @@ impl Writer {
     }
 }
 
+fn answer(group: Vec<Pending>, result: Result<(), AuditError>) {
+    for pending in group {
+        let _ = pending.done.send(result.clone());
+    }
+}
+
+/// The details as stored: every text escaped (no control characters, which PostgreSQL may
+/// refuse) and cut to [`AUDITED_VALUE_MAX_CHARS`], whoever supplied it.
+fn bounded(details: &EventDetails) -> EventDetails {
+    let text = |value: &Option<String>| value.as_deref().map(bounded_text);
+    let texts = |values: &[String]| values.iter().map(|value| bounded_text(value)).collect();
+    EventDetails {
+        reason: details
+            .reason
+            .as_deref()
+            .map(|reason| truncated(reason, AUDITED_REASON_MAX_CHARS)),
+        request_id: text(&details.request_id),
+        client_id: text(&details.client_id),
+        partner: text(&details.partner),
+        subject: text(&details.subject),
+        audience: text(&details.audience),
+        scopes: texts(&details.scopes),
+        consent_id: text(&details.consent_id),
+        txn: text(&details.txn),
+        jti: text(&details.jti),
+        trust_profile_version: details.trust_profile_version,
+        policy_set_hash: text(&details.policy_set_hash),
+        actor_chain: details.actor_chain.clone().map(escaped_json),
+        changes: details.changes.clone().map(escaped_json),
+        policies: texts(&details.policies),
+        parent_jti: text(&details.parent_jti),
+        actor_jti: text(&details.actor_jti),
+        expires_at: details.expires_at,
+    }
+}
+
+/// Control characters become `\u{..}` escapes; anything beyond the limit is replaced by `…`.
+pub fn bounded_text(value: &str) -> String {
+    truncated(value, AUDITED_VALUE_MAX_CHARS)
+}
+
+/// At most `max_chars` characters after escaping, plus the `…` that marks a cut.
+fn truncated(value: &str, max_chars: usize) -> String {
+    // The writer runs this on every field of every record, inside the group commit.
+    if value.len() <= max_chars && !value.chars().any(char::is_control) {
+        return value.to_owned();
+    }
+    let mut bounded = String::new();
+    let mut escaped = String::new();
+    let mut count = 0usize;
+    for character in value.chars() {
+        escaped.clear();
+        push_escaped(&mut escaped, character);
+        count = count.saturating_add(escaped.chars().count());
+        if count > max_chars {
+            bounded.push('…');
+            break;
+        }
+        bounded.push_str(&escaped);
+    }
+    bounded
+}
+
+fn push_escaped(text: &mut String, character: char) {
+    if character.is_control() {
+        text.extend(character.escape_unicode());
+    } else {
+        text.push(character);
+    }
+}
+
+/// Structured details keep their shape and length; only control characters are escaped
+/// (PostgreSQL's `jsonb` refuses `\u0000`).
+fn escaped_json(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let escape = |text: String| {
+        if !text.chars().any(char::is_control) {
+            return text;
+        }
+        let mut escaped = String::with_capacity(text.len());
+        text.chars()
+            .for_each(|character| push_escaped(&mut escaped, character));
+        escaped
+    };
+    match value {
+        Value::String(text) => Value::String(escape(text)),
+        Value::Array(values) => Value::Array(values.into_iter().map(escaped_json).collect()),
+        Value::Object(entries) => Value::Object(
+            entries
+                .into_iter()
+                .map(|(key, value)| (escape(key), escaped_json(value)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum BatchError {
     #[error("audit storage: {0}")]
@@ -443,6 +756,17 @@ enum BatchError {
     Encoding(#[from] serde_json::Error),
     #[error("an exchanged token's lineage is incomplete (jti, parent or expiry)")]
     Lineage,
+}
+
+impl BatchError {
+    /// Whether the records themselves were refused (so a smaller group may succeed), rather
+    /// than the database being unreachable, where splitting would only multiply the waiting.
+    fn caused_by_records(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(_)) | Self::Encoding(_) | Self::Lineage => true,
+            Self::Database(_) => false,
+        }
+    }
 }
 
 fn label<T: Serialize>(value: &T) -> String {
@@ -616,6 +940,22 @@ mod tests {
             chained_hash(&[1; 32], &record().canonical().unwrap()),
             original
         );
+    }
+
+    #[test]
+    fn audited_text_is_escaped_and_bounded() {
+        assert_eq!(bounded_text("a\u{0}b\n"), "a\\u{0}b\\u{a}");
+        let long = bounded_text(&"é".repeat(4_000));
+        assert_eq!(long.chars().count(), AUDITED_VALUE_MAX_CHARS + 1);
+        assert!(long.ends_with('…'));
+        let escapes = bounded_text(&"\u{0}".repeat(4_000));
+        assert!(escapes.chars().count() <= AUDITED_VALUE_MAX_CHARS + 1);
+        assert_eq!(
+            bounded_text(&"a".repeat(AUDITED_VALUE_MAX_CHARS)).len(),
+            AUDITED_VALUE_MAX_CHARS
+        );
+        let nested = escaped_json(serde_json::json!({ "k\u{0}": ["x\u{1}"] }));
+        assert_eq!(nested, serde_json::json!({ "k\\u{0}": ["x\\u{1}"] }));
     }
 
     #[test]

@@ -97,6 +97,31 @@ fn form(req: &HttpRequest, body: &Bytes) -> Result<Params, OAuthError> {
     Params::parse(body)
 }
 
+/// Longest `client_id` and `client_assertion_type` accepted before authentication; no
+/// registered client id or assertion type comes near it.
+const CLIENT_ID_MAX_BYTES: usize = 128;
+/// Longest `client_assertion`: a signed JWT, with room for an `x5c` chain in its header.
+const CLIENT_ASSERTION_MAX_BYTES: usize = 16 * 1024;
+
+/// The credentials as sent, refused as `invalid_request` when unbounded or unprintable.
+fn credentials(req: &HttpRequest, params: &Params) -> Result<Credentials, OAuthError> {
+    Ok(Credentials {
+        client_id: params
+            .unauthenticated("client_id", CLIENT_ID_MAX_BYTES)?
+            .map(str::to_owned),
+        assertion_type: params
+            .unauthenticated("client_assertion_type", CLIENT_ID_MAX_BYTES)?
+            .map(str::to_owned),
+        assertion: params
+            .unauthenticated("client_assertion", CLIENT_ASSERTION_MAX_BYTES)?
+            .map(str::to_owned),
+        authorization: req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|value| value.to_str().ok().and_then(super::authorization_scheme)),
+    })
+}
+
 async fn authenticate(
     services: &Services,
     req: &HttpRequest,
@@ -104,14 +129,22 @@ async fn authenticate(
     peer: PeerCertificate,
     request_id: &str,
 ) -> Result<AuthenticatedClient, OAuthError> {
-    let credentials = Credentials {
-        client_id: params.get("client_id").map(str::to_owned),
-        assertion_type: params.get("client_assertion_type").map(str::to_owned),
-        assertion: params.get("client_assertion").map(str::to_owned),
-        authorization: req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map(|value| value.to_str().ok().and_then(super::authorization_scheme)),
+    let credentials = match credentials(req, params) {
+        Ok(credentials) => credentials,
+        Err(error) => {
+            let call = Call {
+                services,
+                request_id: request_id.to_owned(),
+                client: None,
+            };
+            let details = EventDetails {
+                client_id: params.get("client_id").map(crate::audit::bounded_text),
+                ..call.details()
+            };
+            return Err(call
+                .deny(EventKind::ClientAuthenticationFailed, error, details)
+                .await);
+        }
     };
     let result = client_auth::authenticate(
         &credentials,

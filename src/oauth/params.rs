@@ -51,6 +51,26 @@ impl Params {
     pub fn all(&self, name: &str) -> &[String] {
         self.0.get(name).map(Vec::as_slice).unwrap_or_default()
     }
+
+    /// The single value of a parameter read before the client is authenticated: it must be
+    /// at most `max_len` bytes and free of control characters, since it reaches the registry
+    /// and the audit trail on behalf of a caller nobody knows yet.
+    pub fn unauthenticated(&self, name: &str, max_len: usize) -> Result<Option<&str>, OAuthError> {
+        let Some(value) = self.get(name) else {
+            return Ok(None);
+        };
+        if value.len() > max_len {
+            return Err(OAuthError::InvalidRequest(format!(
+                "parameter `{name}` is longer than {max_len} bytes"
+            )));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(OAuthError::InvalidRequest(format!(
+                "parameter `{name}` contains control characters"
+            )));
+        }
+        Ok(Some(value))
+    }
 }
 
 #[cfg(test)]
@@ -63,5 +83,15 @@ mod tests {
         let params = Params::parse(b"resource=https%3A%2F%2Fa&resource=https%3A%2F%2Fb").unwrap();
         assert_eq!(params.all("resource").len(), 2);
         assert_eq!(Params::parse(b"scope=").unwrap().get("scope"), None);
+    }
+
+    #[test]
+    fn unauthenticated_values_are_bounded_and_printable() {
+        let params = Params::parse(b"a=ok&b=x%00y&c=%0A&d=12345").unwrap();
+        assert_eq!(params.unauthenticated("a", 4).unwrap(), Some("ok"));
+        assert!(params.unauthenticated("b", 4).is_err());
+        assert!(params.unauthenticated("c", 4).is_err());
+        assert!(params.unauthenticated("d", 4).is_err());
+        assert_eq!(params.unauthenticated("e", 4).unwrap(), None);
     }
 }

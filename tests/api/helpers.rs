@@ -184,6 +184,8 @@ pub fn test_settings(database_url: &str) -> Settings {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The plain-HTTP operations listener, when `server.ops_bind` is set.
+    pub ops_addr: Option<SocketAddr>,
     pub settings: Settings,
     pub pool: PgPool,
     pub handle: ServerHandle,
@@ -301,11 +303,13 @@ pub async fn spawn_app_on(db: TestDatabase, adjust: impl FnOnce(&mut Settings)) 
     crate::fixtures::registry().apply(&pool).await.unwrap();
     let application = Application::build(&settings, pool.clone()).await.unwrap();
     let addr = application.local_addr();
+    let ops_addr = application.ops_addr();
     let handle = application.handle();
     let client_trust = application.client_trust();
     let server = tokio::spawn(application.run());
     TestApp {
         addr,
+        ops_addr,
         settings,
         pool,
         handle,

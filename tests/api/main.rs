@@ -6,6 +6,7 @@
 )]
 
 mod audit;
+mod availability;
 mod boundaries;
 mod chains;
 mod client_auth;
