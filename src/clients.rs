@@ -3,13 +3,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
 use sqlx::{PgConnection, PgPool};
 
 use crate::audiences::{self, Audience, AudienceId};
+use crate::cache::Cache;
 use crate::scopes::ScopeSet;
 use crate::tls::{ClientCertificate, DistinguishedName, SubjectAltName, TrustAnchor};
 
@@ -333,72 +334,50 @@ pub async fn self_signed_certificates(
         .collect())
 }
 
-type Cached<K, V> = RwLock<HashMap<K, (Instant, Arc<V>)>>;
+/// Registry entries a node keeps; beyond it the oldest goes first.
+const REGISTRY_CACHE_ENTRIES: usize = 10_000;
 
 /// Clients and audiences as this node sees them: read through a short-lived cache so the
 /// token hot path rarely touches the database, while a suspension or a change reaches every
 /// node within `registry.cache_ttl_ms`. Unknown ids are not cached, so probing cannot grow it.
 pub struct Registry {
     pool: PgPool,
-    ttl: Duration,
-    clients: Cached<ClientId, Client>,
-    audiences: Cached<AudienceId, Audience>,
+    clients: Cache<ClientId, Arc<Client>>,
+    audiences: Cache<AudienceId, Arc<Audience>>,
 }
 
 impl Registry {
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
         Self {
             pool,
-            ttl,
-            clients: RwLock::default(),
-            audiences: RwLock::default(),
+            clients: Cache::new(REGISTRY_CACHE_ENTRIES, Some(ttl)),
+            audiences: Cache::new(REGISTRY_CACHE_ENTRIES, Some(ttl)),
         }
     }
 
     pub async fn client(&self, id: &ClientId) -> Result<Option<Arc<Client>>, RegistryError> {
-        if let Some(client) = fresh(&self.clients, id, self.ttl) {
+        if let Some(client) = self.clients.get(id) {
             return Ok(Some(client));
         }
         let mut conn = self.pool.acquire().await?;
         let client = find(&mut conn, id).await?.map(Arc::new);
         if let Some(client) = &client {
-            store(&self.clients, id.clone(), client.clone());
+            self.clients.insert(id.clone(), client.clone());
         }
         Ok(client)
     }
 
     pub async fn audience(&self, id: &AudienceId) -> Result<Option<Arc<Audience>>, RegistryError> {
-        if let Some(audience) = fresh(&self.audiences, id, self.ttl) {
+        if let Some(audience) = self.audiences.get(id) {
             return Ok(Some(audience));
         }
         let mut conn = self.pool.acquire().await?;
         let audience = audiences::find(&mut conn, id).await?.map(Arc::new);
         if let Some(audience) = &audience {
-            store(&self.audiences, id.clone(), audience.clone());
+            self.audiences.insert(id.clone(), audience.clone());
         }
         Ok(audience)
     }
-}
-
-fn fresh<K: std::hash::Hash + Eq, V>(
-    cache: &Cached<K, V>,
-    key: &K,
-    ttl: Duration,
-) -> Option<Arc<V>> {
-    let cache = cache
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    cache
-        .get(key)
-        .filter(|(loaded, _)| loaded.elapsed() < ttl)
-        .map(|(_, value)| value.clone())
-}
-
-fn store<K: std::hash::Hash + Eq, V>(cache: &Cached<K, V>, key: K, value: Arc<V>) {
-    let mut cache = cache
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    cache.insert(key, (Instant::now(), value));
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 pub mod app;
 pub mod audiences;
 pub mod audit;
+pub mod cache;
 pub mod cli;
 pub mod client_auth;
 pub mod clients;

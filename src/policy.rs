@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use std::collections::{HashMap, HashSet};
 
@@ -80,22 +80,15 @@ impl PolicyDecision {
     }
 }
 
-/// Distinct requests whose decisions a loaded set remembers before it starts over.
+/// Distinct requests whose decisions a loaded set remembers; beyond it the oldest goes first.
+/// Decisions live as long as the set that made them.
 const DECISION_CACHE_ENTRIES: usize = 4096;
 
 struct Loaded {
     schema: Schema,
     policies: PolicySet,
     hash: String,
-    decisions: Mutex<HashMap<String, (bool, Vec<String>)>>,
-}
-
-impl Loaded {
-    fn decisions(&self) -> std::sync::MutexGuard<'_, HashMap<String, (bool, Vec<String>)>> {
-        self.decisions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+    decisions: crate::cache::Cache<String, (bool, Vec<String>)>,
 }
 
 pub struct PolicyEngine {
@@ -161,17 +154,12 @@ impl PolicyEngine {
             context.consent,
             context.delegation_depth,
         );
-        let cached = loaded.decisions().get(&key).cloned();
-        let decided = match cached {
+        let decided = match loaded.decisions.get(&key) {
             Some(decided) => Ok(decided),
             None => {
                 let decided = evaluate_request(&loaded, action, client, audience, context);
                 if let Ok(decided) = &decided {
-                    let mut decisions = loaded.decisions();
-                    if decisions.len() >= DECISION_CACHE_ENTRIES {
-                        decisions.clear();
-                    }
-                    decisions.insert(key, decided.clone());
+                    loaded.decisions.insert(key, decided.clone());
                 }
                 decided
             }
@@ -461,7 +449,7 @@ fn load(dir: &Path) -> Result<Loaded, PolicyError> {
         schema,
         policies,
         hash,
-        decisions: Mutex::new(HashMap::new()),
+        decisions: crate::cache::Cache::new(DECISION_CACHE_ENTRIES, None),
     })
 }
 

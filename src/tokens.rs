@@ -133,47 +133,27 @@ pub async fn is_revoked(pool: &PgPool, jti: &str) -> Result<bool, sqlx::Error> {
 /// revocation made on another node is seen here within it; revocations made on this node clear
 /// the memory at once.
 pub struct RevocationCache {
-    ttl: std::time::Duration,
-    checked: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
+    checked: crate::cache::Cache<String, bool>,
 }
 
-/// Distinct tokens remembered before the memory starts over.
+/// Distinct tokens remembered; beyond it the oldest answer is forgotten first.
 const REVOCATION_CACHE_ENTRIES: usize = 16_384;
 
 impl RevocationCache {
     pub fn new(ttl: std::time::Duration) -> Self {
         Self {
-            ttl,
-            checked: std::sync::Mutex::default(),
+            checked: crate::cache::Cache::new(REVOCATION_CACHE_ENTRIES, Some(ttl)),
         }
-    }
-
-    fn checked(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (std::time::Instant, bool)>>
-    {
-        self.checked
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether the token or an ancestor is revoked, asking the database when the remembered
     /// answer is missing or older than the TTL.
     pub async fn is_revoked(&self, pool: &PgPool, jti: &str) -> Result<bool, sqlx::Error> {
-        let remembered = self
-            .checked()
-            .get(jti)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, revoked)| *revoked);
-        if let Some(revoked) = remembered {
+        if let Some(revoked) = self.checked.get(&jti.to_owned()) {
             return Ok(revoked);
         }
         let revoked = is_revoked(pool, jti).await?;
-        let mut checked = self.checked();
-        if checked.len() >= REVOCATION_CACHE_ENTRIES {
-            checked.clear();
-        }
-        checked.insert(jti.to_owned(), (std::time::Instant::now(), revoked));
+        self.checked.insert(jti.to_owned(), revoked);
         Ok(revoked)
     }
 
@@ -186,7 +166,7 @@ impl RevocationCache {
         revoked_by: &str,
     ) -> Result<(), sqlx::Error> {
         revoke(pool, claims, revoked_by).await?;
-        self.checked().clear();
+        self.checked.clear();
         Ok(())
     }
 }
