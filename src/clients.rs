@@ -11,6 +11,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::audiences::{self, Audience, AudienceId};
 use crate::cache::Cache;
+use crate::grants::GrantType;
 use crate::scopes::ScopeSet;
 use crate::tls::{ClientCertificate, DistinguishedName, SubjectAltName, TrustAnchor};
 
@@ -131,7 +132,7 @@ pub struct Client {
     pub partner_region: String,
     pub name: String,
     pub authentication: Authentication,
-    pub grant_types: Vec<String>,
+    pub grant_types: Vec<GrantType>,
     pub max_lifetime: Duration,
     /// Allowed audiences, each with the scopes this client may have there.
     pub audiences: HashMap<AudienceId, ScopeSet>,
@@ -174,8 +175,8 @@ impl Client {
         }
     }
 
-    pub fn allows_grant(&self, grant_type: &str) -> bool {
-        self.grant_types.iter().any(|allowed| allowed == grant_type)
+    pub fn allows_grant(&self, grant_type: GrantType) -> bool {
+        self.grant_types.contains(&grant_type)
     }
 }
 
@@ -300,7 +301,12 @@ pub async fn find(conn: &mut PgConnection, id: &ClientId) -> Result<Option<Clien
         partner_region: row.partner_region,
         name: row.name,
         authentication,
-        grant_types: row.grant_types,
+        // An unknown grant in a registration grants nothing.
+        grant_types: row
+            .grant_types
+            .iter()
+            .filter_map(|grant| GrantType::parse(grant))
+            .collect(),
         max_lifetime: Duration::from_secs(
             u64::try_from(row.max_lifetime_s).map_err(|_| malformed())?,
         ),

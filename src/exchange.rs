@@ -18,8 +18,6 @@ use crate::policy::{Action, PolicyContext, PolicyEngine};
 use crate::scopes::ScopeSet;
 use crate::tokens::{AccessTokenClaims, validate_own};
 
-pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-
 /// RFC 8693 §3 token type identifiers this server accepts and issues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenType {

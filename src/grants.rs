@@ -13,7 +13,30 @@ use crate::policy::PolicyDecision;
 use crate::scopes::ScopeSet;
 use crate::tokens::{AccessTokenClaims, Confirmation};
 
-pub const CLIENT_CREDENTIALS: &str = "client_credentials";
+/// The grants Tessera supports, parsed once at the edge (the form's `grant_type`, a client's
+/// registration) so that dispatch is a `match`, not string comparisons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrantType {
+    /// RFC 6749 §4.4.
+    ClientCredentials,
+    /// RFC 8693.
+    TokenExchange,
+}
+
+impl GrantType {
+    pub const ALL: [Self; 2] = [Self::ClientCredentials, Self::TokenExchange];
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|grant| grant.as_str() == value)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientCredentials => "client_credentials",
+            Self::TokenExchange => "urn:ietf:params:oauth:grant-type:token-exchange",
+        }
+    }
+}
 
 /// Why a grant was refused, in the vocabulary of the protocol error it becomes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,7 +97,7 @@ pub async fn decide_client_credentials(
     requested: Option<&ScopeSet>,
 ) -> Result<Decision, DecisionError> {
     let client = &authenticated.client;
-    if !client.allows_grant(CLIENT_CREDENTIALS) {
+    if !client.allows_grant(GrantType::ClientCredentials) {
         return Err(Denial::UnauthorizedClient(
             "this client may not use client_credentials".into(),
         )

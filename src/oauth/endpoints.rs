@@ -7,10 +7,8 @@ use super::{OAuthError, Params};
 use crate::app::Services;
 use crate::audit::{EventDetails, EventKind, Outcome};
 use crate::client_auth::{self, AuthError, AuthenticatedClient, Credentials};
-use crate::exchange::{self, ExchangeError, ExchangeRequest, Exchanger, Refusal, TokenType};
-use crate::grants::{
-    self, CLIENT_CREDENTIALS, Decision, DecisionError, Denial, IssueError, Provenance,
-};
+use crate::exchange::{ExchangeError, ExchangeRequest, Exchanger, Refusal, TokenType};
+use crate::grants::{self, Decision, DecisionError, Denial, GrantType, IssueError, Provenance};
 use crate::http::{PeerCertificate, RequestId};
 use crate::keys::unix_now;
 use crate::policy::{Action, PolicyContext};
@@ -73,7 +71,7 @@ fn grant_label(kind: EventKind) -> &'static str {
     match kind {
         EventKind::TokenIntrospected => "introspection",
         EventKind::TokenRevoked => "revocation",
-        EventKind::TokenExchanged => exchange::GRANT_TYPE,
+        EventKind::TokenExchanged => GrantType::TokenExchange.as_str(),
         EventKind::ClientAuthenticationFailed => "client_authentication",
         _ => "token",
     }
@@ -249,10 +247,12 @@ async fn token_endpoint(
                 .await);
         }
     };
-    match grant_type {
-        CLIENT_CREDENTIALS => client_credentials(&call, &authenticated, &params).await,
-        exchange::GRANT_TYPE => token_exchange(&call, &authenticated, &params).await,
-        _ => Err(call
+    match GrantType::parse(grant_type) {
+        Some(GrantType::ClientCredentials) => {
+            client_credentials(&call, &authenticated, &params).await
+        }
+        Some(GrantType::TokenExchange) => token_exchange(&call, &authenticated, &params).await,
+        None => Err(call
             .deny(
                 EventKind::TokenDenied,
                 OAuthError::UnsupportedGrantType,
@@ -356,7 +356,7 @@ async fn client_credentials(
     call.services
         .metrics
         .tokens_issued
-        .with_label_values(&[CLIENT_CREDENTIALS, &issued.claims.aud])
+        .with_label_values(&[GrantType::ClientCredentials.as_str(), &issued.claims.aud])
         .inc();
     Ok(no_store(HttpResponse::Ok()).json(json!({
         "access_token": issued.access_token,
@@ -438,7 +438,7 @@ async fn token_exchange(
             .cloned(),
         ..call.details()
     };
-    if !authenticated.client.allows_grant(exchange::GRANT_TYPE) {
+    if !authenticated.client.allows_grant(GrantType::TokenExchange) {
         let error = OAuthError::UnauthorizedClient("this client may not exchange tokens".into());
         return Err(call.deny(EventKind::TokenExchanged, error, details).await);
     }
@@ -508,7 +508,7 @@ async fn token_exchange(
     services
         .metrics
         .tokens_issued
-        .with_label_values(&[exchange::GRANT_TYPE, &issued.claims.aud])
+        .with_label_values(&[GrantType::TokenExchange.as_str(), &issued.claims.aud])
         .inc();
     Ok(no_store(HttpResponse::Ok()).json(json!({
         "access_token": issued.access_token,
@@ -703,7 +703,7 @@ async fn metadata_endpoint(services: web::Data<Services>) -> HttpResponse {
     let mut body = json!({
         "issuer": issuer,
         "jwks_uri": format!("{issuer}/jwks.json"),
-        "grant_types_supported": [CLIENT_CREDENTIALS, exchange::GRANT_TYPE],
+        "grant_types_supported": GrantType::ALL.map(GrantType::as_str),
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": auth_methods,
         "token_endpoint_auth_signing_alg_values_supported": algorithms,
