@@ -83,6 +83,7 @@ pub struct Application {
     background: Vec<tokio::task::JoinHandle<()>>,
     audit_writer: Option<WriterHandle>,
     stop_signals: StopSignals,
+    draining: crate::drain::Draining,
 }
 
 impl Application {
@@ -170,6 +171,8 @@ impl Application {
         let pool_data = web::Data::new(pool.clone());
         let trust_data = web::Data::from(client_trust.clone());
         let body_limit = settings.server.body_limit_bytes;
+        let draining = crate::drain::Draining::default();
+        let draining_data = web::Data::new(draining.clone());
 
         let mut server = HttpServer::new(move || {
             App::new()
@@ -177,9 +180,12 @@ impl Application {
                 .app_data(pool_data.clone())
                 .app_data(trust_data.clone())
                 .app_data(services.clone())
+                .app_data(draining_data.clone())
                 .app_data(web::PayloadConfig::new(body_limit))
                 .app_data(web::FormConfig::default().limit(body_limit))
                 .app_data(web::JsonConfig::default().limit(body_limit))
+                .wrap(crate::fallback::error_bodies())
+                .wrap(from_fn(crate::drain::close_when_draining))
                 .wrap(from_fn(request_context))
                 .configure(crate::ops::routes)
                 .configure(crate::oauth::routes)
@@ -213,6 +219,7 @@ impl Application {
             background,
             audit_writer,
             stop_signals,
+            draining,
         })
     }
 
@@ -235,9 +242,16 @@ impl Application {
     pub async fn run(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let stop_signals = self.stop_signals;
+        let draining = self.draining;
         let signals = tokio::spawn(async move {
             stop_signals.recv().await;
             tracing::info!("stop signal received; draining in-flight requests");
+            // Stopping closes idle kept-alive connections at once, racing any request a
+            // client is sending on one. First, for a moment, nothing new is accepted and
+            // every response tells its client to close the connection.
+            draining.start();
+            handle.pause().await;
+            tokio::time::sleep(crate::drain::WINDOW).await;
             handle.stop(true).await;
         });
         let result = self.server.await;

@@ -54,7 +54,15 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             ),
             None => find_or_start_database(&options).await?,
         };
-    let settings = Settings::load_with(
+    // The issuer names the port, so an ephemeral port is chosen before the server binds.
+    let port = match Settings::configured_port(options.config.as_deref())? {
+        0 => std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|listener| listener.local_addr())
+            .context("choosing a free port")?
+            .port(),
+        port => port,
+    };
+    let mut settings = Settings::load_with(
         options.config.as_deref(),
         Provisioned {
             tls: Some(TlsFiles {
@@ -63,13 +71,12 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
                 client_ca: pki.ca_cert(),
             }),
             database_url: Some(SecretString::from(database_url)),
-            issuer: Some(format!(
-                "https://localhost:{}",
-                Settings::configured_port(options.config.as_deref())?
-            )),
+            // The dev server certificate names localhost (and 127.0.0.1).
+            issuer: Some(format!("https://localhost:{port}")),
             kek: Some(dev_kek(&options.kek_file)?),
         },
     )?;
+    settings.server.bind.set_port(port);
     crate::telemetry::init(&settings.log);
 
     let pool = crate::storage::pool(&settings.database)?;
@@ -84,7 +91,8 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         .map(|client| client.id.as_str())
         .collect();
     let application = Application::build(&settings, pool).await?;
-    let url = format!("https://{}", application.local_addr());
+    // Clients discover and check the issuer; any other spelling of the address breaks that.
+    let url = &settings.tokens.issuer;
     let certs = pki.dir.display();
     println!(
         "Tessera dev server\n  \

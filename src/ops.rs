@@ -17,7 +17,17 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .service(readyz)
         .service(metrics)
         .service(identity)
-        .service(audit_jwks);
+        .service(audit_jwks)
+        .service(crate::fallback::method_not_allowed(
+            &[
+                "/healthz",
+                "/readyz",
+                "/metrics",
+                "/mtls/identity",
+                "/audit/jwks.json",
+            ],
+            "GET",
+        ));
 }
 
 /// The key set that verifies audit checkpoints, for auditors verifying exports offline: only
