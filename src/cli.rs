@@ -389,22 +389,24 @@ async fn serve(config: Option<PathBuf>, migrate: bool) -> anyhow::Result<()> {
     let pool = crate::storage::pool(&settings.database)?;
     if migrate {
         crate::storage::migrate(&pool).await?;
-    } else {
-        let pending = crate::storage::pending_migrations(&pool).await?;
-        anyhow::ensure!(
-            pending == 0,
+    }
+    let built = Application::build(&settings, pool.clone()).await;
+    // Asked after building, so that problems with the settings and TLS files come first; a
+    // database without the schema makes building fail on some table, which would not say why.
+    if let Ok(pending @ 1..) = crate::storage::pending_migrations(&pool).await {
+        anyhow::bail!(
             "the database lacks {pending} of Tessera's {} migrations: run `tessera migrate` \
              first (or `tessera serve --migrate`)",
             crate::storage::MIGRATOR.iter().count()
         );
     }
+    let application = built?;
     if crate::storage::is_superuser(&pool).await? {
         tracing::warn!(
             "connected to PostgreSQL as a superuser, which no trigger or grant restrains (the \
              audit trail's append-only rules included); serve as the `tessera_app` role"
         );
     }
-    let application = Application::build(&settings, pool).await?;
     tracing::info!(addr = %application.local_addr(), "serving HTTPS");
     application.run().await.context("server failed")
 }

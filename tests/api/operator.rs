@@ -33,7 +33,8 @@ fn stderr(output: &Output) -> String {
 /// Issue 13 item 4: every export filter matches records whose filtered column is NULL in
 /// other records (that made the row query fail half-way with "unexpected null"), writes a
 /// complete file, and the file verifies offline with only the published audit key set. The
-/// export needs only the database and the key-encryption key: no TLS files, no issuer.
+/// export and `keys rotate` need only the database and the key-encryption key (item 3): no
+/// TLS files, no issuer.
 #[tokio::test]
 async fn audit_export_with_each_filter_verifies_offline() {
     let db = TestDatabase::create().await;
@@ -120,6 +121,14 @@ async fn audit_export_with_each_filter_verifies_offline() {
         );
         assert!(!out.with_extension("partial").exists());
     }
+    // Rotating keys needs the same and nothing more.
+    let rotate = tessera(&["keys", "rotate"])
+        .env("DATABASE_URL", &url)
+        .env("TESSERA_KEYS__KEK_ID", "test")
+        .env("TESSERA_KEYS__KEK", PROCESS_KEK)
+        .output()
+        .unwrap();
+    assert!(rotate.status.success(), "{}", stderr(&rotate));
     app.handle.stop(true).await;
 }
 
