@@ -542,11 +542,14 @@ impl Settings {
                         .strip_prefix(&setting)
                         .is_some_and(|rest| rest.starts_with('.'))
             });
-            let origin = match (variable, file) {
+            let mut origin = match (variable, file) {
                 (Some(variable), _) => format!("environment variable `{}`", variable.name),
                 (None, Some(path)) => format!("in {}", path.display()),
                 (None, None) => "in the settings".to_owned(),
             };
+            if let Some(known) = closest_setting(&schema, &setting) {
+                origin.push_str(&format!("; did you mean `{known}`?"));
+            }
             problems.push(ConfigError::Unknown { setting, origin });
         }
 
@@ -831,6 +834,47 @@ fn lookup<'a>(schema: &'a serde_json::Value, setting: &str) -> Option<&'a serde_
     setting
         .split('.')
         .try_fold(schema, |value, key| value.as_object()?.get(key))
+}
+
+/// The setting beside an unknown one whose name is at most two edits away, if there is one.
+fn closest_setting(schema: &serde_json::Value, unknown: &str) -> Option<String> {
+    let (parent, name) = match unknown.rsplit_once('.') {
+        Some((parent, name)) => (lookup(schema, parent)?, name),
+        None => (schema, unknown),
+    };
+    let prefix = unknown.strip_suffix(name).unwrap_or_default();
+    parent
+        .as_object()?
+        .keys()
+        .map(|key| (edit_distance(key, name), key))
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(_, key)| format!("{prefix}{key}"))
+}
+
+/// Levenshtein distance, over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row.first().copied().unwrap_or_default();
+        if let Some(first) = row.first_mut() {
+            *first = i.saturating_add(1);
+        }
+        for (j, cb) in b.iter().enumerate() {
+            let above = row.get(j + 1).copied().unwrap_or_default();
+            let left = row.get(j).copied().unwrap_or_default();
+            let substitution = diagonal.saturating_add(usize::from(ca != *cb));
+            let cost = substitution
+                .min(above.saturating_add(1))
+                .min(left.saturating_add(1));
+            diagonal = above;
+            if let Some(cell) = row.get_mut(j + 1) {
+                *cell = cost;
+            }
+        }
+    }
+    row.last().copied().unwrap_or_default()
 }
 
 /// Removes the keys the settings type does not have, naming each in `found`.
@@ -1150,6 +1194,21 @@ mod tests {
                 "{expected}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn a_misspelled_setting_is_answered_with_the_closest_one() {
+        let schema = serde_json::to_value(RawSettings::default()).unwrap();
+        assert_eq!(
+            closest_setting(&schema, "tokens.default_lifetim_s").as_deref(),
+            Some("tokens.default_lifetime_s")
+        );
+        assert_eq!(
+            closest_setting(&schema, "sevrer").as_deref(),
+            Some("server")
+        );
+        assert_eq!(closest_setting(&schema, "server.nothing_like_it"), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

@@ -191,11 +191,16 @@ fn unknown_and_invalid_settings_are_all_reported_at_once() {
     );
     let file_name = file.display().to_string();
     for expected in [
-        format!("unknown setting `tokens.default_lifetim_s` (in {file_name})"),
-        format!("unknown setting `sevrer` (in {file_name})"),
+        format!(
+            "unknown setting `tokens.default_lifetim_s` (in {file_name}; did you mean \
+             `tokens.default_lifetime_s`?)"
+        ),
+        format!("unknown setting `sevrer` (in {file_name}; did you mean `server`?)"),
         "unknown setting `server.bind_addr` (environment variable `TESSERA_SERVER__BIND_ADDR`)"
             .to_owned(),
-        "unknown setting `auditt` (environment variable `TESSERA_AUDITT__ENABLED`)".to_owned(),
+        "unknown setting `auditt` (environment variable `TESSERA_AUDITT__ENABLED`; did you mean \
+         `audit`?)"
+            .to_owned(),
         "setting `server.request_timeout_ms`".to_owned(),
         "setting `keys.refresh_interval_ms`".to_owned(),
         "setting `keys.kek`: must decode to exactly 32 bytes".to_owned(),
