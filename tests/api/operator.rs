@@ -245,7 +245,6 @@ fn environment_strings_need_no_quoting() {
 /// missing table; `--migrate` migrates and serves; a superuser connection is warned about.
 #[tokio::test]
 async fn serve_on_an_empty_database_asks_for_migrations_or_migrates() {
-    use std::io::{BufRead, BufReader};
     let db = TestDatabase::create().await;
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     for statement in ["DROP SCHEMA public CASCADE", "CREATE SCHEMA public"] {
@@ -262,14 +261,26 @@ async fn serve_on_an_empty_database_asks_for_migrations_or_migrates() {
         "{stderr}"
     );
 
-    let mut child = serve(&["--migrate"])
-        .env("DATABASE_URL", &db.url)
+    let seen = serve_until_ready(serve(&["--migrate"]).env("DATABASE_URL", &db.url));
+    // The test cluster's role is a superuser.
+    let warning = seen
+        .lines()
+        .find(|line| line.contains("superuser"))
+        .unwrap_or_else(|| panic!("no superuser warning:\n{seen}"));
+    assert!(warning.contains("\"WARN\""), "{warning}");
+}
+
+/// Starts `tessera serve` with JSON logs, stops it with SIGTERM once it serves, and returns
+/// the log lines up to "serving HTTPS"; the server must have served and stopped cleanly.
+fn serve_until_ready(command: &mut Command) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut child = command
         .env("TESSERA_LOG__FORMAT", "json")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     for line in lines.by_ref() {
         let line = line.unwrap();
         let serving = line.contains("serving HTTPS");
@@ -278,20 +289,41 @@ async fn serve_on_an_empty_database_asks_for_migrations_or_migrates() {
             break;
         }
     }
+    let rest = std::thread::spawn(move || lines.map_while(Result::ok).count());
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     let status = child.wait().unwrap();
+    rest.join().unwrap();
     let seen = seen.join("\n");
     assert!(seen.contains("serving HTTPS"), "{seen}");
     assert!(status.success(), "{seen}");
-    // The test cluster's role is a superuser.
-    let warning = seen
-        .lines()
-        .find(|line| line.contains("superuser"))
-        .unwrap_or_else(|| panic!("no superuser warning:\n{seen}"));
-    assert!(warning.contains("\"WARN\""), "{warning}");
+    seen
+}
+
+/// Issue 13 item 3: the superuser warning is about superusers only: the application role
+/// starts without it.
+#[tokio::test]
+async fn serve_as_the_application_role_has_no_superuser_warning() {
+    let db = crate::helpers::seeded_database().await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let role = format!("app_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN IN ROLE tessera_app"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (scheme, rest) = db.url.split_once("://").unwrap();
+    let (_, host) = rest.split_once('@').unwrap();
+    let url = format!("{scheme}://{role}@{host}");
+    let seen = serve_until_ready(serve(&[]).env("DATABASE_URL", &url));
+    assert!(!seen.contains("superuser"), "{seen}");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {role}")))
+        .execute(&pool)
+        .await
+        .unwrap();
 }
 
 /// Issue 13 item 6: what no handler answers still gets a standard body: RFC 6749 JSON with
@@ -403,4 +435,38 @@ async fn sigterm_under_kept_alive_load_drops_no_request() {
         .unwrap();
     assert!(status.success(), "{status}");
     assert!(answered >= 6, "{answered}");
+}
+
+/// Issue 13 item 6: a server whose log pipe has gone away still stops on SIGTERM (a failed log
+/// write used to panic the task that stops the server).
+#[tokio::test]
+async fn sigterm_stops_the_server_after_its_log_pipe_closed() {
+    use std::io::{BufRead, BufReader};
+    let db = crate::helpers::seeded_database().await;
+    let mut child = serve(&[])
+        .env("DATABASE_URL", &db.url)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut serving = false;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        if line.unwrap().contains("serving HTTPS") {
+            serving = true;
+            break;
+        }
+    }
+    assert!(serving);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    panic!("still running 10 s after SIGTERM");
 }
