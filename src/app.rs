@@ -237,7 +237,8 @@ impl Application {
         self.client_trust.clone()
     }
 
-    /// Serves until stopped: SIGTERM or SIGINT stop accepting, let in-flight requests finish
+    /// Serves until stopped: SIGTERM or SIGINT stop accepting, close kept-alive connections
+    /// through their responses for [`crate::drain::WINDOW`], let in-flight requests finish
     /// (up to `server.shutdown_timeout_s`), then close the database pool.
     pub async fn run(self) -> std::io::Result<()> {
         let handle = self.server.handle();
