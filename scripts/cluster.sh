@@ -5,18 +5,20 @@
 # for `tessera serve`; run `tessera migrate` first.
 #
 #   scripts/cluster.sh start [--config FILE] N
-#                                 start nodes 1..N on ports BASE..BASE+N-1 and wait until each serves
+#                                 start nodes 1..N on ports BASE..BASE+N-1 (any free ports when
+#                                 BASE is 0) and wait until each serves
 #   scripts/cluster.sh stop       SIGTERM every node (they drain and flush their audit chains)
 #   scripts/cluster.sh status     list nodes: port, pid, running or not
 #
-# TESSERA_BIN (default: target/release/tessera), TESSERA_CLUSTER_DIR (default: target/cluster:
-# pids and logs), TESSERA_CLUSTER_BASE_PORT (default 8443), TESSERA_CLUSTER_HOST (default 127.0.0.1).
+# CLUSTER_BIN (default: target/release/tessera), CLUSTER_DIR (default: target/cluster:
+# pids and logs), CLUSTER_BASE_PORT (default 8443), CLUSTER_HOST (default 127.0.0.1); not
+# TESSERA_* names, which `tessera serve` would refuse as unknown settings.
 set -euo pipefail
 
-bin="${TESSERA_BIN:-target/release/tessera}"
-dir="${TESSERA_CLUSTER_DIR:-target/cluster}"
-base_port="${TESSERA_CLUSTER_BASE_PORT:-8443}"
-host="${TESSERA_CLUSTER_HOST:-127.0.0.1}"
+bin="${CLUSTER_BIN:-target/release/tessera}"
+dir="${CLUSTER_DIR:-target/cluster}"
+base_port="${CLUSTER_BASE_PORT:-8443}"
+host="${CLUSTER_HOST:-127.0.0.1}"
 
 usage() {
   sed -n '2,14p' "$0" >&2
@@ -26,11 +28,12 @@ usage() {
 start() {
   local count="$1"
   [[ "$count" =~ ^[1-9][0-9]*$ ]] || usage
-  [ -x "$bin" ] || { echo "cluster: $bin is not an executable (set TESSERA_BIN)" >&2; exit 1; }
+  [ -x "$bin" ] || { echo "cluster: $bin is not an executable (set CLUSTER_BIN)" >&2; exit 1; }
   mkdir -p "$dir"
   local node port
   for node in $(seq 1 "$count"); do
-    port=$((base_port + node - 1))
+    port=0
+    [ "$base_port" = 0 ] || port=$((base_port + node - 1))
     if [ -f "$dir/node-$node.pid" ] && kill -0 "$(cat "$dir/node-$node.pid")" 2>/dev/null; then
       echo "cluster: node $node is already running" >&2
       exit 1
@@ -38,7 +41,6 @@ start() {
     TESSERA_SERVER__BIND="$host:$port" "$bin" serve "${config_args[@]}" \
       >"$dir/node-$node.log" 2>&1 &
     echo $! >"$dir/node-$node.pid"
-    echo "$port" >"$dir/node-$node.port"
   done
   for node in $(seq 1 "$count"); do
     local waited=0
@@ -57,6 +59,9 @@ start() {
       fi
       sleep 0.1
     done
+    # The port the node bound, as it logged it (the one asked for, or the free one it got).
+    grep "serving HTTPS" "$dir/node-$node.log" | grep -oE "${host//./\\.}:[0-9]+" | head -n 1 |
+      sed 's/.*://' >"$dir/node-$node.port"
     echo "node $node: https://$host:$(cat "$dir/node-$node.port") (pid $(cat "$dir/node-$node.pid"))"
   done
 }

@@ -85,6 +85,7 @@ pub struct Application {
     background: Vec<tokio::task::JoinHandle<()>>,
     audit_writer: Option<WriterHandle>,
     stop_signals: StopSignals,
+    draining: crate::drain::Draining,
 }
 
 impl Application {
@@ -178,12 +179,15 @@ impl Application {
         let trust_data = web::Data::from(client_trust.clone());
         let body_limit = settings.server.body_limit_bytes;
         let body_deadline = BodyDeadline(settings.server.request_timeout);
+        let draining = crate::drain::Draining::default();
+        let draining_data = web::Data::new(draining.clone());
         let metrics_on_main_port = settings.server.ops_bind.is_none();
 
         let main_app = {
             let metrics = metrics.clone();
             let pool_data = pool_data.clone();
             let audit_data = audit_data.clone();
+            let draining_data = draining_data.clone();
             move || {
                 App::new()
                     .app_data(metrics.clone())
@@ -191,10 +195,13 @@ impl Application {
                     .app_data(audit_data.clone())
                     .app_data(trust_data.clone())
                     .app_data(services.clone())
+                    .app_data(draining_data.clone())
                     .app_data(body_deadline)
                     .app_data(web::PayloadConfig::new(body_limit))
                     .app_data(web::FormConfig::default().limit(body_limit))
                     .app_data(web::JsonConfig::default().limit(body_limit))
+                    .wrap(crate::fallback::error_bodies())
+                    .wrap(from_fn(crate::drain::close_when_draining))
                     .wrap(from_fn(request_context))
                     .configure(|config| {
                         if metrics_on_main_port {
@@ -229,6 +236,9 @@ impl Application {
                         .app_data(metrics.clone())
                         .app_data(pool_data.clone())
                         .app_data(audit_data.clone())
+                        .app_data(draining_data.clone())
+                        .wrap(crate::fallback::error_bodies())
+                        .wrap(from_fn(crate::drain::close_when_draining))
                         .wrap(from_fn(request_context))
                         .configure(crate::ops::probes)
                 };
@@ -251,6 +261,7 @@ impl Application {
             background,
             audit_writer,
             stop_signals,
+            draining,
         })
     }
 
@@ -273,14 +284,22 @@ impl Application {
         self.client_trust.clone()
     }
 
-    /// Serves until stopped: SIGTERM or SIGINT stop accepting, let in-flight requests finish
+    /// Serves until stopped: SIGTERM or SIGINT stop accepting, close kept-alive connections
+    /// through their responses for [`crate::drain::WINDOW`], let in-flight requests finish
     /// (up to `server.shutdown_timeout_s`), then close the database pool.
     pub async fn run(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let stop_signals = self.stop_signals;
+        let draining = self.draining;
         let signals = tokio::spawn(async move {
             stop_signals.recv().await;
             tracing::info!("stop signal received; draining in-flight requests");
+            // Stopping closes idle kept-alive connections at once, racing any request a
+            // client is sending on one. First, for a moment, nothing new is accepted and
+            // every response tells its client to close the connection.
+            draining.start();
+            handle.pause().await;
+            tokio::time::sleep(crate::drain::WINDOW).await;
             handle.stop(true).await;
         });
         let result = self.server.await;

@@ -28,6 +28,9 @@ pub enum Command {
         /// TOML settings file; `TESSERA_*` variables and `DATABASE_URL` override it.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Apply pending database migrations before serving (as `tessera migrate` does).
+        #[arg(long)]
+        migrate: bool,
     },
     /// Serve locally with a found or started PostgreSQL and a generated dev PKI.
     Dev(DevOptions),
@@ -155,7 +158,7 @@ pub enum CertsCommand {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config } => serve(config).await,
+        Command::Serve { config, migrate } => serve(config, migrate).await,
         Command::Dev(options) => crate::dev::run(options).await,
         Command::Migrate { config } => {
             let database = Settings::load_database(config.as_deref())?;
@@ -181,13 +184,13 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
     let config = match &command {
         KeysCommand::Rotate { config } | KeysCommand::Rewrap { config } => config.clone(),
     };
-    let settings = Settings::load(config.as_deref())?;
+    let settings = Settings::load_operator(config.as_deref())?;
     let pool = crate::storage::pool(&settings.database)?;
     match command {
         KeysCommand::Rotate { .. } => {
             crate::keys::ensure_keys(&pool, &settings.keys).await?;
             let rotation =
-                crate::keys::rotate(&pool, &settings.keys, settings.tokens.max_lifetime, false)
+                crate::keys::rotate(&pool, &settings.keys, settings.max_token_lifetime, false)
                     .await?
                     .context("no key was rotated")?;
             let signer = crate::audit::AuditSigner::load(&pool, &settings.keys).await?;
@@ -285,7 +288,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     crate::audit::verify_pinned(&pool, &read_jwks(&key)?, &settings).await?
                 }
                 None => {
-                    let settings = Settings::load(config.as_deref())?;
+                    let settings = Settings::load_operator(config.as_deref())?;
                     let pool = crate::storage::pool(&settings.database)?;
                     crate::audit::verify_all(&pool, &settings.keys, &settings.audit).await?
                 }
@@ -306,7 +309,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             }
         }
         AuditCommand::Jwks { config } => {
-            let settings = Settings::load(config.as_deref())?;
+            let settings = Settings::load_operator(config.as_deref())?;
             let pool = crate::storage::pool(&settings.database)?;
             println!("{}", crate::audit::audit_jwks(&pool, &settings.keys).await?);
             Ok(())
@@ -321,7 +324,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             txn,
             out,
         } => {
-            let settings = Settings::load(config.as_deref())?;
+            let settings = Settings::load_operator(config.as_deref())?;
             let pool = crate::storage::pool(&settings.database)?;
             let signer = AuditSigner::load(&pool, &settings.keys).await?;
             let filter = ExportFilter {
@@ -334,13 +337,29 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             };
             let summary = match out {
                 Some(path) => {
-                    let mut file = std::io::BufWriter::new(
-                        std::fs::File::create(&path)
-                            .with_context(|| format!("creating {}", path.display()))?,
-                    );
-                    let summary = crate::audit::export(&pool, &signer, &filter, &mut file).await?;
-                    std::io::Write::flush(&mut file)?;
-                    summary
+                    // A failed export leaves no file behind: a partial one would not verify
+                    // and could be mistaken for a complete one.
+                    let partial = path.with_extension("partial");
+                    let written = async {
+                        let mut file = std::io::BufWriter::new(
+                            std::fs::File::create(&partial)
+                                .with_context(|| format!("creating {}", partial.display()))?,
+                        );
+                        let summary =
+                            crate::audit::export(&pool, &signer, &filter, &mut file).await?;
+                        file.into_inner()
+                            .map_err(std::io::IntoInnerError::into_error)
+                            .and_then(|file| file.sync_all())
+                            .with_context(|| format!("writing {}", partial.display()))?;
+                        std::fs::rename(&partial, &path)
+                            .with_context(|| format!("renaming to {}", path.display()))?;
+                        anyhow::Ok(summary)
+                    }
+                    .await;
+                    if written.is_err() {
+                        let _ = std::fs::remove_file(&partial);
+                    }
+                    written?
                 }
                 None => {
                     let mut stdout = std::io::stdout().lock();
@@ -354,7 +373,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AuditCommand::Prune { config } => {
-            let settings = Settings::load(config.as_deref())?;
+            let settings = Settings::load_operator(config.as_deref())?;
             let pool = crate::storage::pool(&settings.database)?;
             let removed =
                 crate::audit::prune(&pool, settings.audit.retention, &settings.keys).await?;
@@ -364,11 +383,30 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(config: Option<PathBuf>, migrate: bool) -> anyhow::Result<()> {
     let settings = Settings::load(config.as_deref())?;
     crate::telemetry::init(&settings.log);
     let pool = crate::storage::pool(&settings.database)?;
-    let application = Application::build(&settings, pool).await?;
+    if migrate {
+        crate::storage::migrate(&pool).await?;
+    }
+    let built = Application::build(&settings, pool.clone()).await;
+    // Asked after building, so that problems with the settings and TLS files come first; a
+    // database without the schema makes building fail on some table, which would not say why.
+    if let Ok(pending @ 1..) = crate::storage::pending_migrations(&pool).await {
+        anyhow::bail!(
+            "the database lacks {pending} of Tessera's {} migrations: run `tessera migrate` \
+             first (or `tessera serve --migrate`)",
+            crate::storage::MIGRATOR.iter().count()
+        );
+    }
+    let application = built?;
+    if crate::storage::is_superuser(&pool).await? {
+        tracing::warn!(
+            "connected to PostgreSQL as a superuser, which no trigger or grant restrains (the \
+             audit trail's append-only rules included); serve as the `tessera_app` role"
+        );
+    }
     tracing::info!(addr = %application.local_addr(), "serving HTTPS");
     application.run().await.context("server failed")
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use secrecy::{SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,18 @@ pub enum ConfigError {
     File { path: PathBuf, reason: String },
     #[error("setting `{setting}`: {reason}")]
     Invalid { setting: String, reason: String },
+    #[error("unknown setting `{setting}` ({origin})")]
+    Unknown { setting: String, origin: String },
+    #[error("{} problems in the settings:\n  {}", .0.len(), list(.0))]
+    Several(Vec<ConfigError>),
+}
+
+fn list(problems: &[ConfigError]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n  ")
 }
 
 impl ConfigError {
@@ -24,6 +36,39 @@ impl ConfigError {
         Self::Invalid {
             setting: setting.to_owned(),
             reason: reason.into(),
+        }
+    }
+}
+
+/// Collects every problem in the settings, so that one run names them all.
+#[derive(Debug, Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    fn push(&mut self, problem: ConfigError) {
+        match problem {
+            ConfigError::Several(problems) => self.0.extend(problems),
+            problem => self.0.push(problem),
+        }
+    }
+
+    fn check<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        result.map_err(|problem| self.push(problem)).ok()
+    }
+
+    fn finish(mut self) -> Result<(), ConfigError> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => Err(self.0.remove(0)),
+            _ => Err(ConfigError::Several(self.0)),
+        }
+    }
+
+    /// The problems as one error; only called once a check has failed.
+    fn into_error(self) -> ConfigError {
+        match self.finish() {
+            Err(problem) => problem,
+            Ok(()) => ConfigError::invalid("<root>", "invalid settings"),
         }
     }
 }
@@ -375,6 +420,16 @@ pub struct LogSettings {
     pub filter: String,
 }
 
+/// The settings of the key and audit commands (see [`Settings::load_operator`]).
+#[derive(Debug, Clone)]
+pub struct OperatorSettings {
+    pub database: DatabaseSettings,
+    pub keys: KeySettings,
+    pub audit: AuditSettings,
+    /// No token lives longer; retired keys stay published this long.
+    pub max_token_lifetime: Duration,
+}
+
 /// Values that `dev` fills in before validation when the operator did not set them.
 #[derive(Debug, Clone, Default)]
 pub struct Provisioned {
@@ -391,25 +446,36 @@ impl Settings {
     }
 
     pub fn load_with(file: Option<&Path>, provisioned: Provisioned) -> Result<Self, ConfigError> {
-        let raw = Self::layered(file)?;
-        Self::validate(raw, provisioned)
+        Self::loaded(file, |raw| Self::validate(raw, provisioned))
+    }
+
+    /// Reads the layers and validates them, reporting the problems of both in one error.
+    fn loaded<T>(
+        file: Option<&Path>,
+        validate: impl FnOnce(RawSettings) -> Result<T, ConfigError>,
+    ) -> Result<T, ConfigError> {
+        let (raw, mut problems) = Self::layered(file)?;
+        match problems.check(validate(raw)) {
+            Some(validated) => problems.finish().map(|()| validated),
+            None => Err(problems.into_error()),
+        }
     }
 
     /// The database URL the layers name, if any, before validation; `dev` uses it to decide
     /// whether it must find or start a database.
     pub fn configured_database_url(file: Option<&Path>) -> Result<Option<String>, ConfigError> {
-        Ok(Self::layered(file)?.database.url)
+        Self::loaded(file, |raw| Ok(raw.database.url))
     }
 
     /// The port of the configured listen address, before validation (`dev` derives its
     /// issuer from it).
     pub fn configured_port(file: Option<&Path>) -> Result<u16, ConfigError> {
-        Ok(parse_bind(&Self::layered(file)?.server.bind)?.port())
+        Self::loaded(file, |raw| Ok(parse_bind(&raw.server.bind)?.port()))
     }
 
     /// Only the database settings, for commands that need nothing else (`migrate`).
     pub fn load_database(file: Option<&Path>) -> Result<DatabaseSettings, ConfigError> {
-        validate_database(Self::layered(file)?.database, None)
+        Self::loaded(file, |raw| validate_database(raw.database, None))
     }
 
     /// The database and audit settings, for verifying the trail against pinned audit keys
@@ -417,14 +483,45 @@ impl Settings {
     pub fn load_audit(
         file: Option<&Path>,
     ) -> Result<(DatabaseSettings, AuditSettings), ConfigError> {
-        let raw = Self::layered(file)?;
-        Ok((
-            validate_database(raw.database, None)?,
-            validate_audit(&raw.audit)?,
-        ))
+        Self::loaded(file, |raw| {
+            let mut problems = Problems::default();
+            let database = problems.check(validate_database(raw.database, None));
+            let audit = problems.check(validate_audit(&raw.audit));
+            match (database, audit) {
+                (Some(database), Some(audit)) => Ok((database, audit)),
+                _ => Err(problems.into_error()),
+            }
+        })
     }
 
-    fn layered(file: Option<&Path>) -> Result<RawSettings, ConfigError> {
+    /// What operations on stored keys and the audit trail need (`keys`, `audit`): the
+    /// database, the key-encryption keys, the audit settings and the token lifetimes; no TLS
+    /// files and no issuer.
+    pub fn load_operator(file: Option<&Path>) -> Result<OperatorSettings, ConfigError> {
+        Self::loaded(file, |raw| {
+            let mut problems = Problems::default();
+            let database = problems.check(validate_database(raw.database, None));
+            let keys = problems.check(validate_keys(raw.keys, None));
+            let audit = problems.check(validate_audit(&raw.audit));
+            let lifetimes = problems.check(validate_lifetimes(&raw.tokens));
+            match (database, keys, audit, lifetimes) {
+                (Some(database), Some(keys), Some(audit), Some((_, max_token_lifetime))) => {
+                    Ok(OperatorSettings {
+                        database,
+                        keys,
+                        audit,
+                        max_token_lifetime,
+                    })
+                }
+                _ => Err(problems.into_error()),
+            }
+        })
+    }
+
+    /// The layers merged, with what was refused in them; a refused value reads as its default
+    /// so that validation can go on and report its own problems too. Fails outright only when
+    /// the file cannot be read at all.
+    fn layered(file: Option<&Path>) -> Result<(RawSettings, Problems), ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(RawSettings::default()));
         if let Some(path) = file {
             if !path.is_file() {
@@ -435,106 +532,129 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("TESSERA_").split("__")).merge(
-            Env::raw()
-                .only(&["DATABASE_URL"])
-                .map(|_| "database.url".into()),
-        );
-        figment.extract().map_err(|error| {
-            let setting = error.path.join(".");
-            let reason = describe(&error.kind, &setting);
-            ConfigError::invalid(
-                if setting.is_empty() {
-                    "<root>"
-                } else {
-                    &setting
-                },
-                reason,
-            )
-        })
+        let schema = serde_json::to_value(RawSettings::default())
+            .map_err(|error| ConfigError::invalid("<root>", error.to_string()))?;
+        let variables = environment(&schema);
+        let mut problems = Problems::default();
+        for variable in &variables {
+            if variable.setting.split('.').any(str::is_empty) {
+                problems.push(ConfigError::Unknown {
+                    setting: variable.setting.clone(),
+                    origin: format!("environment variable `{}`", variable.name),
+                });
+                continue;
+            }
+            figment = figment.merge(Serialized::default(&variable.setting, &variable.value));
+        }
+        let mut merged: figment::value::Dict =
+            figment.extract().map_err(|error| figment_problem(&error))?;
+
+        let mut unknown = Vec::new();
+        remove_unknown(&mut merged, &schema, "", &mut unknown);
+        for setting in unknown {
+            let variable = variables.iter().find(|variable| {
+                variable.setting == setting
+                    || variable
+                        .setting
+                        .strip_prefix(&setting)
+                        .is_some_and(|rest| rest.starts_with('.'))
+            });
+            let mut origin = match (variable, file) {
+                (Some(variable), _) => format!("environment variable `{}`", variable.name),
+                (None, Some(path)) => format!("in {}", path.display()),
+                (None, None) => "in the settings".to_owned(),
+            };
+            if let Some(known) = closest_setting(&schema, &setting) {
+                origin.push_str(&format!("; did you mean `{known}`?"));
+            }
+            problems.push(ConfigError::Unknown { setting, origin });
+        }
+
+        // A refused value is reported and replaced by its default, so that the next attempt
+        // finds the problems after it; every attempt removes at least one.
+        let defaults = figment::value::Value::serialize(RawSettings::default())
+            .map_err(|error| figment_problem(&error))?;
+        loop {
+            let errors =
+                match Figment::from(Serialized::defaults(&merged)).extract_lossy::<RawSettings>() {
+                    Ok(raw) => return Ok((raw, problems)),
+                    Err(errors) => errors,
+                };
+            let mut progressed = false;
+            for error in errors {
+                problems.push(figment_problem(&error));
+                progressed |= reset(&mut merged, &error.path, &defaults);
+            }
+            if !progressed {
+                return Err(problems.into_error());
+            }
+        }
     }
 
     fn validate(raw: RawSettings, provisioned: Provisioned) -> Result<Self, ConfigError> {
-        let bind = parse_bind(&raw.server.bind)?;
-        let tls = match (raw.server.cert, raw.server.key, raw.server.client_ca) {
-            (Some(cert), Some(key), Some(client_ca)) => TlsFiles {
-                cert,
-                key,
-                client_ca,
-            },
-            (cert, key, client_ca) => match provisioned.tls {
-                Some(files) => TlsFiles {
-                    cert: cert.unwrap_or(files.cert),
-                    key: key.unwrap_or(files.key),
-                    client_ca: client_ca.unwrap_or(files.client_ca),
-                },
-                None => {
-                    let missing = if cert.is_none() {
-                        "server.cert"
-                    } else if key.is_none() {
-                        "server.key"
-                    } else {
-                        "server.client_ca"
-                    };
-                    return Err(ConfigError::invalid(missing, "is required"));
-                }
-            },
-        };
-        for (setting, path) in [
-            ("server.cert", &tls.cert),
-            ("server.key", &tls.key),
-            ("server.client_ca", &tls.client_ca),
-        ] {
-            std::fs::File::open(path).map_err(|error| {
-                ConfigError::invalid(setting, format!("cannot read {}: {error}", path.display()))
-            })?;
-        }
+        let mut problems = Problems::default();
+        let bind = problems.check(parse_bind(&raw.server.bind));
+        let tls = problems.check(validate_tls_files(
+            raw.server.cert,
+            raw.server.key,
+            raw.server.client_ca,
+            provisioned.tls,
+        ));
         if raw.server.request_timeout_ms == 0 {
-            return Err(ConfigError::invalid(
+            problems.push(ConfigError::invalid(
                 "server.request_timeout_ms",
                 "must be greater than zero",
             ));
         }
         if raw.server.body_limit_bytes == 0 {
-            return Err(ConfigError::invalid(
+            problems.push(ConfigError::invalid(
                 "server.body_limit_bytes",
                 "must be greater than zero",
             ));
         }
-        let ops_bind = raw
-            .server
-            .ops_bind
-            .as_deref()
-            .map(|value| parse_address("server.ops_bind", value))
-            .transpose()?;
+        let ops_bind = problems
+            .check(
+                raw.server
+                    .ops_bind
+                    .as_deref()
+                    .map(|value| parse_address("server.ops_bind", value))
+                    .transpose(),
+            )
+            .flatten();
         if raw.server.tls_handshake_timeout_ms == 0 {
-            return Err(ConfigError::invalid(
+            problems.push(ConfigError::invalid(
                 "server.tls_handshake_timeout_ms",
                 "must be greater than zero",
             ));
         }
         if raw.server.max_connections_per_address == 0 {
-            return Err(ConfigError::invalid(
+            problems.push(ConfigError::invalid(
                 "server.max_connections_per_address",
                 "must be greater than zero",
             ));
         }
         if raw.audit.wait_timeout_ms == 0 {
-            return Err(ConfigError::invalid(
+            problems.push(ConfigError::invalid(
                 "audit.wait_timeout_ms",
                 "must be greater than zero",
             ));
         }
-        let database = validate_database(raw.database, provisioned.database_url)?;
-        let tokens = validate_tokens(raw.tokens, provisioned.issuer)?;
-        let keys = validate_keys(raw.keys, provisioned.kek)?;
+        let database = problems.check(validate_database(raw.database, provisioned.database_url));
+        let tokens = problems.check(validate_tokens(raw.tokens, provisioned.issuer));
+        let keys = problems.check(validate_keys(raw.keys, provisioned.kek));
         if raw.registry.cache_ttl_ms > 60_000 {
-            return Err(ConfigError::invalid(
+            problems.push(ConfigError::invalid(
                 "registry.cache_ttl_ms",
                 "must be at most 60000: suspensions must take effect within seconds",
             ));
         }
-        let audit = validate_audit(&raw.audit)?;
+        let audit = problems.check(validate_audit(&raw.audit));
+        let (Some(bind), Some(tls), Some(database), Some(tokens), Some(keys), Some(audit)) =
+            (bind, tls, database, tokens, keys, audit)
+        else {
+            return Err(problems.into_error());
+        };
+        problems.finish()?;
         Ok(Self {
             server: ServerSettings {
                 bind,
@@ -567,25 +687,67 @@ impl Settings {
     }
 }
 
+fn validate_tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    provisioned: Option<TlsFiles>,
+) -> Result<TlsFiles, ConfigError> {
+    let mut problems = Problems::default();
+    let mut file = |setting: &str, configured: Option<PathBuf>, provisioned: Option<PathBuf>| {
+        let Some(path) = configured.or(provisioned) else {
+            problems.push(ConfigError::invalid(setting, "is required"));
+            return None;
+        };
+        match std::fs::File::open(&path) {
+            Ok(_) => Some(path),
+            Err(error) => {
+                problems.push(ConfigError::invalid(
+                    setting,
+                    format!("cannot read {}: {error}", path.display()),
+                ));
+                None
+            }
+        }
+    };
+    let (provisioned_cert, provisioned_key, provisioned_ca) = match provisioned {
+        Some(files) => (Some(files.cert), Some(files.key), Some(files.client_ca)),
+        None => (None, None, None),
+    };
+    let cert = file("server.cert", cert, provisioned_cert);
+    let key = file("server.key", key, provisioned_key);
+    let client_ca = file("server.client_ca", client_ca, provisioned_ca);
+    match (cert, key, client_ca) {
+        (Some(cert), Some(key), Some(client_ca)) => Ok(TlsFiles {
+            cert,
+            key,
+            client_ca,
+        }),
+        _ => Err(problems.into_error()),
+    }
+}
+
 fn validate_audit(raw: &RawAudit) -> Result<AuditSettings, ConfigError> {
+    let mut problems = Problems::default();
     if raw.checkpoint_every_records <= 0 || raw.checkpoint_interval_s == 0 {
-        return Err(ConfigError::invalid(
+        problems.push(ConfigError::invalid(
             "audit.checkpoint_every_records",
             "checkpoints need a positive record count and interval",
         ));
     }
     if raw.retention_days == 0 {
-        return Err(ConfigError::invalid(
+        problems.push(ConfigError::invalid(
             "audit.retention_days",
             "must be at least one day",
         ));
     }
     if raw.batch_max == 0 {
-        return Err(ConfigError::invalid(
+        problems.push(ConfigError::invalid(
             "audit.batch_max",
             "must be greater than zero",
         ));
     }
+    problems.finish()?;
     Ok(AuditSettings {
         enabled: raw.enabled,
         batch_max: raw.batch_max,
@@ -655,22 +817,186 @@ fn describe(kind: &figment::error::Kind, setting: &str) -> String {
     }
 }
 
+fn figment_problem(error: &figment::Error) -> ConfigError {
+    let setting = error.path.join(".");
+    let reason = describe(&error.kind, &setting);
+    ConfigError::invalid(
+        if setting.is_empty() {
+            "<root>"
+        } else {
+            &setting
+        },
+        reason,
+    )
+}
+
+/// Settings whose keys are names the operator chooses (not a fixed set of fields).
+const MAPS: [&str; 1] = ["keys.previous_keks"];
+
+/// A `TESSERA_*` variable (or `DATABASE_URL`) and the setting it names.
+struct Variable {
+    name: String,
+    setting: String,
+    value: figment::value::Value,
+}
+
+/// The settings the environment gives. Values stay strings (`1.2` is a TLS version, not a
+/// number; numbers are parsed when the setting is a number), except for list and table
+/// settings, which are written in TOML-like syntax.
+fn environment(schema: &serde_json::Value) -> Vec<Variable> {
+    let mut variables: Vec<Variable> = std::env::vars_os()
+        .filter_map(|(name, value)| {
+            let name = name.into_string().ok()?;
+            let setting = if name == "DATABASE_URL" {
+                "database.url".to_owned()
+            } else {
+                name.strip_prefix("TESSERA_")?
+                    .split("__")
+                    .map(str::to_ascii_lowercase)
+                    .collect::<Vec<_>>()
+                    .join(".")
+            };
+            let value = value.to_string_lossy().into_owned();
+            let structured = matches!(
+                lookup(schema, &setting),
+                Some(serde_json::Value::Array(_) | serde_json::Value::Object(_))
+            );
+            let value = if structured {
+                value.parse().unwrap_or_else(|never| match never {})
+            } else {
+                figment::value::Value::from(value)
+            };
+            Some(Variable {
+                name,
+                setting,
+                value,
+            })
+        })
+        .collect();
+    // `DATABASE_URL` overrides `TESSERA_DATABASE__URL`: it is merged last.
+    variables.sort_by_key(|variable| (variable.name == "DATABASE_URL", variable.name.clone()));
+    variables
+}
+
+fn lookup<'a>(schema: &'a serde_json::Value, setting: &str) -> Option<&'a serde_json::Value> {
+    setting
+        .split('.')
+        .try_fold(schema, |value, key| value.as_object()?.get(key))
+}
+
+/// The setting beside an unknown one whose name is at most two edits away, if there is one.
+fn closest_setting(schema: &serde_json::Value, unknown: &str) -> Option<String> {
+    let (parent, name) = match unknown.rsplit_once('.') {
+        Some((parent, name)) => (lookup(schema, parent)?, name),
+        None => (schema, unknown),
+    };
+    let prefix = unknown.strip_suffix(name).unwrap_or_default();
+    parent
+        .as_object()?
+        .keys()
+        .map(|key| (edit_distance(key, name), key))
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(_, key)| format!("{prefix}{key}"))
+}
+
+/// Levenshtein distance, over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row.first().copied().unwrap_or_default();
+        if let Some(first) = row.first_mut() {
+            *first = i.saturating_add(1);
+        }
+        for (j, cb) in b.iter().enumerate() {
+            let above = row.get(j + 1).copied().unwrap_or_default();
+            let left = row.get(j).copied().unwrap_or_default();
+            let substitution = diagonal.saturating_add(usize::from(ca != *cb));
+            let cost = substitution
+                .min(above.saturating_add(1))
+                .min(left.saturating_add(1));
+            diagonal = above;
+            if let Some(cell) = row.get_mut(j + 1) {
+                *cell = cost;
+            }
+        }
+    }
+    row.last().copied().unwrap_or_default()
+}
+
+/// Removes the keys the settings type does not have, naming each in `found`.
+fn remove_unknown(
+    dict: &mut figment::value::Dict,
+    schema: &serde_json::Value,
+    prefix: &str,
+    found: &mut Vec<String>,
+) {
+    dict.retain(|key, value| {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match schema.get(key) {
+            None => {
+                found.push(path);
+                false
+            }
+            Some(fields @ serde_json::Value::Object(_)) if !MAPS.contains(&path.as_str()) => {
+                if let figment::value::Value::Dict(_, inner) = value {
+                    remove_unknown(inner, fields, &path, found);
+                }
+                true
+            }
+            Some(_) => true,
+        }
+    });
+}
+
+/// Puts the default back at `path` (or removes a key that has none); false if nothing changed.
+fn reset(
+    merged: &mut figment::value::Dict,
+    path: &[String],
+    defaults: &figment::value::Value,
+) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut dict = merged;
+    for key in parents {
+        match dict.get_mut(key) {
+            Some(figment::value::Value::Dict(_, inner)) => dict = inner,
+            _ => return false,
+        }
+    }
+    match defaults.find_ref(&path.join(".")) {
+        Some(default) => dict.insert(last.clone(), default.clone()).as_ref() != Some(default),
+        None => dict.remove(last).is_some(),
+    }
+}
+
 fn validate_database(
     raw: RawDatabase,
     provisioned_url: Option<SecretString>,
 ) -> Result<DatabaseSettings, ConfigError> {
+    let mut problems = Problems::default();
     let url = match raw.url {
-        Some(url) => SecretString::from(url),
-        None => provisioned_url.ok_or_else(|| {
+        Some(url) => Some(SecretString::from(url)),
+        None => problems.check(provisioned_url.ok_or_else(|| {
             ConfigError::invalid("database.url", "is required (or set DATABASE_URL)")
-        })?,
+        })),
     };
     if raw.max_connections == 0 {
-        return Err(ConfigError::invalid(
+        problems.push(ConfigError::invalid(
             "database.max_connections",
             "must be greater than zero",
         ));
     }
+    let Some(url) = url else {
+        return Err(problems.into_error());
+    };
+    problems.finish()?;
     Ok(DatabaseSettings {
         url,
         max_connections: raw.max_connections,
@@ -682,49 +1008,76 @@ fn validate_tokens(
     raw: RawTokens,
     provisioned_issuer: Option<String>,
 ) -> Result<TokenSettings, ConfigError> {
-    let issuer = raw
-        .issuer
-        .or(provisioned_issuer)
-        .ok_or_else(|| ConfigError::invalid("tokens.issuer", "is required"))?;
+    let mut problems = Problems::default();
+    let issuer = problems.check(
+        raw.issuer
+            .clone()
+            .or(provisioned_issuer)
+            .ok_or_else(|| ConfigError::invalid("tokens.issuer", "is required")),
+    );
     // RFC 8414 §2: https, no query or fragment.
-    if !issuer.starts_with("https://") || issuer.contains(['?', '#']) || issuer.len() <= 8 {
-        return Err(ConfigError::invalid(
-            "tokens.issuer",
-            "must be an https URL without query or fragment",
-        ));
-    }
+    let issuer = issuer.filter(|issuer| {
+        let valid =
+            issuer.starts_with("https://") && !issuer.contains(['?', '#']) && issuer.len() > 8;
+        if !valid {
+            problems.push(ConfigError::invalid(
+                "tokens.issuer",
+                "must be an https URL without query or fragment",
+            ));
+        }
+        valid
+    });
+    let lifetimes = problems.check(validate_lifetimes(&raw));
+    let (Some(issuer), Some((default_lifetime, max_lifetime))) = (issuer, lifetimes) else {
+        return Err(problems.into_error());
+    };
+    Ok(TokenSettings {
+        issuer: issuer.trim_end_matches('/').to_owned(),
+        default_lifetime,
+        max_lifetime,
+    })
+}
+
+/// The default and the longest token lifetime.
+fn validate_lifetimes(raw: &RawTokens) -> Result<(Duration, Duration), ConfigError> {
     if raw.default_lifetime_s == 0 || raw.default_lifetime_s > raw.max_lifetime_s {
         return Err(ConfigError::invalid(
             "tokens.default_lifetime_s",
             "must be between 1 and tokens.max_lifetime_s",
         ));
     }
-    Ok(TokenSettings {
-        issuer: issuer.trim_end_matches('/').to_owned(),
-        default_lifetime: Duration::from_secs(raw.default_lifetime_s.into()),
-        max_lifetime: Duration::from_secs(raw.max_lifetime_s.into()),
-    })
+    Ok((
+        Duration::from_secs(raw.default_lifetime_s.into()),
+        Duration::from_secs(raw.max_lifetime_s.into()),
+    ))
 }
 
 fn validate_keys(raw: RawKeys, provisioned_kek: Option<Kek>) -> Result<KeySettings, ConfigError> {
-    let kek = match (raw.kek_id, raw.kek) {
-        (Some(id), Some(key)) => Kek::parse("keys.kek", &id, &key)?,
+    let mut problems = Problems::default();
+    let kek = problems.check(match (raw.kek_id, raw.kek) {
+        (Some(id), Some(key)) => Kek::parse("keys.kek", &id, &key),
         (None, None) => provisioned_kek
-            .ok_or_else(|| ConfigError::invalid("keys.kek", "is required (with keys.kek_id)"))?,
-        (None, Some(_)) => return Err(ConfigError::invalid("keys.kek_id", "is required")),
-        (Some(_), None) => return Err(ConfigError::invalid("keys.kek", "is required")),
-    };
+            .ok_or_else(|| ConfigError::invalid("keys.kek", "is required (with keys.kek_id)")),
+        (None, Some(_)) => Err(ConfigError::invalid("keys.kek_id", "is required")),
+        (Some(_), None) => Err(ConfigError::invalid("keys.kek", "is required")),
+    });
     let previous_keks = raw
         .previous_keks
         .iter()
-        .map(|(id, key)| Kek::parse(&format!("keys.previous_keks.{id}"), id, key))
-        .collect::<Result<_, _>>()?;
+        .filter_map(|(id, key)| {
+            problems.check(Kek::parse(&format!("keys.previous_keks.{id}"), id, key))
+        })
+        .collect();
     if raw.refresh_interval_ms == 0 || raw.refresh_interval_ms > 10_000 {
-        return Err(ConfigError::invalid(
+        problems.push(ConfigError::invalid(
             "keys.refresh_interval_ms",
             "must be between 1 and 10000",
         ));
     }
+    let Some(kek) = kek else {
+        return Err(problems.into_error());
+    };
+    problems.finish()?;
     Ok(KeySettings {
         algorithm: raw.algorithm,
         kek,
@@ -798,6 +1151,113 @@ mod tests {
             }
         );
         assert!(!shown.contains(secret), "{shown}");
+    }
+
+    /// Every field of the settings type, as dotted paths.
+    fn fields(schema: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        for (key, value) in schema.as_object().into_iter().flatten() {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            if value.is_object() && !MAPS.contains(&path.as_str()) {
+                fields(value, &path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+
+    /// `tessera.example.toml` documents every setting and nothing else: every field of the
+    /// settings type appears (optional and secret ones commented out), every key is a field,
+    /// and the file reads into the settings type.
+    #[test]
+    fn the_example_file_documents_every_setting() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tessera.example.toml"))
+                .unwrap();
+        let uncommented = text
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split_once(" = ").is_some_and(|(key, _)| {
+                        !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+                {
+                    rest
+                }
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut documented: figment::value::Dict =
+            Figment::from(Toml::string(&uncommented)).extract().unwrap();
+        let schema = serde_json::to_value(RawSettings::default()).unwrap();
+        let mut unknown = Vec::new();
+        remove_unknown(&mut documented, &schema, "", &mut unknown);
+        assert!(unknown.is_empty(), "not settings: {unknown:?}");
+        let documented = figment::value::Value::from(documented);
+        let mut all = Vec::new();
+        fields(&schema, "", &mut all);
+        let missing: Vec<_> = all
+            .iter()
+            .filter(|field| documented.find_ref(field).is_none())
+            .collect();
+        assert!(missing.is_empty(), "not documented: {missing:?}");
+        Figment::from(Serialized::defaults(RawSettings::default()))
+            .merge(Toml::string(&uncommented))
+            .extract_lossy::<RawSettings>()
+            .unwrap();
+    }
+
+    #[test]
+    fn problems_are_collected_and_listed_together() {
+        let raw = RawSettings {
+            server: RawServer {
+                request_timeout_ms: 0,
+                ..RawSettings::default().server
+            },
+            audit: RawAudit {
+                retention_days: 0,
+                ..RawSettings::default().audit
+            },
+            ..RawSettings::default()
+        };
+        let error = Settings::validate(raw, Provisioned::default())
+            .err()
+            .unwrap()
+            .to_string();
+        for expected in [
+            "server.cert",
+            "server.key",
+            "server.client_ca",
+            "server.request_timeout_ms",
+            "database.url",
+            "tokens.issuer",
+            "keys.kek",
+            "audit.retention_days",
+        ] {
+            assert!(
+                error.contains(&format!("`{expected}`")),
+                "{expected}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_misspelled_setting_is_answered_with_the_closest_one() {
+        let schema = serde_json::to_value(RawSettings::default()).unwrap();
+        assert_eq!(
+            closest_setting(&schema, "tokens.default_lifetim_s").as_deref(),
+            Some("tokens.default_lifetime_s")
+        );
+        assert_eq!(
+            closest_setting(&schema, "sevrer").as_deref(),
+            Some("server")
+        );
+        assert_eq!(closest_setting(&schema, "server.nothing_like_it"), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

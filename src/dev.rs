@@ -54,6 +54,14 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             ),
             None => find_or_start_database(&options).await?,
         };
+    // The issuer names the port, so an ephemeral port is chosen before the server binds.
+    let port = match Settings::configured_port(options.config.as_deref())? {
+        0 => std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|listener| listener.local_addr())
+            .context("choosing a free port")?
+            .port(),
+        port => port,
+    };
     let mut settings = Settings::load_with(
         options.config.as_deref(),
         Provisioned {
@@ -63,10 +71,8 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
                 client_ca: pki.ca_cert(),
             }),
             database_url: Some(SecretString::from(database_url)),
-            issuer: Some(format!(
-                "https://localhost:{}",
-                Settings::configured_port(options.config.as_deref())?
-            )),
+            // The dev server certificate names localhost (and 127.0.0.1).
+            issuer: Some(format!("https://localhost:{port}")),
             kek: Some(dev_kek(&options.kek_file)?),
         },
     )?;
@@ -79,6 +85,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             std::net::Ipv4Addr::LOCALHOST,
             0,
         ))));
+    settings.server.bind.set_port(port);
     crate::telemetry::init(&settings.log);
 
     let pool = crate::storage::pool(&settings.database)?;
@@ -93,7 +100,8 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         .map(|client| client.id.as_str())
         .collect();
     let application = Application::build(&settings, pool).await?;
-    let url = format!("https://{}", application.local_addr());
+    // Clients discover and check the issuer; any other spelling of the address breaks that.
+    let url = &settings.tokens.issuer;
     let ops = application
         .ops_addr()
         .map(|addr| format!("http://{addr}/metrics, /healthz, /readyz"))

@@ -19,18 +19,31 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .service(healthz)
         .service(readyz)
         .service(identity)
-        .service(audit_jwks);
+        .service(audit_jwks)
+        .service(crate::fallback::method_not_allowed(
+            &["/healthz", "/readyz", "/mtls/identity", "/audit/jwks.json"],
+            "GET",
+        ));
 }
 
 /// What the operations listener (`server.ops_bind`) serves.
 pub fn probes(config: &mut web::ServiceConfig) {
-    config.service(healthz).service(readyz).service(metrics);
+    config
+        .service(healthz)
+        .service(readyz)
+        .service(metrics)
+        .service(crate::fallback::method_not_allowed(
+            &["/healthz", "/readyz", "/metrics"],
+            "GET",
+        ));
 }
 
 /// Metrics, on the main port only while there is no operations listener: they describe
 /// traffic and clients, nothing a partner should read.
 pub fn metrics_route(config: &mut web::ServiceConfig) {
-    config.service(metrics);
+    config
+        .service(metrics)
+        .service(crate::fallback::method_not_allowed(&["/metrics"], "GET"));
 }
 
 /// The key set that verifies audit checkpoints, for auditors verifying exports offline: only

@@ -74,9 +74,13 @@ pub enum ExportError {
     Encode(#[from] serde_json::Error),
 }
 
+/// Never NULL: the row query reads it as a boolean, and records without a partner, client,
+/// consent or transaction (`=` would yield NULL for them) simply do not match a filter on it.
 const MATCHES: &str = "recorded_at >= $1 AND recorded_at < $2
-    AND ($3::text IS NULL OR partner = $3) AND ($4::text IS NULL OR client_id = $4)
-    AND ($5::text IS NULL OR consent_id = $5) AND ($6::text IS NULL OR txn = $6)";
+    AND ($3::text IS NULL OR partner IS NOT DISTINCT FROM $3)
+    AND ($4::text IS NULL OR client_id IS NOT DISTINCT FROM $4)
+    AND ($5::text IS NULL OR consent_id IS NOT DISTINCT FROM $5)
+    AND ($6::text IS NULL OR txn IS NOT DISTINCT FROM $6)";
 
 pub async fn export(
     pool: &PgPool,

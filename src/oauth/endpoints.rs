@@ -21,7 +21,15 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .service(introspect_endpoint)
         .service(revoke_endpoint)
         .service(metadata_endpoint)
-        .service(jwks_endpoint);
+        .service(jwks_endpoint)
+        .service(crate::fallback::method_not_allowed(
+            &["/oauth2/token", "/oauth2/introspect", "/oauth2/revoke"],
+            "POST",
+        ))
+        .service(crate::fallback::method_not_allowed(
+            &["/.well-known/oauth-authorization-server", "/jwks.json"],
+            "GET",
+        ));
 }
 
 /// The context every protected OAuth request carries into its decisions and audit records.

@@ -4,7 +4,8 @@
 //! original consent, trust profile and residency allow and never widen its parent; nothing
 //! issued under a revoked consent or from a revoked token is active afterwards.
 //!
-//! `TESSERA_CHAIN_CASES` and `TESSERA_CHAIN_SEED` choose how many cases and which; the ignored
+//! `CHAIN_TEST_CASES` and `CHAIN_TEST_SEED` choose how many cases and which (not `TESSERA_*`:
+//! the settings loader refuses unknown names there); the ignored
 //! variant runs many more (`cargo test -- --ignored chains`).
 
 use std::collections::BTreeSet;
@@ -459,7 +460,7 @@ fn mark_revoked(chain: &mut [Link], index: usize) {
 }
 
 async fn run(cases: usize) {
-    let seed = std::env::var("TESSERA_CHAIN_SEED")
+    let seed = std::env::var("CHAIN_TEST_SEED")
         .ok()
         .and_then(|seed| seed.parse().ok())
         .unwrap_or(0x7e55_e4a0_2026_1202_u64);
@@ -479,7 +480,7 @@ async fn run(cases: usize) {
 
 #[tokio::test]
 async fn random_exchange_chains_stay_within_the_original_grant() {
-    let cases = std::env::var("TESSERA_CHAIN_CASES")
+    let cases = std::env::var("CHAIN_TEST_CASES")
         .ok()
         .and_then(|cases| cases.parse().ok())
         .unwrap_or(300);

@@ -3,19 +3,18 @@
 
 use std::process::Command;
 
-use crate::helpers::{
-    ISSUER, PROCESS_KEK, client_with, free_port, pki, scratch_dir, seeded_database,
-};
+use crate::helpers::{ISSUER, PROCESS_KEK, client_with, pki, scratch_dir, seeded_database};
 
-fn script(args: &[&str], dir: &std::path::Path, base_port: u16, database_url: &str) -> String {
+fn script(args: &[&str], dir: &std::path::Path, database_url: &str) -> String {
     let pki = pki();
     let output = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh"))
         .args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("TESSERA_BIN", env!("CARGO_BIN_EXE_tessera"))
-        .env("TESSERA_CLUSTER_DIR", dir)
-        .env("TESSERA_CLUSTER_BASE_PORT", base_port.to_string())
+        .env("CLUSTER_BIN", env!("CARGO_BIN_EXE_tessera"))
+        .env("CLUSTER_DIR", dir)
+        // Any free ports: tests run in parallel, and consecutive ports may be taken.
+        .env("CLUSTER_BASE_PORT", "0")
         .env("TESSERA_SERVER__CERT", pki.server_cert())
         .env("TESSERA_SERVER__KEY", pki.server_key())
         .env("TESSERA_SERVER__CLIENT_CA", pki.ca_cert())
@@ -39,10 +38,17 @@ fn script(args: &[&str], dir: &std::path::Path, base_port: u16, database_url: &s
 async fn the_cluster_script_runs_nodes_that_share_revocations() {
     let db = seeded_database().await;
     let dir = scratch_dir().join(format!("cluster-{}", uuid::Uuid::new_v4().simple()));
-    let base = free_port();
-    let started = script(&["start", "2"], &dir, base, &db.url);
-    assert_eq!(started.lines().count(), 2, "{started}");
-    let url = |node: u16, path: &str| format!("https://localhost:{}{path}", base + node);
+    let started = script(&["start", "2"], &dir, &db.url);
+    // "node N: https://127.0.0.1:PORT (pid P)"
+    let ports: Vec<u16> = started
+        .lines()
+        .map(|line| {
+            let address = line.split_whitespace().nth(2).unwrap();
+            address.rsplit(':').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(ports.len(), 2, "{started}");
+    let url = |node: usize, path: &str| format!("https://localhost:{}{path}", ports[node]);
 
     let treasury = client_with(Some("partner-a"), &[&rustls::version::TLS13]);
     let issued: serde_json::Value = treasury
@@ -59,7 +65,7 @@ async fn the_cluster_script_runs_nodes_that_share_revocations() {
         .await
         .unwrap();
     let token = issued["access_token"].as_str().unwrap();
-    let introspect = |node: u16| {
+    let introspect = |node: usize| {
         let treasury = treasury.clone();
         let url = url(node, "/oauth2/introspect");
         let token = token.to_owned();
@@ -97,12 +103,12 @@ async fn the_cluster_script_runs_nodes_that_share_revocations() {
         "node 2 still accepts a token revoked on node 1 after 3 s"
     );
 
-    let status = script(&["status"], &dir, base, &db.url);
+    let status = script(&["status"], &dir, &db.url);
     assert_eq!(status.matches("running").count(), 2, "{status}");
-    script(&["stop"], &dir, base, &db.url);
+    script(&["stop"], &dir, &db.url);
     assert!(
         treasury.get(url(0, "/healthz")).send().await.is_err(),
         "node 1 still serves after stop"
     );
-    assert!(script(&["status"], &dir, base, &db.url).is_empty());
+    assert!(script(&["status"], &dir, &db.url).is_empty());
 }

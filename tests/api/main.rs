@@ -18,6 +18,7 @@ mod helpers;
 mod insider;
 mod introspection;
 mod keys;
+mod operator;
 mod ops;
 mod partner;
 mod policy;

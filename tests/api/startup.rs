@@ -210,14 +210,24 @@ async fn dev_twice_in_a_row_reuses_the_cluster_and_the_pki() {
     assert!(first.banner.contains("(initialised)"), "{}", first.banner);
     let client = client_for(&root.join("certs"));
     let response = client
-        .get(format!(
-            "{}/mtls/identity",
-            first.url.replace("127.0.0.1", "localhost")
-        ))
+        .get(format!("{}/mtls/identity", first.url))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    // Issue 13 item 2: the printed URL is the issuer itself, verbatim.
+    let metadata: serde_json::Value = client
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            first.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["issuer"], first.url.as_str(), "{}", first.banner);
     let ca_before = std::fs::read(root.join("certs/ca.pem")).unwrap();
     stop_with_sigterm(&mut first.child);
 
@@ -226,10 +236,7 @@ async fn dev_twice_in_a_row_reuses_the_cluster_and_the_pki() {
     assert!(second.banner.contains("(reused)"), "{}", second.banner);
     assert_eq!(std::fs::read(root.join("certs/ca.pem")).unwrap(), ca_before);
     let response = client_for(&root.join("certs"))
-        .get(format!(
-            "{}/readyz",
-            second.url.replace("127.0.0.1", "localhost")
-        ))
+        .get(format!("{}/readyz", second.url))
         .send()
         .await
         .unwrap();
