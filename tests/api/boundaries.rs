@@ -163,6 +163,30 @@ pub(crate) async fn register(app: &TestApp, seed: Seed) {
     seed.apply(&app.pool).await.unwrap();
 }
 
+/// Audience id → the scopes a client may have there.
+pub(crate) fn scopes_at(
+    grants: &[(&str, &str)],
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    grants
+        .iter()
+        .map(|(audience, scope)| ((*audience).to_owned(), vec![(*scope).to_owned()]))
+        .collect()
+}
+
+/// A `ledger:read` audience in `region` that no other region's subjects may reach.
+pub(crate) fn ledger_audience(id: &str, region: &str, bound: bool) -> AudienceSeed {
+    AudienceSeed {
+        id: id.into(),
+        name: format!("Ledger ({region})"),
+        scopes: vec!["ledger:read".into()],
+        max_lifetime_s: 300,
+        require_certificate_bound: bound,
+        region: region.into(),
+        kind: "standard".into(),
+        cross_region_allowed: false,
+    }
+}
+
 pub(crate) fn client(id: &str, partner: &str) -> ClientSeed {
     ClientSeed {
         id: id.into(),
@@ -231,11 +255,7 @@ async fn a_partners_ca_authenticates_only_that_partners_clients() {
     let mut own = client("partner-e-client", "partner-e");
     own.tls_subject_dn = Some("CN=partner-e-client,O=Tessera Dev".into());
     own.tls_anchor = Some("partner".into());
-    own.audiences = [(
-        "https://ledger.test".to_owned(),
-        vec!["ledger:read".to_owned()],
-    )]
-    .into();
+    own.audiences = scopes_at(&[("https://ledger.test", "ledger:read")]);
     register(
         &app,
         Seed {
@@ -361,11 +381,7 @@ async fn a_pinned_certificate_authenticates_only_its_own_client() {
         "kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA",
         "x5c": [base64::engine::general_purpose::STANDARD.encode(pinned.chain[0].as_ref())],
     }] }));
-    own.audiences = [(
-        "https://ledger.test".to_owned(),
-        vec!["ledger:read".to_owned()],
-    )]
-    .into();
+    own.audiences = scopes_at(&[("https://ledger.test", "ledger:read")]);
     register(
         &app,
         Seed {
@@ -600,30 +616,14 @@ async fn a_second_hop_keeps_the_owners_residency() {
     let Setup { app, key, idp } = setup().await;
     let mut us_client = client("partner-b-us", "partner-b");
     us_client.tls_san_uri = Some("spiffe://tessera.test/partner-b".into());
-    us_client.audiences = [
-        (
-            "https://ledger.test".to_owned(),
-            vec!["ledger:read".to_owned()],
-        ),
-        (
-            "https://us-ledger.test".to_owned(),
-            vec!["ledger:read".to_owned()],
-        ),
-    ]
-    .into();
+    us_client.audiences = scopes_at(&[
+        ("https://ledger.test", "ledger:read"),
+        ("https://us-ledger.test", "ledger:read"),
+    ]);
     register(
         &app,
         Seed {
-            audiences: vec![AudienceSeed {
-                id: "https://us-ledger.test".into(),
-                name: "US ledger (data stays in the US)".into(),
-                scopes: vec!["ledger:read".into()],
-                max_lifetime_s: 300,
-                require_certificate_bound: true,
-                region: "us".into(),
-                kind: "standard".into(),
-                cross_region_allowed: false,
-            }],
+            audiences: vec![ledger_audience("https://us-ledger.test", "us", true)],
             clients: vec![us_client],
             ..Seed::default()
         },
@@ -736,30 +736,14 @@ async fn exchange_enforces_certificate_binding() {
     let mut jwt_client = client(crate::fixtures::JWT_CLIENT, "partner-a");
     jwt_client.auth_method = "private_key_jwt".into();
     jwt_client.jwks = Some(json!({ "keys": [crate::fixtures::client_key().jwk] }));
-    jwt_client.audiences = [
-        (
-            "https://bearer-ledger.test".to_owned(),
-            vec!["ledger:read".to_owned()],
-        ),
-        (
-            "https://ledger.test".to_owned(),
-            vec!["ledger:read".to_owned()],
-        ),
-    ]
-    .into();
+    jwt_client.audiences = scopes_at(&[
+        ("https://bearer-ledger.test", "ledger:read"),
+        ("https://ledger.test", "ledger:read"),
+    ]);
     register(
         &app,
         Seed {
-            audiences: vec![AudienceSeed {
-                id: "https://bearer-ledger.test".into(),
-                name: "Ledger mirror (bearer tokens allowed)".into(),
-                scopes: vec!["ledger:read".into()],
-                max_lifetime_s: 300,
-                require_certificate_bound: false,
-                region: "eu".into(),
-                kind: "standard".into(),
-                cross_region_allowed: false,
-            }],
+            audiences: vec![ledger_audience("https://bearer-ledger.test", "eu", false)],
             clients: vec![jwt_client],
             ..Seed::default()
         },
@@ -1225,11 +1209,7 @@ async fn the_assertion_algorithm_allow_list_holds_for_keys_without_alg() {
     let mut loose = client(crate::fixtures::JWT_CLIENT, "partner-a");
     loose.auth_method = "private_key_jwt".into();
     loose.jwks = Some(json!({ "keys": [jwk] }));
-    loose.audiences = [(
-        "https://reports.test".to_owned(),
-        vec!["reports:read".to_owned()],
-    )]
-    .into();
+    loose.audiences = scopes_at(&[("https://reports.test", "reports:read")]);
     register(
         &app,
         Seed {

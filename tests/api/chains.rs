@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
-use tessera::seed::{AudienceSeed, Seed};
+use tessera::seed::Seed;
 
 use crate::helpers::{TestApp, TestDatabase, pki, spawn_app_on};
 use crate::partner::{EXCHANGE, JWT_TYPE, PARTNER_ISSUER, partner_key, sign, start_idp};
@@ -111,16 +111,11 @@ async fn world() -> World {
     })
     .await;
     Seed {
-        audiences: vec![AudienceSeed {
-            id: "https://us-ledger.test".into(),
-            name: "US ledger".into(),
-            scopes: vec!["ledger:read".into()],
-            max_lifetime_s: 300,
-            require_certificate_bound: true,
-            region: "us".into(),
-            kind: "standard".into(),
-            cross_region_allowed: false,
-        }],
+        audiences: vec![crate::boundaries::ledger_audience(
+            "https://us-ledger.test",
+            "us",
+            true,
+        )],
         ..Seed::default()
     }
     .apply(&app.pool)

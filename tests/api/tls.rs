@@ -174,11 +174,7 @@ async fn a_revoked_client_certificate_is_refused_on_new_and_kept_alive_connectio
     let mut own = client("partner-e-client", "partner-e");
     own.tls_subject_dn = Some("CN=partner-e-client,O=Tessera Dev".into());
     own.tls_anchor = Some("partner".into());
-    own.audiences = [(
-        "https://ledger.test".to_owned(),
-        vec!["ledger:read".to_owned()],
-    )]
-    .into();
+    own.audiences = crate::boundaries::scopes_at(&[("https://ledger.test", "ledger:read")]);
     register(
         &app,
         tessera::seed::Seed {
