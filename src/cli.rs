@@ -367,8 +367,9 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 }
             };
             eprintln!(
-                "exported {} records, {} links, {} checkpoints",
-                summary.records, summary.links, summary.checkpoints
+                "exported {} records, {} links, {} checkpoints; {} matching records left out \
+                 until their node signs a checkpoint over them",
+                summary.records, summary.links, summary.checkpoints, summary.unsigned
             );
             Ok(())
         }

@@ -633,12 +633,6 @@ impl Settings {
                 "must be greater than zero",
             ));
         }
-        if raw.audit.wait_timeout_ms == 0 {
-            problems.push(ConfigError::invalid(
-                "audit.wait_timeout_ms",
-                "must be greater than zero",
-            ));
-        }
         let database = problems.check(validate_database(raw.database, provisioned.database_url));
         let tokens = problems.check(validate_tokens(raw.tokens, provisioned.issuer));
         let keys = problems.check(validate_keys(raw.keys, provisioned.kek));
@@ -727,6 +721,9 @@ fn validate_tls_files(
     }
 }
 
+/// The most events one audit commit may carry: the writer's queue and buffers are sized by it.
+const MAX_AUDIT_BATCH: usize = 10_000;
+
 fn validate_audit(raw: &RawAudit) -> Result<AuditSettings, ConfigError> {
     let mut problems = Problems::default();
     if raw.checkpoint_every_records <= 0 || raw.checkpoint_interval_s == 0 {
@@ -741,9 +738,15 @@ fn validate_audit(raw: &RawAudit) -> Result<AuditSettings, ConfigError> {
             "must be at least one day",
         ));
     }
-    if raw.batch_max == 0 {
+    if !(1..=MAX_AUDIT_BATCH).contains(&raw.batch_max) {
         problems.push(ConfigError::invalid(
             "audit.batch_max",
+            format!("must be between 1 and {MAX_AUDIT_BATCH}"),
+        ));
+    }
+    if raw.wait_timeout_ms == 0 {
+        problems.push(ConfigError::invalid(
+            "audit.wait_timeout_ms",
             "must be greater than zero",
         ));
     }

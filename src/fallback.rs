@@ -64,9 +64,10 @@ fn standard_body<B>(response: ServiceResponse<B>) -> actix_web::Result<ErrorHand
     };
     for (name, value) in original.headers() {
         if name != CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            // `append`: a header may repeat (`Vary`, `WWW-Authenticate`).
             replacement
                 .headers_mut()
-                .insert(name.clone(), value.clone());
+                .append(name.clone(), value.clone());
         }
     }
     Ok(ErrorHandlerResponse::Response(

@@ -134,6 +134,9 @@ pub async fn is_revoked(pool: &PgPool, jti: &str) -> Result<bool, sqlx::Error> {
 /// the memory at once.
 pub struct RevocationCache {
     checked: crate::cache::Cache<String, bool>,
+    /// Bumped before and after every local revocation: an answer read while one was under way
+    /// is not remembered, so this node cannot keep a stale "not revoked" after revoking.
+    revocations: std::sync::atomic::AtomicU64,
 }
 
 /// Distinct tokens remembered; beyond it the oldest answer is forgotten first.
@@ -143,6 +146,7 @@ impl RevocationCache {
     pub fn new(ttl: std::time::Duration) -> Self {
         Self {
             checked: crate::cache::Cache::new(REVOCATION_CACHE_ENTRIES, Some(ttl)),
+            revocations: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -152,8 +156,11 @@ impl RevocationCache {
         if let Some(revoked) = self.checked.get(&jti.to_owned()) {
             return Ok(revoked);
         }
+        let before = self.revocations.load(std::sync::atomic::Ordering::Acquire);
         let revoked = is_revoked(pool, jti).await?;
-        self.checked.insert(jti.to_owned(), revoked);
+        if self.revocations.load(std::sync::atomic::Ordering::Acquire) == before {
+            self.checked.insert(jti.to_owned(), revoked);
+        }
         Ok(revoked)
     }
 
@@ -165,9 +172,12 @@ impl RevocationCache {
         claims: &AccessTokenClaims,
         revoked_by: &str,
     ) -> Result<(), sqlx::Error> {
-        revoke(pool, claims, revoked_by).await?;
+        use std::sync::atomic::Ordering;
+        self.revocations.fetch_add(1, Ordering::AcqRel);
+        let recorded = revoke(pool, claims, revoked_by).await;
+        self.revocations.fetch_add(1, Ordering::AcqRel);
         self.checked.clear();
-        Ok(())
+        recorded
     }
 }
 

@@ -37,6 +37,9 @@ pub struct ExportSummary {
     pub records: u64,
     pub links: u64,
     pub checkpoints: u64,
+    /// Matching records left out because no checkpoint a trusted key signed covers them yet
+    /// (a chain's tail before its node's next checkpoint).
+    pub unsigned: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -96,10 +99,15 @@ pub async fn export(
     let mut summary = ExportSummary::default();
     let trusted = signer.trusted_keys(pool).await?;
     for (chain_id, first, last) in spans {
-        let checkpoint = covering_checkpoint(pool, signer, &trusted, chain_id, last).await?;
+        let checkpoint = covering_checkpoint(pool, &trusted, chain_id, first, last).await?;
         let Some((checkpoint_seq, jws)) = checkpoint else {
+            summary.unsigned +=
+                matching_after(pool, filter, chain_id, first.saturating_sub(1)).await?;
             continue;
         };
+        if checkpoint_seq < last {
+            summary.unsigned += matching_after(pool, filter, chain_id, checkpoint_seq).await?;
+        }
         let rows = sqlx::query_as::<_, (i64, String, Vec<u8>, Vec<u8>, bool)>(sqlx::AssertSqlSafe(
             format!(
                 "SELECT seq, record, prev_hash, hash, ({MATCHES}) AS included
@@ -162,43 +170,55 @@ fn bind_filter<'q, O>(
         .bind(filter.txn.clone())
 }
 
-/// The first checkpoint at or after `seq` that a trusted audit key signed, signing the chain's
-/// current head if there is none yet (the chain may still be growing on its node; a
-/// checkpoint at any existing head is sound).
+/// The checkpoint that vouches for the most of `first..=last`: the first one at or after
+/// `last` that a trusted audit key signed, else the newest trusted one at or after `first`.
+/// Export never signs a head itself: the rows are what the database holds, and signing them
+/// would vouch for whatever the database role inserted. Only the node that wrote a chain
+/// signs it.
 async fn covering_checkpoint(
     pool: &PgPool,
-    signer: &AuditSigner,
     trusted: &jsonwebtoken::jwk::JwkSet,
     chain_id: uuid::Uuid,
-    seq: i64,
+    first: i64,
+    last: i64,
 ) -> Result<Option<(i64, String)>, ExportError> {
-    let mut candidates = sqlx::query_as::<_, (i64, Vec<u8>, String)>(
+    let candidates: Vec<(i64, Vec<u8>, String)> = sqlx::query_as(
         "SELECT seq, head_hash, jws FROM audit_checkpoints WHERE chain_id = $1 AND seq >= $2
           ORDER BY seq",
     )
     .bind(chain_id)
-    .bind(seq)
-    .fetch(pool);
-    while let Some((seq, head, jws)) = candidates.try_next().await? {
+    .bind(first)
+    .fetch_all(pool)
+    .await?;
+    let mut best = None;
+    for (seq, head, jws) in candidates {
         if vouches(&jws, trusted, chain_id, seq, &head) {
-            return Ok(Some((seq, jws)));
+            let covers_all = seq >= last;
+            best = Some((seq, jws));
+            if covers_all {
+                break;
+            }
         }
     }
-    drop(candidates);
-    let head: Option<(i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT seq, hash FROM audit_events WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1",
-    )
-    .bind(chain_id)
-    .fetch_optional(pool)
-    .await?;
-    let Some((head_seq, hash)) = head else {
-        return Ok(None);
-    };
-    let hash: [u8; 32] = hash.try_into().unwrap_or([0; 32]);
-    let jws = signer
-        .sign_checkpoint(pool, chain_id, head_seq, &hash)
+    Ok(best)
+}
+
+/// How many records of the chain after `seq` match the filter.
+async fn matching_after(
+    pool: &PgPool,
+    filter: &ExportFilter,
+    chain_id: uuid::Uuid,
+    seq: i64,
+) -> Result<u64, ExportError> {
+    let count = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM audit_events WHERE {MATCHES} AND chain_id = $7 AND seq > $8"
+    )));
+    let (count,) = bind_filter(count, filter)
+        .bind(chain_id)
+        .bind(seq)
+        .fetch_one(pool)
         .await?;
-    Ok(Some((head_seq, jws)))
+    Ok(u64::try_from(count).unwrap_or(0))
 }
 
 /// Verifies an export with nothing but the published audit key set. On failure, names the

@@ -240,7 +240,7 @@ impl AuditLog {
         policy: CheckpointPolicy,
         metrics: Option<Metrics>,
     ) -> (Self, WriterHandle) {
-        let (sender, receiver) = mpsc::channel(batch_max * 4);
+        let (sender, receiver) = mpsc::channel(batch_max.saturating_mul(4).max(1));
         let (stop, stopped) = oneshot::channel();
         let health = Arc::new(WriterHealth {
             epoch: Some(Instant::now()),
@@ -609,6 +609,14 @@ impl Writer {
         self.next_seq = 1;
         self.checkpointed_seq = 0;
         self.unconfirmed = None;
+        // `audit verify` expects every chain a node writes to be registered by that node.
+        if let Err(error) = self
+            .signer
+            .open_chain(&self.pool, self.chain_id, &self.node)
+            .await
+        {
+            tracing::error!(%error, chain_id = %self.chain_id, "audit chain not registered");
+        }
         AfterFailure::Moved
     }
 

@@ -49,6 +49,35 @@ impl Call<'_> {
         }
     }
 
+    /// A decided grant that could not be issued: refused and audited like any refusal, unless
+    /// the audit trail itself failed. Nothing is released either way.
+    async fn issue_failed(&self, kind: EventKind, error: IssueError) -> OAuthError {
+        tracing::error!(%error, "token not issued");
+        let refusal = match error {
+            IssueError::SubjectExpired => {
+                OAuthError::InvalidRequest("the subject token has expired".into())
+            }
+            IssueError::Keys(_) => OAuthError::TemporarilyUnavailable,
+            // The trail just refused this request's record; a second attempt would only
+            // double the caller's wait.
+            IssueError::Audit(_) => return OAuthError::TemporarilyUnavailable,
+        };
+        self.deny(kind, refusal, self.details()).await
+    }
+
+    /// A required parameter; its absence is refused, counted and audited like any refusal.
+    async fn required<'p>(
+        &self,
+        params: &'p Params,
+        name: &str,
+        kind: EventKind,
+    ) -> Result<&'p str, OAuthError> {
+        match params.require(name) {
+            Ok(value) => Ok(value),
+            Err(error) => Err(self.deny(kind, error, self.details()).await),
+        }
+    }
+
     /// Counts and audits the refusal, then returns the error the caller sees. The audited
     /// reason is the one in `details`, else the error itself. A refusal is returned even when
     /// its record cannot be written: nothing is released by it.
@@ -247,14 +276,9 @@ async fn token_endpoint(
         request_id,
         client: Some(&authenticated),
     };
-    let grant_type = match params.require("grant_type") {
-        Ok(grant_type) => grant_type,
-        Err(error) => {
-            return Err(call
-                .deny(EventKind::TokenDenied, error, call.details())
-                .await);
-        }
-    };
+    let grant_type = call
+        .required(&params, "grant_type", EventKind::TokenDenied)
+        .await?;
     match GrantType::parse(grant_type) {
         Some(GrantType::ClientCredentials) => {
             client_credentials(&call, &authenticated, &params).await
@@ -359,8 +383,11 @@ async fn client_credentials(
             &call.request_id,
             unix_now(),
         )
-        .await
-        .map_err(issue_failed)?;
+        .await;
+    let issued = match issued {
+        Ok(issued) => issued,
+        Err(error) => return Err(call.issue_failed(EventKind::TokenDenied, error).await),
+    };
     call.services
         .metrics
         .tokens_issued
@@ -511,8 +538,11 @@ async fn token_exchange(
             &call.request_id,
             now,
         )
-        .await
-        .map_err(issue_failed)?;
+        .await;
+    let issued = match issued {
+        Ok(issued) => issued,
+        Err(error) => return Err(call.issue_failed(EventKind::TokenExchanged, error).await),
+    };
     services
         .metrics
         .tokens_issued
@@ -525,16 +555,6 @@ async fn token_exchange(
         "expires_in": issued.expires_in,
         "scope": issued.scopes.to_string(),
     })))
-}
-
-fn issue_failed(error: IssueError) -> OAuthError {
-    tracing::error!(%error, "token not issued");
-    match error {
-        IssueError::SubjectExpired => {
-            OAuthError::InvalidRequest("the subject token has expired".into())
-        }
-        IssueError::Keys(_) | IssueError::Audit(_) => OAuthError::TemporarilyUnavailable,
-    }
 }
 
 /// Our own token, if it is one, still valid and not revoked.
@@ -590,7 +610,14 @@ async fn introspect_endpoint(
 ) -> Result<HttpResponse, OAuthError> {
     let (params, caller, request_id) =
         authenticated_form(&services, &req, &body, peer, request_id).await?;
-    let token = params.require("token")?;
+    let call = Call {
+        services: &services,
+        request_id,
+        client: Some(&caller),
+    };
+    let token = call
+        .required(&params, "token", EventKind::TokenIntrospected)
+        .await?;
     let claims = active_token(&services, token).await?.filter(|claims| {
         let client = &caller.client;
         client.is_admin
@@ -600,11 +627,6 @@ async fn introspect_endpoint(
                 .as_ref()
                 .is_some_and(|audience| audience.as_str() == claims.aud)
     });
-    let call = Call {
-        services: &services,
-        request_id,
-        client: Some(&caller),
-    };
     let details = EventDetails {
         jti: claims.as_ref().map(|claims| claims.jti.clone()),
         audience: claims.as_ref().map(|claims| claims.aud.clone()),
@@ -650,12 +672,14 @@ async fn revoke_endpoint(
 ) -> Result<HttpResponse, OAuthError> {
     let (params, caller, request_id) =
         authenticated_form(&services, &req, &body, peer, request_id).await?;
-    let token = params.require("token")?;
     let call = Call {
         services: &services,
         request_id,
         client: Some(&caller),
     };
+    let token = call
+        .required(&params, "token", EventKind::TokenRevoked)
+        .await?;
     let claims = crate::tokens::validate_own(
         &services.keys.current(),
         &services.tokens.issuer,

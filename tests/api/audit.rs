@@ -190,8 +190,12 @@ async fn the_table_refuses_update_and_delete_and_the_server_role_cannot_lift_tha
 
 #[tokio::test]
 async fn an_export_verifies_with_only_the_published_key_and_fails_after_a_one_byte_change() {
-    let app = spawn_app().await;
+    let app = crate::helpers::spawn_app_on(crate::helpers::TestDatabase::create().await, |s| {
+        s.audit.checkpoint_every_records = 1;
+    })
+    .await;
     some_events(&app, 9).await;
+    crate::helpers::wait_until_signed(&app.pool).await;
     let signer = tessera::audit::AuditSigner::load(&app.pool, &app.settings.keys)
         .await
         .unwrap();

@@ -472,6 +472,13 @@ pub async fn seeded_database() -> TestDatabase {
 
 /// An audit log of its own, as an admin tool has.
 pub async fn admin_audit(app: &TestApp) -> tessera::audit::AuditLog {
+    admin_audit_with_handle(app).await.0
+}
+
+/// An admin tool's audit log and the handle that stops it with a final signed checkpoint.
+pub async fn admin_audit_with_handle(
+    app: &TestApp,
+) -> (tessera::audit::AuditLog, tessera::audit::WriterHandle) {
     let signer = tessera::audit::AuditSigner::load(&app.pool, &app.settings.keys)
         .await
         .unwrap();
@@ -486,5 +493,25 @@ pub async fn admin_audit(app: &TestApp) -> tessera::audit::AuditLog {
         },
         None,
     )
-    .0
+}
+
+/// Waits until every audit chain's newest record is covered by a checkpoint its node signed:
+/// exports vouch only with those.
+pub async fn wait_until_signed(pool: &PgPool) {
+    for _ in 0..100 {
+        let unsigned: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT chain_id, max(seq) AS head FROM audit_events
+                                    GROUP BY chain_id) chains
+              WHERE NOT EXISTS (SELECT 1 FROM audit_checkpoints c
+                                 WHERE c.chain_id = chains.chain_id AND c.seq >= chains.head)",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if unsigned == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("audit chains were not checkpointed within 5 s");
 }

@@ -521,7 +521,11 @@ async fn the_database_role_cannot_choose_the_retention_backdate_a_checkpoint_or_
 
 #[tokio::test]
 async fn an_export_vouches_with_a_trusted_checkpoint_even_beside_a_forged_one() {
-    let app = spawn_app().await;
+    // The node signs its chain at the fifth record: after the forged checkpoints below.
+    let app = crate::helpers::spawn_app_on(crate::helpers::TestDatabase::create().await, |s| {
+        s.audit.checkpoint_every_records = 5;
+    })
+    .await;
     some_events(&app, 3).await;
     let insider = Insider::join(&app.pool, &database_url(&app)).await;
     let (chain, seq): (uuid::Uuid, i64) =
@@ -551,6 +555,9 @@ async fn an_export_vouches_with_a_trusted_checkpoint_even_beside_a_forged_one() 
         .unwrap();
     }
     insider.leave().await;
+    // The node's own checkpoints come after the forged ones: export vouches with those.
+    some_events(&app, 2).await;
+    crate::helpers::wait_until_signed(&app.pool).await;
 
     let signer = tessera::audit::AuditSigner::load(&app.pool, &app.settings.keys)
         .await
@@ -579,7 +586,7 @@ async fn an_export_vouches_with_a_trusted_checkpoint_even_beside_a_forged_one() 
         .unwrap();
     let summary = tessera::audit::verify_export(exported.as_slice(), &jwks)
         .unwrap_or_else(|problem| panic!("{problem}"));
-    assert_eq!((summary.records, summary.checkpoints), (3, 1));
+    assert_eq!((summary.records, summary.checkpoints), (5, 1));
 }
 
 /// A chain's records as a node would write them, with valid hashes.
@@ -914,4 +921,65 @@ fn key_encryption_keys_in_the_wrong_shape_are_never_echoed() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(!output.status.success());
     assert!(!stderr.contains(secret), "{stderr}");
+}
+
+/// Export never signs what the database holds: records the database role fabricates — a whole
+/// chain, or hash-valid records appended to a node's unsigned tail — are left out and counted,
+/// and no checkpoint is written for them, so `audit verify` keeps refusing them.
+#[tokio::test]
+async fn an_export_signs_nothing_the_database_role_wrote() {
+    let app = spawn_app().await;
+    some_events(&app, 3).await;
+    let insider = Insider::join(&app.pool, &database_url(&app)).await;
+    let fabricated = uuid::Uuid::new_v4();
+    for (seq, record, prev_hash, hash) in fabricated_chain(fabricated, 2) {
+        sqlx::query(
+            "INSERT INTO audit_events (chain_id, seq, record, prev_hash, hash, recorded_at, kind,
+                                       outcome, client_id)
+             VALUES ($1, $2, $3, $4, $5, now(), 'token_issued', 'allow', 'partner-a-treasury')",
+        )
+        .bind(fabricated)
+        .bind(seq)
+        .bind(&record)
+        .bind(prev_hash.as_slice())
+        .bind(hash.as_slice())
+        .execute(&insider.pool)
+        .await
+        .unwrap();
+    }
+    insider.leave().await;
+    let checkpoints = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_checkpoints")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    let before = checkpoints().await;
+    let signer = tessera::audit::AuditSigner::load(&app.pool, &app.settings.keys)
+        .await
+        .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let filter = tessera::audit::ExportFilter {
+        since: now - time::Duration::hours(1),
+        until: now + time::Duration::hours(1),
+        partner: None,
+        client: None,
+        consent: None,
+        txn: None,
+    };
+    let mut exported = Vec::new();
+    let summary = tessera::audit::export(&app.pool, &signer, &filter, &mut exported)
+        .await
+        .unwrap();
+    assert_eq!(
+        summary.records, 0,
+        "nothing a node signed covers these records yet"
+    );
+    assert_eq!(
+        summary.unsigned, 5,
+        "the node's 3 unsigned records and the 2 fabricated"
+    );
+    assert_eq!(checkpoints().await, before, "export signed a checkpoint");
+    let broken = verify(&app).await.unwrap_err();
+    assert_eq!(broken.chain_id, fabricated);
 }

@@ -222,3 +222,26 @@ async fn a_revocation_on_one_node_reaches_another_within_its_cache_ttl() {
         assert!(node.wait().success());
     }
 }
+
+/// Every refusal is audited, a missing `token` parameter too (introspection and revocation).
+#[tokio::test]
+async fn a_missing_token_parameter_is_refused_and_audited() {
+    let app = spawn_app().await;
+    for path in ["/oauth2/introspect", "/oauth2/revoke"] {
+        let (status, body) = app
+            .post_form(Some("admin"), path, &[("client_id", "ledger-rs")])
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{path}: {body}"
+        );
+    }
+    assert_eq!(
+        app.denial_reasons().await,
+        [
+            "invalid_request: parameter `token` is required",
+            "invalid_request: parameter `token` is required",
+        ]
+    );
+}

@@ -43,7 +43,7 @@ async fn audit_export_with_each_filter_verifies_offline() {
         settings.keys.kek = tessera::config::Kek::parse("keys.kek", "test", PROCESS_KEK).unwrap();
     })
     .await;
-    let audit = crate::helpers::admin_audit(&app).await;
+    let (audit, writer) = crate::helpers::admin_audit_with_handle(&app).await;
     let full = |partner: &str, client: &str, txn: &str| EventDetails {
         partner: Some(partner.into()),
         client_id: Some(client.into()),
@@ -65,6 +65,8 @@ async fn audit_export_with_each_filter_verifies_offline() {
             .await
             .unwrap();
     }
+    // Its final checkpoint signs the records: export vouches only with checkpoints.
+    writer.finish().await;
 
     let dir = fresh_dir();
     let jwks = app
