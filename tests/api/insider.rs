@@ -589,6 +589,25 @@ async fn an_export_vouches_with_a_trusted_checkpoint_even_beside_a_forged_one() 
     assert_eq!((summary.records, summary.checkpoints), (5, 1));
 }
 
+/// Stores a fabricated chain through the insider's connection.
+async fn insert_fabricated_chain(insider: &Insider, chain: uuid::Uuid, count: i64) {
+    for (seq, record, prev_hash, hash) in fabricated_chain(chain, count) {
+        sqlx::query(
+            "INSERT INTO audit_events (chain_id, seq, record, prev_hash, hash, recorded_at, kind,
+                                       outcome, client_id)
+             VALUES ($1, $2, $3, $4, $5, now(), 'token_issued', 'allow', 'partner-a-treasury')",
+        )
+        .bind(chain)
+        .bind(seq)
+        .bind(&record)
+        .bind(prev_hash.as_slice())
+        .bind(hash.as_slice())
+        .execute(&insider.pool)
+        .await
+        .unwrap();
+    }
+}
+
 /// A chain's records as a node would write them, with valid hashes.
 fn fabricated_chain(chain: uuid::Uuid, count: i64) -> Vec<(i64, String, [u8; 32], [u8; 32])> {
     let mut head = tessera::audit::GENESIS;
@@ -625,21 +644,7 @@ async fn a_fabricated_chain_does_not_verify_even_with_an_own_registration() {
     verify(&app).await.unwrap();
     let insider = Insider::join(&app.pool, &database_url(&app)).await;
     let chain = uuid::Uuid::new_v4();
-    for (seq, record, prev_hash, hash) in fabricated_chain(chain, 3) {
-        sqlx::query(
-            "INSERT INTO audit_events (chain_id, seq, record, prev_hash, hash, recorded_at, kind,
-                                       outcome, client_id)
-             VALUES ($1, $2, $3, $4, $5, now(), 'token_issued', 'allow', 'partner-a-treasury')",
-        )
-        .bind(chain)
-        .bind(seq)
-        .bind(&record)
-        .bind(prev_hash.as_slice())
-        .bind(hash.as_slice())
-        .execute(&insider.pool)
-        .await
-        .unwrap();
-    }
+    insert_fabricated_chain(&insider, chain, 3).await;
     let broken = verify(&app).await.unwrap_err();
     assert_eq!((broken.chain_id, broken.seq), (chain, 1));
     assert!(
@@ -932,21 +937,7 @@ async fn an_export_signs_nothing_the_database_role_wrote() {
     some_events(&app, 3).await;
     let insider = Insider::join(&app.pool, &database_url(&app)).await;
     let fabricated = uuid::Uuid::new_v4();
-    for (seq, record, prev_hash, hash) in fabricated_chain(fabricated, 2) {
-        sqlx::query(
-            "INSERT INTO audit_events (chain_id, seq, record, prev_hash, hash, recorded_at, kind,
-                                       outcome, client_id)
-             VALUES ($1, $2, $3, $4, $5, now(), 'token_issued', 'allow', 'partner-a-treasury')",
-        )
-        .bind(fabricated)
-        .bind(seq)
-        .bind(&record)
-        .bind(prev_hash.as_slice())
-        .bind(hash.as_slice())
-        .execute(&insider.pool)
-        .await
-        .unwrap();
-    }
+    insert_fabricated_chain(&insider, fabricated, 2).await;
     insider.leave().await;
     let checkpoints = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_checkpoints")
