@@ -199,15 +199,7 @@ async fn an_export_verifies_with_only_the_published_key_and_fails_after_a_one_by
     let signer = tessera::audit::AuditSigner::load(&app.pool, &app.settings.keys)
         .await
         .unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    let filter = tessera::audit::ExportFilter {
-        since: now - time::Duration::hours(1),
-        until: now + time::Duration::hours(1),
-        partner: None,
-        client: Some("partner-b-reconciliation".into()),
-        consent: None,
-        txn: None,
-    };
+    let filter = crate::helpers::export_window(Some("partner-b-reconciliation"));
     let mut exported = Vec::new();
     let summary = tessera::audit::export(&app.pool, &signer, &filter, &mut exported)
         .await

@@ -431,21 +431,22 @@ async fn a_pinned_certificate_authenticates_only_its_own_client() {
     assert_eq!(status, 200, "{body}");
 }
 
-async fn exchange_own(
-    app: &TestApp,
-    identity: &str,
-    client_id: &str,
-    subject: &str,
-    extra: &[(&str, &str)],
-) -> (u16, Value) {
-    let mut form = vec![
-        ("grant_type", EXCHANGE),
-        ("client_id", client_id),
-        ("subject_token", subject),
-        ("subject_token_type", ACCESS_TOKEN),
-    ];
-    form.extend_from_slice(extra);
-    app.post_form(Some(identity), "/oauth2/token", &form).await
+/// Partner A's treasury exchanges a partner JWT for the ledger, acting with `actor`.
+async fn exchange_jwt_with_actor(app: &TestApp, subject: &str, actor: &str) -> (u16, Value) {
+    app.post_form(
+        Some("partner-a"),
+        "/oauth2/token",
+        &[
+            ("grant_type", EXCHANGE),
+            ("client_id", "partner-a-treasury"),
+            ("subject_token", subject),
+            ("subject_token_type", JWT_TYPE),
+            ("actor_token", actor),
+            ("actor_token_type", ACCESS_TOKEN),
+            ("audience", "https://ledger.test"),
+        ],
+    )
+    .await
 }
 
 fn token_of(body: &Value) -> String {
@@ -544,7 +545,7 @@ async fn a_second_hop_stays_within_the_original_consent() {
     assert_eq!(claims["owner_region"], "eu");
     assert!(claims["consent_id"].is_string());
 
-    let refused = exchange_own(
+    let refused = crate::exchange::exchange(
         &app,
         "partner-a",
         "partner-a-treasury",
@@ -588,7 +589,7 @@ async fn a_second_hop_stays_within_the_owners_trust_profile() {
     .await;
     let (_, body) = exchange_jwt(&app, &sign(&key, "d-1", &partner_claims())).await;
     let first = token_of(&body);
-    let refused = exchange_own(
+    let refused = crate::exchange::exchange(
         &app,
         "partner-a",
         "partner-a-treasury",
@@ -660,7 +661,7 @@ async fn a_second_hop_keeps_the_owners_residency() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let refused = exchange_own(
+    let refused = crate::exchange::exchange(
         &app,
         "partner-b",
         "partner-b-us",
@@ -691,7 +692,7 @@ async fn revoking_the_consent_deactivates_every_descendant() {
     let Setup { app, key, .. } = setup().await;
     let (_, body) = exchange_jwt(&app, &sign(&key, "d-1", &partner_claims())).await;
     let first = token_of(&body);
-    let (status, body) = exchange_own(
+    let (status, body) = crate::exchange::exchange(
         &app,
         "partner-a",
         "partner-a-treasury",
@@ -818,21 +819,8 @@ async fn may_act_cannot_be_bypassed_by_omitting_the_actor() {
     assert_eq!(exchanged_allowed(&app).await, 0);
 
     subject["jti"] = json!(uuid::Uuid::new_v4().to_string());
-    let (status, body) = app
-        .post_form(
-            Some("partner-a"),
-            "/oauth2/token",
-            &[
-                ("grant_type", EXCHANGE),
-                ("client_id", "partner-a-treasury"),
-                ("subject_token", &sign(&key, "d-1", &subject)),
-                ("subject_token_type", JWT_TYPE),
-                ("actor_token", &treasury),
-                ("actor_token_type", ACCESS_TOKEN),
-                ("audience", "https://ledger.test"),
-            ],
-        )
-        .await;
+    let (status, body) =
+        exchange_jwt_with_actor(&app, &sign(&key, "d-1", &subject), &treasury).await;
     assert_eq!(status, 200, "{body}");
     let delegated = token_of(&body);
     assert_eq!(decoded(&delegated)["may_act"]["sub"], "partner-a-treasury");
@@ -843,21 +831,8 @@ async fn may_act_cannot_be_bypassed_by_omitting_the_actor() {
     let (status, body) = exchange_jwt(&app, &sign(&key, "d-1", &impostor)).await;
     assert_eq!(status, 200, "{body}");
     subject["jti"] = json!(uuid::Uuid::new_v4().to_string());
-    let (status, body) = app
-        .post_form(
-            Some("partner-a"),
-            "/oauth2/token",
-            &[
-                ("grant_type", EXCHANGE),
-                ("client_id", "partner-a-treasury"),
-                ("subject_token", &sign(&key, "d-1", &subject)),
-                ("subject_token_type", JWT_TYPE),
-                ("actor_token", &token_of(&body)),
-                ("actor_token_type", ACCESS_TOKEN),
-                ("audience", "https://ledger.test"),
-            ],
-        )
-        .await;
+    let (status, body) =
+        exchange_jwt_with_actor(&app, &sign(&key, "d-1", &subject), &token_of(&body)).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (400, Some("invalid_request")),
@@ -868,7 +843,7 @@ async fn may_act_cannot_be_bypassed_by_omitting_the_actor() {
         "the actor_token must be the client's own token about itself"
     );
     // The next hop keeps the actor that may act: allowed without a new actor token.
-    let (status, body) = exchange_own(
+    let (status, body) = crate::exchange::exchange(
         &app,
         "partner-a",
         "partner-a-treasury",
@@ -894,7 +869,7 @@ async fn revoking_an_actor_token_revokes_what_was_issued_with_it() {
     let delegate = |subject: String, actor: String| {
         let app = &app;
         async move {
-            let (status, body) = exchange_own(
+            let (status, body) = crate::exchange::exchange(
                 app,
                 "partner-a",
                 "partner-a-treasury",
@@ -1123,7 +1098,7 @@ async fn token_types_are_checked_and_reported() {
         assert_eq!(last_denial(&app).await, reason, "{case}");
     }
     assert_eq!(issued(&app).await, 0);
-    let (status, body) = exchange_own(
+    let (status, body) = crate::exchange::exchange(
         &app,
         "partner-a",
         "partner-a-treasury",
@@ -1264,7 +1239,7 @@ async fn a_same_partner_client_that_does_not_hold_the_token_cannot_exchange_it()
     let ledger = app
         .token("partner-a", "partner-a-treasury", "https://ledger.test")
         .await;
-    let refused = exchange_own(
+    let refused = crate::exchange::exchange(
         &app,
         "partner-a",
         "partner-a-ops",

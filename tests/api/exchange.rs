@@ -35,7 +35,7 @@ async fn settlement_token(app: &TestApp, broad: &str) -> String {
     body["access_token"].as_str().unwrap().to_owned()
 }
 
-async fn exchange(
+pub(crate) async fn exchange(
     app: &TestApp,
     identity: &str,
     client_id: &str,

@@ -515,3 +515,16 @@ pub async fn wait_until_signed(pool: &PgPool) {
     }
     panic!("audit chains were not checkpointed within 5 s");
 }
+
+/// An export of the hour around now, optionally of one client's records.
+pub fn export_window(client: Option<&str>) -> tessera::audit::ExportFilter {
+    let now = time::OffsetDateTime::now_utc();
+    tessera::audit::ExportFilter {
+        since: now - time::Duration::hours(1),
+        until: now + time::Duration::hours(1),
+        partner: None,
+        client: client.map(str::to_owned),
+        consent: None,
+        txn: None,
+    }
+}

@@ -562,15 +562,7 @@ async fn an_export_vouches_with_a_trusted_checkpoint_even_beside_a_forged_one() 
     let signer = tessera::audit::AuditSigner::load(&app.pool, &app.settings.keys)
         .await
         .unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    let filter = tessera::audit::ExportFilter {
-        since: now - time::Duration::hours(1),
-        until: now + time::Duration::hours(1),
-        partner: None,
-        client: None,
-        consent: None,
-        txn: None,
-    };
+    let filter = crate::helpers::export_window(None);
     let mut exported = Vec::new();
     tessera::audit::export(&app.pool, &signer, &filter, &mut exported)
         .await
@@ -949,15 +941,7 @@ async fn an_export_signs_nothing_the_database_role_wrote() {
     let signer = tessera::audit::AuditSigner::load(&app.pool, &app.settings.keys)
         .await
         .unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    let filter = tessera::audit::ExportFilter {
-        since: now - time::Duration::hours(1),
-        until: now + time::Duration::hours(1),
-        partner: None,
-        client: None,
-        consent: None,
-        txn: None,
-    };
+    let filter = crate::helpers::export_window(None);
     let mut exported = Vec::new();
     let summary = tessera::audit::export(&app.pool, &signer, &filter, &mut exported)
         .await
