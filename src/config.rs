@@ -600,17 +600,24 @@ impl Settings {
             raw.server.client_ca,
             provisioned.tls,
         ));
-        if raw.server.request_timeout_ms == 0 {
-            problems.push(ConfigError::invalid(
+        for (setting, zero) in [
+            (
                 "server.request_timeout_ms",
-                "must be greater than zero",
-            ));
-        }
-        if raw.server.body_limit_bytes == 0 {
-            problems.push(ConfigError::invalid(
-                "server.body_limit_bytes",
-                "must be greater than zero",
-            ));
+                raw.server.request_timeout_ms == 0,
+            ),
+            ("server.body_limit_bytes", raw.server.body_limit_bytes == 0),
+            (
+                "server.tls_handshake_timeout_ms",
+                raw.server.tls_handshake_timeout_ms == 0,
+            ),
+            (
+                "server.max_connections_per_address",
+                raw.server.max_connections_per_address == 0,
+            ),
+        ] {
+            if zero {
+                problems.push(ConfigError::invalid(setting, "must be greater than zero"));
+            }
         }
         let ops_bind = problems
             .check(
@@ -621,18 +628,6 @@ impl Settings {
                     .transpose(),
             )
             .flatten();
-        if raw.server.tls_handshake_timeout_ms == 0 {
-            problems.push(ConfigError::invalid(
-                "server.tls_handshake_timeout_ms",
-                "must be greater than zero",
-            ));
-        }
-        if raw.server.max_connections_per_address == 0 {
-            problems.push(ConfigError::invalid(
-                "server.max_connections_per_address",
-                "must be greater than zero",
-            ));
-        }
         let database = problems.check(validate_database(raw.database, provisioned.database_url));
         let tokens = problems.check(validate_tokens(raw.tokens, provisioned.issuer));
         let keys = problems.check(validate_keys(raw.keys, provisioned.kek));
