@@ -16,9 +16,9 @@ use anyhow::{Context, Result, anyhow};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
-use tessera::local_postgres::LocalCluster;
-use tessera::pki::DevPki;
-use tessera::seed::{AudienceSeed, ClientSeed, PartnerSeed, Seed};
+use tessera::dev::pki::DevPki;
+use tessera::dev::postgres::LocalCluster;
+use tessera::dev::seed::{AudienceSeed, ClientSeed, PartnerSeed, Seed};
 
 const ISSUER: &str = "https://tessera.bench";
 const JWT_CLIENT: &str = "bench-jwt";
@@ -376,7 +376,7 @@ async fn subject_token(bench: &Bench) -> Result<String> {
 }
 
 fn assertion(key: &[u8]) -> Result<String> {
-    let now = tessera::keys::unix_now();
+    let now = tessera::crypto::keys::unix_now();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some("bench".into());
     let claims = json!({

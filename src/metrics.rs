@@ -116,7 +116,7 @@ impl Metrics {
         registry.register(Box::new(audit_batch_size.clone()))?;
         registry.register(Box::new(unused_clients.clone()))?;
         registry.register(Box::new(expiring_certificates.clone()))?;
-        if let Some(refused) = crate::keys::unauthenticated_keys() {
+        if let Some(refused) = crate::crypto::keys::unauthenticated_keys() {
             registry.register(Box::new(refused.clone()))?;
         }
         Ok(Self {

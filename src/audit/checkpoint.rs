@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::config::{KeySettings, SigningAlgorithm};
-use crate::keys::{
+use crate::crypto::keys::{
     Envelope, KeyError, SigningKey, StoredKey, all_keks, generate_pkcs8, refuse_key,
 };
 
@@ -111,7 +111,7 @@ impl AuditSigner {
         let claims = ChainClaims {
             chain_id: chain_id.to_string(),
             node: node.to_owned(),
-            opened_at: crate::keys::unix_now(),
+            opened_at: crate::crypto::keys::unix_now(),
         };
         let payload = serde_json::to_vec(&claims).map_err(|_| KeyError::Crypto)?;
         let jws = self.key.sign_typed(CHAIN_TYP, &payload)?;
@@ -150,7 +150,7 @@ impl AuditSigner {
             chain_id: chain_id.to_string(),
             seq,
             head: URL_SAFE_NO_PAD.encode(head),
-            signed_at: crate::keys::unix_now(),
+            signed_at: crate::crypto::keys::unix_now(),
         };
         let payload = serde_json::to_vec(&claims).map_err(|_| KeyError::Crypto)?;
         let jws = self.key.sign_typed(CHECKPOINT_TYP, &payload)?;

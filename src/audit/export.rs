@@ -70,7 +70,7 @@ pub enum ExportError {
     #[error("audit storage: {0}")]
     Database(#[from] sqlx::Error),
     #[error("audit keys or checkpoint: {0}")]
-    Checkpoint(#[from] crate::keys::KeyError),
+    Checkpoint(#[from] crate::crypto::keys::KeyError),
     #[error("writing the export: {0}")]
     Write(#[from] std::io::Error),
     #[error("encoding the export: {0}")]

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::config::KeySettings;
-use crate::keys::KeyError;
+use crate::crypto::keys::KeyError;
 use crate::metrics::Metrics;
 use futures_util::TryStreamExt;
 use time::OffsetDateTime;

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use super::checkpoint::{encode_hash, verify_chain, verify_checkpoint};
 use super::{AuditRecord, GENESIS, chained_hash};
 use crate::config::{AuditSettings, KeySettings};
-use crate::keys::KeyError;
+use crate::crypto::keys::KeyError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broken {

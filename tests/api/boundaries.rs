@@ -12,7 +12,7 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
-use tessera::seed::{AudienceSeed, ClientSeed, Seed};
+use tessera::dev::seed::{AudienceSeed, ClientSeed, Seed};
 
 use crate::helpers::{TestApp, TestDatabase, client_tls_presenting, http_client, spawn_app_on};
 
@@ -201,11 +201,11 @@ pub(crate) fn client(id: &str, partner: &str) -> ClientSeed {
 }
 
 pub(crate) async fn publish_ca(app: &TestApp, partner: &str, ca: &TestCa) {
-    tessera::trust::publish(
+    tessera::domain::trust::publish(
         &app.pool,
         &crate::helpers::admin_audit(app).await,
         partner,
-        &tessera::trust::NewProfile {
+        &tessera::domain::trust::NewProfile {
             issuers: vec![format!("https://idp.{partner}.test")],
             jwks: Some(json!({ "keys": [] })),
             algorithms: vec!["ES256".into()],
@@ -217,7 +217,7 @@ pub(crate) async fn publish_ca(app: &TestApp, partner: &str, ca: &TestCa) {
             scopes: vec!["ledger:read".into()],
             region: "eu".into(),
             active: true,
-            ..tessera::trust::NewProfile::default()
+            ..tessera::domain::trust::NewProfile::default()
         },
         "admin",
     )
@@ -468,10 +468,10 @@ async fn consent(
     scopes: &[&str],
 ) -> uuid::Uuid {
     let now = time::OffsetDateTime::now_utc();
-    tessera::consents::create(
+    tessera::domain::consents::create(
         &app.pool,
         &crate::helpers::admin_audit(app).await,
-        &tessera::consents::NewConsent {
+        &tessera::domain::consents::NewConsent {
             grantor: grantor.into(),
             grantee_partner: grantee.into(),
             grantee_client: client.map(str::to_owned),
@@ -496,11 +496,11 @@ async fn publish_profile(
     audiences: &[&str],
     required_typ: Option<&str>,
 ) {
-    tessera::trust::publish(
+    tessera::domain::trust::publish(
         &app.pool,
         &crate::helpers::admin_audit(app).await,
         "partner-d",
-        &tessera::trust::NewProfile {
+        &tessera::domain::trust::NewProfile {
             issuers: vec![PARTNER_ISSUER.into()],
             jwks_uri: Some(idp.url.clone()),
             algorithms: vec!["ES256".into()],
@@ -512,7 +512,7 @@ async fn publish_profile(
             region: "eu".into(),
             active: true,
             required_typ: required_typ.map(str::to_owned),
-            ..tessera::trust::NewProfile::default()
+            ..tessera::domain::trust::NewProfile::default()
         },
         "admin",
     )
@@ -708,7 +708,7 @@ async fn revoking_the_consent_deactivates_every_descendant() {
     );
     let consent_id =
         uuid::Uuid::parse_str(decoded(&second)["consent_id"].as_str().unwrap()).unwrap();
-    tessera::consents::revoke(
+    tessera::domain::consents::revoke(
         &app.pool,
         &crate::helpers::admin_audit(&app).await,
         consent_id,
@@ -759,7 +759,7 @@ async fn exchange_enforces_certificate_binding() {
                 ("grant_type", "client_credentials"),
                 (
                     "client_assertion_type",
-                    tessera::client_auth::JWT_BEARER_ASSERTION,
+                    tessera::service::authenticate::JWT_BEARER_ASSERTION,
                 ),
                 ("client_assertion", &assertion()),
                 ("resource", "https://bearer-ledger.test"),
@@ -775,7 +775,7 @@ async fn exchange_enforces_certificate_binding() {
                 ("grant_type", EXCHANGE),
                 (
                     "client_assertion_type",
-                    tessera::client_auth::JWT_BEARER_ASSERTION,
+                    tessera::service::authenticate::JWT_BEARER_ASSERTION,
                 ),
                 ("client_assertion", &assertion()),
                 ("subject_token", &token_of(&body)),
@@ -959,7 +959,7 @@ async fn revoking_an_actor_token_revokes_what_was_issued_with_it() {
 #[tokio::test]
 async fn partner_jwts_check_nbf_typ_and_never_overflow() {
     let Setup { app, key, idp } = setup().await;
-    let now = tessera::keys::unix_now();
+    let now = tessera::crypto::keys::unix_now();
     let with = |edit: &dyn Fn(&mut Value)| {
         let mut claims = partner_claims();
         edit(&mut claims);
@@ -1215,7 +1215,7 @@ async fn the_assertion_algorithm_allow_list_holds_for_keys_without_alg() {
                     ("grant_type", "client_credentials"),
                     (
                         "client_assertion_type",
-                        tessera::client_auth::JWT_BEARER_ASSERTION,
+                        tessera::service::authenticate::JWT_BEARER_ASSERTION,
                     ),
                     ("client_assertion", &assertion),
                     ("resource", "https://reports.test"),
@@ -1264,7 +1264,7 @@ async fn a_same_partner_client_that_does_not_hold_the_token_cannot_exchange_it()
 async fn concurrent_claims_of_one_issuer_leave_it_with_one_partner() {
     let app = fast_app().await;
     let audit = crate::helpers::admin_audit(&app).await;
-    let profile = tessera::trust::NewProfile {
+    let profile = tessera::domain::trust::NewProfile {
         issuers: vec!["https://idp.contested.test".into()],
         jwks: Some(json!({ "keys": [] })),
         algorithms: vec!["ES256".into()],
@@ -1275,12 +1275,12 @@ async fn concurrent_claims_of_one_issuer_leave_it_with_one_partner() {
         scopes: vec!["ledger:read".into()],
         region: "eu".into(),
         active: true,
-        ..tessera::trust::NewProfile::default()
+        ..tessera::domain::trust::NewProfile::default()
     };
     for _ in 0..5 {
         let (d, e) = tokio::join!(
-            tessera::trust::publish(&app.pool, &audit, "partner-d", &profile, "admin"),
-            tessera::trust::publish(&app.pool, &audit, "partner-e", &profile, "admin"),
+            tessera::domain::trust::publish(&app.pool, &audit, "partner-d", &profile, "admin"),
+            tessera::domain::trust::publish(&app.pool, &audit, "partner-e", &profile, "admin"),
         );
         let owners: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT p.partner_id FROM trust_profiles p

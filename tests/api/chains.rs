@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
-use tessera::seed::Seed;
+use tessera::dev::seed::Seed;
 
 use crate::helpers::{TestApp, TestDatabase, pki, spawn_app_on};
 use crate::partner::{EXCHANGE, JWT_TYPE, PARTNER_ISSUER, partner_key, sign, start_idp};
@@ -138,11 +138,11 @@ async fn world() -> World {
             .unwrap();
         }
     }
-    tessera::trust::publish(
+    tessera::domain::trust::publish(
         &app.pool,
         &crate::helpers::admin_audit(&app).await,
         "partner-d",
-        &tessera::trust::NewProfile {
+        &tessera::domain::trust::NewProfile {
             issuers: vec![PARTNER_ISSUER.into()],
             jwks_uri: Some(idp.url.clone()),
             algorithms: vec!["ES256".into()],
@@ -153,7 +153,7 @@ async fn world() -> World {
             scopes: PROFILE_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
             region: "eu".into(),
             active: true,
-            ..tessera::trust::NewProfile::default()
+            ..tessera::domain::trust::NewProfile::default()
         },
         "admin",
     )
@@ -233,10 +233,10 @@ async fn run_case(world: &World, rng: &mut Rng, case: usize) -> usize {
         )
     };
     let now = time::OffsetDateTime::now_utc();
-    let consent = tessera::consents::create(
+    let consent = tessera::domain::consents::create(
         &app.pool,
         &crate::helpers::admin_audit(app).await,
-        &tessera::consents::NewConsent {
+        &tessera::domain::consents::NewConsent {
             grantor: "partner-d".into(),
             grantee_partner: grantee.into(),
             grantee_client: grantee_client.map(str::to_owned),
@@ -265,8 +265,8 @@ async fn run_case(world: &World, rng: &mut Rng, case: usize) -> usize {
                 "iss": PARTNER_ISSUER,
                 "sub": format!("trader-{case}@partner-d"),
                 "aud": crate::helpers::ISSUER,
-                "iat": tessera::keys::unix_now(),
-                "exp": tessera::keys::unix_now() + 240,
+                "iat": tessera::crypto::keys::unix_now(),
+                "exp": tessera::crypto::keys::unix_now() + 240,
                 "jti": uuid::Uuid::new_v4().to_string(),
                 "scope": subject_scopes.join(" "),
             }),
@@ -390,7 +390,7 @@ async fn run_case(world: &World, rng: &mut Rng, case: usize) -> usize {
         }
         // Revoke at random points: the consent, or one token (and so its descendants).
         if !consent_revoked && rng.chance(8) {
-            tessera::consents::revoke(
+            tessera::domain::consents::revoke(
                 &app.pool,
                 &crate::helpers::admin_audit(app).await,
                 consent.id,
@@ -427,7 +427,7 @@ async fn run_case(world: &World, rng: &mut Rng, case: usize) -> usize {
     }
     // Cases share the partners: a consent left active would cover the next case's chain.
     if !consent_revoked {
-        tessera::consents::revoke(
+        tessera::domain::consents::revoke(
             &app.pool,
             &crate::helpers::admin_audit(app).await,
             consent.id,

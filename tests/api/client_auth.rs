@@ -2,7 +2,7 @@ use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
-use tessera::pki::UNTRUSTED_CLIENT;
+use tessera::dev::pki::UNTRUSTED_CLIENT;
 
 use crate::fixtures::{self, JWT_CLIENT, JWT_KID};
 use crate::helpers::{
@@ -210,7 +210,7 @@ async fn a_basic_authorization_header_is_refused() {
 #[tokio::test]
 async fn client_assertion_refusals() {
     let app = spawn_app().await;
-    let now = tessera::keys::unix_now();
+    let now = tessera::crypto::keys::unix_now();
     let es256 = |claims: Value| fixtures::assertion(&claims);
     let mut cases: Vec<(&str, String)> = vec![
         (

@@ -441,11 +441,11 @@ async fn a_revoked_subject_or_ancestor_stops_the_whole_lineage() {
 #[tokio::test]
 async fn an_expired_or_unknown_key_subject_is_refused() {
     let app = spawn_app().await;
-    let ring = tessera::keys::KeyRing::load(&app.pool, app.settings.keys.clone())
+    let ring = tessera::crypto::keys::KeyRing::load(&app.pool, app.settings.keys.clone())
         .await
         .unwrap();
-    let now = tessera::keys::unix_now();
-    let mut expired = serde_json::from_value::<tessera::tokens::AccessTokenClaims>(claims(
+    let now = tessera::crypto::keys::unix_now();
+    let mut expired = serde_json::from_value::<tessera::domain::tokens::AccessTokenClaims>(claims(
         &broad_token(&app).await,
     ))
     .unwrap();
@@ -453,7 +453,7 @@ async fn an_expired_or_unknown_key_subject_is_refused() {
     expired.iat = now - 600;
     expired.nbf = now - 600;
     expired.exp = now - 1;
-    let expired = tessera::tokens::mint(&ring.current(), &expired).unwrap();
+    let expired = tessera::crypto::jwt::mint(&ring.current(), &expired).unwrap();
     let refused = exchange(
         &app,
         "partner-a",
@@ -487,10 +487,10 @@ impl Consents {
         until_hours: i64,
     ) -> uuid::Uuid {
         let now = time::OffsetDateTime::now_utc();
-        tessera::consents::create(
+        tessera::domain::consents::create(
             &self.pool,
             &self.audit,
-            &tessera::consents::NewConsent {
+            &tessera::domain::consents::NewConsent {
                 grantor: "partner-a".into(),
                 grantee_partner: "partner-b".into(),
                 grantee_client: None,
@@ -554,7 +554,7 @@ async fn another_partners_subject_is_exchanged_only_under_active_consent() {
 
     assert_eq!(introspect_as_ledger(&app, &issued).await["active"], true);
 
-    tessera::consents::revoke(
+    tessera::domain::consents::revoke(
         &app.pool,
         &consents.audit,
         consent,

@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
-use tessera::seed::{ClientSeed, Seed};
+use tessera::dev::seed::{ClientSeed, Seed};
 
 pub const JWT_CLIENT: &str = "partner-a-jwt";
 pub const SELF_SIGNED_CLIENT: &str = "partner-b-self-signed";
@@ -132,7 +132,7 @@ pub fn assertion_with(header: jsonwebtoken::Header, claims: &Value) -> String {
 
 /// Valid claims for the private_key_jwt client, issued now.
 pub fn assertion_claims() -> Value {
-    let now = tessera::keys::unix_now();
+    let now = tessera::crypto::keys::unix_now();
     json!({
         "iss": JWT_CLIENT,
         "sub": JWT_CLIENT,

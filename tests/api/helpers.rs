@@ -11,10 +11,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::SecretString;
 use sqlx::{Connection, PgPool};
-use tessera::app::Application;
 use tessera::config::{Provisioned, Settings, TlsFiles};
-use tessera::local_postgres::LocalCluster;
-use tessera::pki::DevPki;
+use tessera::dev::pki::DevPki;
+use tessera::dev::postgres::LocalCluster;
+use tessera::startup::Application;
 use tessera::tls::ClientTrust;
 use tokio::sync::OnceCell;
 

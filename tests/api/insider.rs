@@ -295,11 +295,11 @@ async fn a_tampered_next_key_is_replaced_instead_of_promoted() {
         .await
         .unwrap();
     let max_lifetime = app.settings.tokens.max_lifetime;
-    let error = tessera::keys::rotate(&app.pool, &app.settings.keys, max_lifetime, false)
+    let error = tessera::crypto::keys::rotate(&app.pool, &app.settings.keys, max_lifetime, false)
         .await
         .unwrap_err();
     assert!(error.to_string().contains(&next), "{error}");
-    let active = tessera::keys::KeyRing::load(&app.pool, app.settings.keys.clone())
+    let active = tessera::crypto::keys::KeyRing::load(&app.pool, app.settings.keys.clone())
         .await
         .unwrap()
         .current()
@@ -308,12 +308,13 @@ async fn a_tampered_next_key_is_replaced_instead_of_promoted() {
         .clone();
     assert_ne!(active, next);
 
-    let rotation = tessera::keys::rotate(&app.pool, &app.settings.keys, max_lifetime, false)
-        .await
-        .unwrap()
-        .unwrap();
+    let rotation =
+        tessera::crypto::keys::rotate(&app.pool, &app.settings.keys, max_lifetime, false)
+            .await
+            .unwrap()
+            .unwrap();
     assert_ne!(rotation.activated, next);
-    let ring = tessera::keys::KeyRing::load(&app.pool, app.settings.keys.clone())
+    let ring = tessera::crypto::keys::KeyRing::load(&app.pool, app.settings.keys.clone())
         .await
         .unwrap();
     assert_eq!(ring.current().active.kid, rotation.activated);
@@ -829,7 +830,9 @@ async fn rewrap_moves_the_audit_key_too_and_a_node_starts_without_the_old_kek() 
     let mut rotating = app.settings.keys.clone();
     rotating.previous_keks = vec![rotating.kek.clone()];
     rotating.kek = new_kek.clone();
-    let rewrapped = tessera::keys::rewrap(&app.pool, &rotating).await.unwrap();
+    let rewrapped = tessera::crypto::keys::rewrap(&app.pool, &rotating)
+        .await
+        .unwrap();
     assert_eq!(
         (
             rewrapped.signing_keys,
@@ -842,7 +845,7 @@ async fn rewrap_moves_the_audit_key_too_and_a_node_starts_without_the_old_kek() 
     let mut settings = app.settings.clone();
     settings.keys.kek = new_kek;
     settings.keys.previous_keks = Vec::new();
-    let restarted = tessera::app::Application::build(&settings, app.pool.clone())
+    let restarted = tessera::startup::Application::build(&settings, app.pool.clone())
         .await
         .unwrap();
     drop(restarted);

@@ -38,7 +38,7 @@ async fn rotation_publishes_next_first_and_keeps_retired_keys_until_their_tokens
     let old_token = token(&app).await;
     let old_kid = kid_of(&old_token);
 
-    let rotation = tessera::keys::rotate(
+    let rotation = tessera::crypto::keys::rotate(
         &app.pool,
         &app.settings.keys,
         app.settings.tokens.max_lifetime,
@@ -150,19 +150,19 @@ async fn rewrapping_moves_every_key_to_the_new_key_encryption_key() {
     only_new.kek = new_kek.clone();
     only_new.previous_keks = Vec::new();
     assert!(
-        tessera::keys::KeyRing::load(&app.pool, only_new.clone())
+        tessera::crypto::keys::KeyRing::load(&app.pool, only_new.clone())
             .await
             .is_err()
     );
 
     let mut rotating = only_new.clone();
     rotating.previous_keks = vec![old.kek.clone()];
-    let count = tessera::keys::rewrap(&app.pool, &rotating)
+    let count = tessera::crypto::keys::rewrap(&app.pool, &rotating)
         .await
         .unwrap()
         .signing_keys;
     assert_eq!(count, 2);
-    let ring = tessera::keys::KeyRing::load(&app.pool, only_new)
+    let ring = tessera::crypto::keys::KeyRing::load(&app.pool, only_new)
         .await
         .unwrap();
     assert!(!ring.current().active.kid.is_empty());

@@ -71,7 +71,7 @@ async fn readyz_is_503_while_the_database_is_down_and_200_once_it_is_back() {
     let alive = client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(alive.status(), 200);
 
-    let (restarted, initialised) = tessera::local_postgres::LocalCluster::start(&data_dir, port)
+    let (restarted, initialised) = tessera::dev::postgres::LocalCluster::start(&data_dir, port)
         .await
         .unwrap();
     assert!(!initialised);

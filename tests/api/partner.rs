@@ -103,10 +103,10 @@ pub(crate) async fn setup() -> Setup {
     // Partner D consents to partner A's treasury acting on its subjects at the ledger.
     let audit = crate::helpers::admin_audit(&app).await;
     let now = time::OffsetDateTime::now_utc();
-    tessera::consents::create(
+    tessera::domain::consents::create(
         &app.pool,
         &audit,
-        &tessera::consents::NewConsent {
+        &tessera::domain::consents::NewConsent {
             grantor: "partner-d".into(),
             grantee_partner: "partner-a".into(),
             grantee_client: Some("partner-a-treasury".into()),
@@ -135,11 +135,11 @@ pub(crate) async fn publish_with(
     active: bool,
     client_ca_pem: Option<String>,
 ) -> i32 {
-    tessera::trust::publish(
+    tessera::domain::trust::publish(
         &app.pool,
         &crate::helpers::admin_audit(app).await,
         partner,
-        &tessera::trust::NewProfile {
+        &tessera::domain::trust::NewProfile {
             issuers: vec![PARTNER_ISSUER.into()],
             jwks_uri: Some(jwks_uri.into()),
             algorithms: vec!["ES256".into()],
@@ -151,7 +151,7 @@ pub(crate) async fn publish_with(
             region: "eu".into(),
             active,
             client_ca_pem,
-            ..tessera::trust::NewProfile::default()
+            ..tessera::domain::trust::NewProfile::default()
         },
         "admin",
     )
@@ -160,7 +160,7 @@ pub(crate) async fn publish_with(
 }
 
 pub(crate) fn claims() -> Value {
-    let now = tessera::keys::unix_now();
+    let now = tessera::crypto::keys::unix_now();
     json!({
         "iss": PARTNER_ISSUER,
         "sub": "employee-42@partner-d",
@@ -247,11 +247,11 @@ async fn partner_jwt_refusals_are_invalid_request_and_issue_nothing() {
     let Setup { app, key, .. } = setup().await;
     let stranger = partner_key("e-1");
     // Partner E vouches through its own issuer and key.
-    tessera::trust::publish(
+    tessera::domain::trust::publish(
         &app.pool,
         &crate::helpers::admin_audit(&app).await,
         "partner-e",
-        &tessera::trust::NewProfile {
+        &tessera::domain::trust::NewProfile {
             issuers: vec!["https://idp.partner-e.test".into()],
             jwks: Some(json!({ "keys": [stranger.jwk] })),
             algorithms: vec!["ES256".into()],
@@ -262,13 +262,13 @@ async fn partner_jwt_refusals_are_invalid_request_and_issue_nothing() {
             scopes: vec!["ledger:read".into()],
             region: "eu".into(),
             active: true,
-            ..tessera::trust::NewProfile::default()
+            ..tessera::domain::trust::NewProfile::default()
         },
         "admin",
     )
     .await
     .unwrap();
-    let now = tessera::keys::unix_now();
+    let now = tessera::crypto::keys::unix_now();
     let with = |change: &dyn Fn(&mut serde_json::Map<String, Value>)| {
         let mut claims = claims();
         change(claims.as_object_mut().unwrap());
@@ -499,7 +499,7 @@ async fn a_profiles_client_ca_feeds_mtls_trust_without_a_restart() {
     })
     .await;
     let untrusted = crate::helpers::client_with(
-        Some(tessera::pki::UNTRUSTED_CLIENT),
+        Some(tessera::dev::pki::UNTRUSTED_CLIENT),
         &[&rustls::version::TLS13],
     );
     assert!(untrusted.get(app.url("/healthz")).send().await.is_err());
@@ -516,7 +516,7 @@ async fn a_profiles_client_ca_feeds_mtls_trust_without_a_restart() {
     for _ in 0..40 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let fresh = crate::helpers::client_with(
-            Some(tessera::pki::UNTRUSTED_CLIENT),
+            Some(tessera::dev::pki::UNTRUSTED_CLIENT),
             &[&rustls::version::TLS13],
         );
         if fresh
@@ -542,11 +542,11 @@ async fn a_profiles_client_ca_feeds_mtls_trust_without_a_restart() {
 #[tokio::test]
 async fn an_issuer_vouches_for_one_partner_only() {
     let Setup { app, idp, .. } = setup().await;
-    let claimed = tessera::trust::publish(
+    let claimed = tessera::domain::trust::publish(
         &app.pool,
         &crate::helpers::admin_audit(&app).await,
         "partner-e",
-        &tessera::trust::NewProfile {
+        &tessera::domain::trust::NewProfile {
             issuers: vec![PARTNER_ISSUER.into()],
             jwks_uri: Some(idp.url.clone()),
             algorithms: vec!["ES256".into()],
@@ -556,7 +556,7 @@ async fn an_issuer_vouches_for_one_partner_only() {
             scopes: vec!["ledger:read".into()],
             region: "eu".into(),
             active: true,
-            ..tessera::trust::NewProfile::default()
+            ..tessera::domain::trust::NewProfile::default()
         },
         "admin",
     )

@@ -307,7 +307,7 @@ async fn the_database_link_is_tls_verified_against_its_ca_and_host() {
         "hostssl all all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 reject\n",
     )
     .unwrap();
-    let (cluster, _) = tessera::local_postgres::LocalCluster::start(&data_dir, port)
+    let (cluster, _) = tessera::dev::postgres::LocalCluster::start(&data_dir, port)
         .await
         .unwrap();
 

@@ -1,6 +1,6 @@
 use rustls::version::{TLS12, TLS13};
 use serde_json::Value;
-use tessera::pki::UNTRUSTED_CLIENT;
+use tessera::dev::pki::UNTRUSTED_CLIENT;
 
 use crate::helpers::{TestDatabase, certificates, client_with, pki, spawn_app, spawn_app_on};
 
@@ -177,9 +177,9 @@ async fn a_revoked_client_certificate_is_refused_on_new_and_kept_alive_connectio
     own.audiences = crate::boundaries::scopes_at(&[("https://ledger.test", "ledger:read")]);
     register(
         &app,
-        tessera::seed::Seed {
+        tessera::dev::seed::Seed {
             clients: vec![own],
-            ..tessera::seed::Seed::default()
+            ..tessera::dev::seed::Seed::default()
         },
     )
     .await;

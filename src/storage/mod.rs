@@ -1,5 +1,8 @@
 //! The PostgreSQL pool and the embedded migrations.
 
+pub mod replay;
+pub mod revocations;
+
 use std::str::FromStr;
 
 use secrecy::ExposeSecret;

@@ -4,16 +4,18 @@ use actix_web::{HttpRequest, HttpResponse, get, post};
 use serde_json::{Value, json};
 
 use super::{OAuthError, Params};
-use crate::app::Services;
 use crate::audit::{EventDetails, EventKind, Outcome};
-use crate::client_auth::{self, AuthError, AuthenticatedClient, Credentials};
-use crate::exchange::{ExchangeError, ExchangeRequest, Exchanger, Refusal, TokenType};
-use crate::grants::{self, Decision, DecisionError, Denial, GrantType, IssueError, Provenance};
+use crate::crypto::keys::unix_now;
+use crate::domain::grants::{
+    self, Decision, DecisionError, Denial, GrantType, IssueError, Provenance,
+};
+use crate::domain::scopes::ScopeSet;
+use crate::domain::tokens::AccessTokenClaims;
 use crate::http::{PeerCertificate, RequestId};
-use crate::keys::unix_now;
 use crate::policy::{Action, PolicyContext};
-use crate::scopes::ScopeSet;
-use crate::tokens::AccessTokenClaims;
+use crate::service::authenticate::{self, AuthError, AuthenticatedClient, Credentials};
+use crate::service::exchange::{ExchangeError, ExchangeRequest, Exchanger, Refusal, TokenType};
+use crate::startup::Services;
 
 pub fn routes(config: &mut web::ServiceConfig) {
     config
@@ -22,11 +24,11 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .service(revoke_endpoint)
         .service(metadata_endpoint)
         .service(jwks_endpoint)
-        .service(crate::fallback::method_not_allowed(
+        .service(crate::http::fallback::method_not_allowed(
             &["/oauth2/token", "/oauth2/introspect", "/oauth2/revoke"],
             "POST",
         ))
-        .service(crate::fallback::method_not_allowed(
+        .service(crate::http::fallback::method_not_allowed(
             &["/.well-known/oauth-authorization-server", "/jwks.json"],
             "GET",
         ));
@@ -181,7 +183,7 @@ async fn authenticate(
                 .await);
         }
     };
-    let result = client_auth::authenticate(
+    let result = authenticate::authenticate(
         &credentials,
         peer.0,
         &services.registry,
@@ -563,7 +565,7 @@ async fn active_token(
     token: &str,
 ) -> Result<Option<AccessTokenClaims>, OAuthError> {
     // Whatever is wrong with a token, introspection answers only "inactive" (RFC 7662 §2.2).
-    let Ok(claims) = crate::tokens::validate_own(
+    let Ok(claims) = crate::crypto::jwt::validate_own(
         &services.keys.current(),
         &services.tokens.issuer,
         token,
@@ -584,13 +586,16 @@ async fn active_token(
         return Ok(None);
     }
     if let Some(consent) = &claims.consent_id {
-        let active =
-            crate::consents::still_active(&services.pool, consent, time::OffsetDateTime::now_utc())
-                .await
-                .map_err(|error| {
-                    tracing::error!(%error, "consent store unavailable");
-                    OAuthError::TemporarilyUnavailable
-                })?;
+        let active = crate::domain::consents::still_active(
+            &services.pool,
+            consent,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "consent store unavailable");
+            OAuthError::TemporarilyUnavailable
+        })?;
         if !active {
             return Ok(None);
         }
@@ -680,7 +685,7 @@ async fn revoke_endpoint(
     let token = call
         .required(&params, "token", EventKind::TokenRevoked)
         .await?;
-    let claims = crate::tokens::validate_own(
+    let claims = crate::crypto::jwt::validate_own(
         &services.keys.current(),
         &services.tokens.issuer,
         token,

@@ -9,8 +9,8 @@ use sqlx::PgPool;
 
 use crate::audit::AuditLog;
 use crate::http::PeerCertificate;
+use crate::http::problem::Problem;
 use crate::metrics::Metrics;
-use crate::problem::Problem;
 
 /// What the main port serves: liveness and readiness (load balancers in front of it check
 /// them there), the certificate identity and the audit key set.
@@ -20,7 +20,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .service(readyz)
         .service(identity)
         .service(audit_jwks)
-        .service(crate::fallback::method_not_allowed(
+        .service(crate::http::fallback::method_not_allowed(
             &["/healthz", "/readyz", "/mtls/identity", "/audit/jwks.json"],
             "GET",
         ));
@@ -32,7 +32,7 @@ pub fn probes(config: &mut web::ServiceConfig) {
         .service(healthz)
         .service(readyz)
         .service(metrics)
-        .service(crate::fallback::method_not_allowed(
+        .service(crate::http::fallback::method_not_allowed(
             &["/healthz", "/readyz", "/metrics"],
             "GET",
         ));
@@ -43,7 +43,10 @@ pub fn probes(config: &mut web::ServiceConfig) {
 pub fn metrics_route(config: &mut web::ServiceConfig) {
     config
         .service(metrics)
-        .service(crate::fallback::method_not_allowed(&["/metrics"], "GET"));
+        .service(crate::http::fallback::method_not_allowed(
+            &["/metrics"],
+            "GET",
+        ));
 }
 
 /// The key set that verifies audit checkpoints, for auditors verifying exports offline: only
@@ -51,7 +54,7 @@ pub fn metrics_route(config: &mut web::ServiceConfig) {
 #[get("/audit/jwks.json")]
 async fn audit_jwks(
     pool: web::Data<PgPool>,
-    services: web::Data<crate::app::Services>,
+    services: web::Data<crate::startup::Services>,
 ) -> Result<HttpResponse, Problem> {
     let settings = services.keys.settings();
     let jwks = crate::audit::audit_jwks(&pool, settings)

@@ -8,15 +8,16 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use crate::audiences::AudienceId;
-use crate::client_auth::AuthenticatedClient;
-use crate::clients::Registry;
-use crate::consents;
-use crate::grants::{Decision, Denial, Owner, Provenance, grant_scopes};
-use crate::keys::KeySet;
+use crate::crypto::jwt::validate_own;
+use crate::crypto::keys::KeySet;
+use crate::domain::audiences::AudienceId;
+use crate::domain::clients::Registry;
+use crate::domain::consents;
+use crate::domain::grants::{Decision, Denial, Owner, Provenance, grant_scopes};
+use crate::domain::scopes::ScopeSet;
+use crate::domain::tokens::AccessTokenClaims;
 use crate::policy::{Action, PolicyContext, PolicyEngine};
-use crate::scopes::ScopeSet;
-use crate::tokens::{AccessTokenClaims, validate_own};
+use crate::service::authenticate::AuthenticatedClient;
 
 /// RFC 8693 §3 token type identifiers this server accepts and issues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,8 +109,8 @@ impl From<sqlx::Error> for ExchangeError {
     }
 }
 
-impl From<crate::clients::RegistryError> for ExchangeError {
-    fn from(error: crate::clients::RegistryError) -> Self {
+impl From<crate::domain::clients::RegistryError> for ExchangeError {
+    fn from(error: crate::domain::clients::RegistryError) -> Self {
         Self::Unavailable(error.to_string())
     }
 }
@@ -117,8 +118,8 @@ impl From<crate::clients::RegistryError> for ExchangeError {
 /// What the exchange decides with.
 pub struct Exchanger<'a> {
     pub keys: &'a KeySet,
-    pub revocations: &'a crate::tokens::RevocationCache,
-    pub jwks: &'a crate::trust::JwksCache,
+    pub revocations: &'a crate::storage::revocations::RevocationCache,
+    pub jwks: &'a crate::domain::trust::JwksCache,
     pub issuer: &'a str,
     pub pool: &'a PgPool,
     pub registry: &'a Registry,
@@ -163,7 +164,7 @@ impl Exchanger<'_> {
     /// declared type says.
     async fn subject(
         &self,
-        client: &crate::clients::Client,
+        client: &crate::domain::clients::Client,
         token: &str,
         token_type: TokenType,
         now: i64,
@@ -210,13 +211,18 @@ impl Exchanger<'_> {
     }
 
     async fn partner_subject(&self, token: &str, now: i64) -> Result<Subject, ExchangeError> {
-        let validated =
-            crate::trust::validate_partner_jwt(self.pool, self.jwks, token, self.issuer, now)
-                .await
-                .map_err(|error| ExchangeError::Unavailable(error.to_string()))?;
+        let validated = crate::domain::trust::validate_partner_jwt(
+            self.pool,
+            self.jwks,
+            token,
+            self.issuer,
+            now,
+        )
+        .await
+        .map_err(|error| ExchangeError::Unavailable(error.to_string()))?;
         let partner = match validated {
-            crate::trust::Validated::Accepted(partner) => partner,
-            crate::trust::Validated::Rejected(reason) => {
+            crate::domain::trust::Validated::Accepted(partner) => partner,
+            crate::domain::trust::Validated::Rejected(reason) => {
                 return Err(bad_subject(format!("partner subject_token: {reason}")));
             }
         };
@@ -251,7 +257,7 @@ impl Exchanger<'_> {
     /// partner's subject into the chain.
     async fn actor(
         &self,
-        client: &crate::clients::Client,
+        client: &crate::domain::clients::Client,
         subject: &Subject,
         actor_token: Option<&str>,
         now: i64,
@@ -331,7 +337,7 @@ impl Exchanger<'_> {
         let Some(version) = subject.trust_profile_version else {
             return Ok(allowed);
         };
-        let reach = crate::trust::reach(self.pool, &subject.owner, version)
+        let reach = crate::domain::trust::reach(self.pool, &subject.owner, version)
             .await
             .map_err(|error| ExchangeError::Unavailable(error.to_string()))?;
         let not_allowed = |reason: &str| {
@@ -360,7 +366,7 @@ impl Exchanger<'_> {
     /// gave the client's partner. Returns the consent id and the scopes left.
     async fn consent(
         &self,
-        client: &crate::clients::Client,
+        client: &crate::domain::clients::Client,
         subject: &Subject,
         target: &AudienceId,
         allowed: ScopeSet,
@@ -459,7 +465,7 @@ impl Exchanger<'_> {
             .audience(&request.target)
             .await?
             .ok_or_else(not_allowed)?;
-        crate::grants::require_binding(&audience, authenticated)
+        crate::domain::grants::require_binding(&audience, authenticated)
             .map_err(|denial| refuse(denial, "audience requires certificate-bound tokens"))?;
 
         let limits = ScopeLimits {

@@ -11,7 +11,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use crate::scopes::ScopeSet;
+use crate::domain::scopes::ScopeSet;
 
 #[derive(Debug, Clone)]
 pub struct TrustProfile {
@@ -474,7 +474,7 @@ pub async fn validate_partner_jwt(
     now: i64,
 ) -> Result<Validated, TrustError> {
     let reject = |reason: &str| Ok(Validated::Rejected(rejected(reason)));
-    let Ok(header) = crate::jwt::header(token) else {
+    let Ok(header) = crate::crypto::jwt::header(token) else {
         return reject("not a JWT");
     };
     let Ok(unverified) = jsonwebtoken::dangerous::insecure_decode::<Value>(token) else {
@@ -504,20 +504,20 @@ pub async fn validate_partner_jwt(
         KeySource::Inline(keys) => keys.clone(),
         KeySource::Uri(uri) => cache.keys_for(uri, header.kid.as_deref()).await?,
     };
-    let rules = crate::jwt::Rules {
+    let rules = crate::crypto::jwt::Rules {
         algorithms: &profile.algorithms,
         issuer,
         audience: our_issuer,
         audience_as_string: false,
-        typ: profile
-            .required_typ
-            .as_deref()
-            .map_or(crate::jwt::Typ::NotAccessToken, crate::jwt::Typ::Required),
+        typ: profile.required_typ.as_deref().map_or(
+            crate::crypto::jwt::Typ::NotAccessToken,
+            crate::crypto::jwt::Typ::Required,
+        ),
         max_lifetime_s: profile.max_assertion_lifetime,
         require_iat: true,
         require_jti: profile.single_use,
     };
-    let claims = match crate::jwt::validate(token, &keys.keys, &rules, now) {
+    let claims = match crate::crypto::jwt::validate(token, &keys.keys, &rules, now) {
         Ok(claims) => claims,
         Err(reason) => return reject(reason),
     };
@@ -531,12 +531,12 @@ pub async fn validate_partner_jwt(
     if let (true, Some(jti)) = (profile.single_use, claims.jti.as_deref()) {
         let expires_at = claims
             .exp
-            .checked_add(crate::jwt::FOREIGN_CLOCK_LEEWAY_S)
+            .checked_add(crate::crypto::jwt::FOREIGN_CLOCK_LEEWAY_S)
             .and_then(|at| OffsetDateTime::from_unix_timestamp(at).ok())
             .ok_or_else(|| TrustError::Malformed("exp out of range".into()))?;
-        let first_use = crate::replay::first_use(
+        let first_use = crate::storage::replay::first_use(
             pool,
-            crate::replay::AssertionKind::Partner,
+            crate::storage::replay::AssertionKind::Partner,
             issuer,
             jti,
             expires_at,

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::app::Application;
 use crate::config::Settings;
 use crate::dev::DevOptions;
-use crate::pki::DevPki;
+use crate::dev::pki::DevPki;
+use crate::startup::Application;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -188,11 +188,15 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
     let pool = crate::storage::pool(&settings.database)?;
     match command {
         KeysCommand::Rotate { .. } => {
-            crate::keys::ensure_keys(&pool, &settings.keys).await?;
-            let rotation =
-                crate::keys::rotate(&pool, &settings.keys, settings.max_token_lifetime, false)
-                    .await?
-                    .context("no key was rotated")?;
+            crate::crypto::keys::ensure_keys(&pool, &settings.keys).await?;
+            let rotation = crate::crypto::keys::rotate(
+                &pool,
+                &settings.keys,
+                settings.max_token_lifetime,
+                false,
+            )
+            .await?
+            .context("no key was rotated")?;
             let signer = crate::audit::AuditSigner::load(&pool, &settings.keys).await?;
             let (audit, writer) = crate::audit::AuditLog::start(
                 pool.clone(),
@@ -213,7 +217,7 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             );
         }
         KeysCommand::Rewrap { .. } => {
-            let rewrapped = crate::keys::rewrap(&pool, &settings.keys).await?;
+            let rewrapped = crate::crypto::keys::rewrap(&pool, &settings.keys).await?;
             println!(
                 "re-wrapped {} signing key(s) and {} audit key(s) under key-encryption key `{}`",
                 rewrapped.signing_keys, rewrapped.audit_keys, settings.keys.kek.id

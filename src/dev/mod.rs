@@ -2,6 +2,10 @@
 //! configured one, else the local default server, else a private cluster it starts itself),
 //! generates a dev PKI if there is none, migrates, and serves HTTPS.
 
+pub mod pki;
+pub mod postgres;
+pub mod seed;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,11 +13,11 @@ use anyhow::Context;
 use secrecy::SecretString;
 use sqlx::Connection;
 
-use crate::app::Application;
 use crate::config::{Kek, Provisioned, Settings, TlsFiles};
-use crate::local_postgres::LocalCluster;
-use crate::pki::DevPki;
-use crate::seed::Seed;
+use crate::dev::pki::DevPki;
+use crate::dev::postgres::LocalCluster;
+use crate::dev::seed::Seed;
+use crate::startup::Application;
 
 const DEV_DATABASE: &str = "tessera_dev";
 

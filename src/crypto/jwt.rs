@@ -9,6 +9,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::crypto::keys::{KeyError, KeySet};
+use crate::domain::tokens::{AccessTokenClaims, TokenRejection};
+
 /// Allowance for clocks other than ours, in seconds: how far `exp` may lie behind and `iat` or
 /// `nbf` ahead of our clock. Our own tokens get none.
 pub const FOREIGN_CLOCK_LEEWAY_S: i64 = 10;
@@ -174,6 +177,40 @@ fn check_times(claims: &ForeignClaims, rules: &Rules<'_>, now: i64) -> Result<()
         return Err("lives longer than allowed");
     }
     Ok(())
+}
+
+pub fn mint(keys: &KeySet, claims: &AccessTokenClaims) -> Result<String, KeyError> {
+    let payload = serde_json::to_vec(claims).map_err(|_| KeyError::Crypto)?;
+    keys.active.sign_access_token(&payload)
+}
+
+/// Validates a token this server issued: `typ: at+jwt`, a published `kid`, the pinned
+/// algorithm of that key, our issuer, numeric `exp`/`iat`/`nbf`, not expired.
+pub fn validate_own(
+    keys: &KeySet,
+    issuer: &str,
+    token: &str,
+    now: i64,
+) -> Result<AccessTokenClaims, TokenRejection> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
+    if header.typ.as_deref() != Some("at+jwt") {
+        return Err(TokenRejection::WrongType);
+    }
+    let kid = header.kid.as_deref().ok_or(TokenRejection::UnknownKey)?;
+    let (algorithm, key) = keys.verifier(kid).ok_or(TokenRejection::UnknownKey)?;
+    let mut validation = jsonwebtoken::Validation::new(algorithm);
+    validation.set_issuer(&[issuer]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    validation.validate_aud = false;
+    validation.validate_exp = false;
+    validation.leeway = 0;
+    let claims = jsonwebtoken::decode::<AccessTokenClaims>(token, &key, &validation)
+        .map_err(|_| TokenRejection::Invalid)?
+        .claims;
+    if claims.exp <= now {
+        return Err(TokenRejection::Expired);
+    }
+    Ok(claims)
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@ use serde_json::json;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use crate::audiences::AudienceId;
 use crate::audit::{AuditError, AuditLog, EventDetails, EventKind, Outcome};
-use crate::scopes::ScopeSet;
+use crate::domain::audiences::AudienceId;
+use crate::domain::scopes::ScopeSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsentStatus {

@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 
-use crate::audiences::{Audience, AudienceId};
 use crate::audit::{AuditError, AuditLog, EventDetails, EventKind, Outcome};
-use crate::client_auth::AuthenticatedClient;
-use crate::clients::Registry;
 use crate::config::TokenSettings;
-use crate::keys::{KeyError, KeyRing};
+use crate::crypto::keys::{KeyError, KeyRing};
+use crate::domain::audiences::{Audience, AudienceId};
+use crate::domain::clients::Registry;
+use crate::domain::scopes::ScopeSet;
+use crate::domain::tokens::{AccessTokenClaims, Confirmation};
 use crate::policy::PolicyDecision;
-use crate::scopes::ScopeSet;
-use crate::tokens::{AccessTokenClaims, Confirmation};
+use crate::service::authenticate::AuthenticatedClient;
 
 /// The grants Tessera supports, parsed once at the edge (the form's `grant_type`, a client's
 /// registration) so that dispatch is a `match`, not string comparisons.
@@ -140,7 +140,7 @@ pub enum DecisionError {
     #[error(transparent)]
     Denied(#[from] Denial),
     #[error(transparent)]
-    Registry(#[from] crate::clients::RegistryError),
+    Registry(#[from] crate::domain::clients::RegistryError),
 }
 
 pub struct Issued {
@@ -219,7 +219,7 @@ impl Issuer<'_> {
         now: i64,
     ) -> Result<Issued, IssueError> {
         let client = &authenticated.client;
-        let mut expires_in = crate::tokens::lifetime(&[
+        let mut expires_in = crate::domain::tokens::lifetime(&[
             self.settings.default_lifetime,
             self.settings.max_lifetime,
             client.max_lifetime,
@@ -267,7 +267,7 @@ impl Issuer<'_> {
             owner_region: Some(owner.region),
             may_act: provenance.may_act,
         };
-        let access_token = crate::tokens::mint(&self.keys.current(), &claims)?;
+        let access_token = crate::crypto::jwt::mint(&self.keys.current(), &claims)?;
         let details = EventDetails {
             request_id: Some(request_id.to_owned()),
             client_id: Some(client.id.to_string()),
@@ -309,16 +309,17 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_tokens_or_assertions() {
-        let credentials = crate::client_auth::Credentials {
+        let credentials = crate::service::authenticate::Credentials {
             assertion: Some("eyJ.assertion.secret".into()),
             ..Default::default()
         };
-        let params = crate::oauth::Params::parse(b"subject_token=eyJ.subject.secret").unwrap();
-        let request = crate::exchange::ExchangeRequest {
+        let params =
+            crate::http::oauth::Params::parse(b"subject_token=eyJ.subject.secret").unwrap();
+        let request = crate::service::exchange::ExchangeRequest {
             subject_token: "eyJ.subject.secret",
-            subject_token_type: crate::exchange::TokenType::AccessToken,
+            subject_token_type: crate::service::exchange::TokenType::AccessToken,
             actor_token: Some("eyJ.actor.secret"),
-            target: crate::audiences::AudienceId::parse("https://ledger.example").unwrap(),
+            target: crate::domain::audiences::AudienceId::parse("https://ledger.example").unwrap(),
             requested_scopes: None,
         };
         for printed in [

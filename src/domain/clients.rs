@@ -9,10 +9,10 @@ use std::time::Duration;
 use jsonwebtoken::jwk::JwkSet;
 use sqlx::{PgConnection, PgPool};
 
-use crate::audiences::{self, Audience, AudienceId};
 use crate::cache::Cache;
-use crate::grants::GrantType;
-use crate::scopes::ScopeSet;
+use crate::domain::audiences::{self, Audience, AudienceId};
+use crate::domain::grants::GrantType;
+use crate::domain::scopes::ScopeSet;
 use crate::tls::{ClientCertificate, DistinguishedName, SubjectAltName, TrustAnchor};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

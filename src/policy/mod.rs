@@ -15,9 +15,9 @@ use cedar_policy::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::audiences::Audience;
-use crate::clients::Client;
-use crate::scopes::ScopeSet;
+use crate::domain::audiences::Audience;
+use crate::domain::clients::Client;
+use crate::domain::scopes::ScopeSet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 
-use crate::scopes::ScopeSet;
+use crate::domain::scopes::ScopeSet;
 
 /// A resource server identifier (an absolute URI, RFC 8707 §2).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -10,8 +10,8 @@ use jsonwebtoken::Algorithm;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use crate::clients::{Authentication, Client, ClientId, Registry, RegistryError, Status};
-use crate::jwt;
+use crate::crypto::jwt;
+use crate::domain::clients::{Authentication, Client, ClientId, Registry, RegistryError, Status};
 use crate::tls::ClientCertificate;
 
 pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -202,9 +202,9 @@ async fn authenticate_assertion(
         .checked_add(jwt::FOREIGN_CLOCK_LEEWAY_S)
         .and_then(|at| OffsetDateTime::from_unix_timestamp(at).ok())
         .ok_or_else(|| failed(Some(&client_id), "client assertion exp out of range"))?;
-    let first_use = crate::replay::first_use(
+    let first_use = crate::storage::replay::first_use(
         pool,
-        crate::replay::AssertionKind::Client,
+        crate::storage::replay::AssertionKind::Client,
         &client_id,
         jti,
         expires_at,

@@ -1,5 +1,8 @@
 //! Building and running the HTTPS server from validated settings.
 
+pub mod drain;
+pub mod listeners;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,17 +13,17 @@ use actix_web::{App, web};
 use sqlx::PgPool;
 
 use crate::audit::{AuditLog, AuditSigner, CheckpointPolicy, WriterHandle};
-use crate::clients::{Registry, RegistryError, UsageTracker};
 use crate::config::{Settings, TokenSettings};
-use crate::grants::Issuer;
+use crate::crypto::keys::{KeyError, KeyRing};
+use crate::domain::clients::{Registry, RegistryError, UsageTracker};
+use crate::domain::grants::Issuer;
+use crate::domain::trust::JwksCache;
 use crate::http::{BodyDeadline, request_context};
-use crate::keys::{KeyError, KeyRing};
-use crate::listeners::ConnectionCounts;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, PolicyError};
+use crate::startup::listeners::ConnectionCounts;
 use crate::storage::StorageError;
 use crate::tls::{ClientTrust, TlsError};
-use crate::trust::JwksCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -43,7 +46,7 @@ pub enum StartupError {
     #[error("policies: {0}")]
     Policy(#[from] PolicyError),
     #[error(transparent)]
-    Trust(#[from] crate::trust::TrustError),
+    Trust(#[from] crate::domain::trust::TrustError),
     #[error("setting `trust.jwks_ca_file`: {0}")]
     JwksClient(String),
     #[error("installing signal handlers: {source}")]
@@ -63,7 +66,7 @@ pub struct Services {
     pub policy: Arc<PolicyEngine>,
     pub max_delegation_depth: u32,
     pub jwks: JwksCache,
-    pub revocations: crate::tokens::RevocationCache,
+    pub revocations: crate::storage::revocations::RevocationCache,
 }
 
 impl Services {
@@ -85,7 +88,7 @@ pub struct Application {
     background: Vec<tokio::task::JoinHandle<()>>,
     audit_writer: Option<WriterHandle>,
     stop_signals: StopSignals,
-    draining: crate::drain::Draining,
+    draining: crate::startup::drain::Draining,
 }
 
 impl Application {
@@ -108,12 +111,12 @@ impl Application {
             settings.server.tls_min_version,
             client_trust.clone(),
         )?;
-        client_trust.replace_pinned(crate::clients::self_signed_certificates(&pool).await?);
-        let partner_cas = crate::trust::client_cas(&pool).await?;
+        client_trust.replace_pinned(crate::domain::clients::self_signed_certificates(&pool).await?);
+        let partner_cas = crate::domain::trust::client_cas(&pool).await?;
         if !partner_cas.is_empty() {
             client_trust.replace_partner_roots(&partner_cas);
         }
-        crate::keys::ensure_keys(&pool, &settings.keys).await?;
+        crate::crypto::keys::ensure_keys(&pool, &settings.keys).await?;
         let keys = KeyRing::load(&pool, settings.keys.clone()).await?;
         let metrics = Metrics::new()?;
         let (audit, audit_writer) = if settings.audit.enabled {
@@ -171,7 +174,9 @@ impl Application {
             policy,
             max_delegation_depth: settings.max_delegation_depth,
             jwks: JwksCache::new(jwks_client(settings.jwks_ca_file.as_deref())?),
-            revocations: crate::tokens::RevocationCache::new(settings.registry.cache_ttl),
+            revocations: crate::storage::revocations::RevocationCache::new(
+                settings.registry.cache_ttl,
+            ),
         });
         let metrics = web::Data::new(metrics);
         let pool_data = web::Data::new(pool.clone());
@@ -179,7 +184,7 @@ impl Application {
         let trust_data = web::Data::from(client_trust.clone());
         let body_limit = settings.server.body_limit_bytes;
         let body_deadline = BodyDeadline(settings.server.request_timeout);
-        let draining = crate::drain::Draining::default();
+        let draining = crate::startup::drain::Draining::default();
         let draining_data = web::Data::new(draining.clone());
         let metrics_on_main_port = settings.server.ops_bind.is_none();
 
@@ -200,26 +205,26 @@ impl Application {
                     .app_data(web::PayloadConfig::new(body_limit))
                     .app_data(web::FormConfig::default().limit(body_limit))
                     .app_data(web::JsonConfig::default().limit(body_limit))
-                    .wrap(crate::fallback::error_bodies())
-                    .wrap(from_fn(crate::drain::close_when_draining))
+                    .wrap(crate::http::fallback::error_bodies())
+                    .wrap(from_fn(crate::startup::drain::close_when_draining))
                     .wrap(from_fn(request_context))
                     .configure(|config| {
                         if metrics_on_main_port {
-                            crate::ops::metrics_route(config);
+                            crate::http::ops::metrics_route(config);
                         }
                     })
-                    .configure(crate::ops::routes)
-                    .configure(crate::oauth::routes)
+                    .configure(crate::http::ops::routes)
+                    .configure(crate::http::oauth::routes)
             }
         };
-        let builder = crate::listeners::builder(&settings.server);
+        let builder = crate::startup::listeners::builder(&settings.server);
         let addr = settings.server.bind;
         let bind_error = |addr, setting, source| StartupError::Bind {
             setting,
             addr,
             source,
         };
-        let (builder, local_addr) = crate::listeners::https(
+        let (builder, local_addr) = crate::startup::listeners::https(
             builder,
             &settings.server,
             tls,
@@ -237,12 +242,12 @@ impl Application {
                         .app_data(pool_data.clone())
                         .app_data(audit_data.clone())
                         .app_data(draining_data.clone())
-                        .wrap(crate::fallback::error_bodies())
-                        .wrap(from_fn(crate::drain::close_when_draining))
+                        .wrap(crate::http::fallback::error_bodies())
+                        .wrap(from_fn(crate::startup::drain::close_when_draining))
                         .wrap(from_fn(request_context))
-                        .configure(crate::ops::probes)
+                        .configure(crate::http::ops::probes)
                 };
-                let (builder, bound) = crate::listeners::plain(
+                let (builder, bound) = crate::startup::listeners::plain(
                     builder,
                     ops_addr,
                     settings.server.request_timeout,
@@ -285,7 +290,7 @@ impl Application {
     }
 
     /// Serves until stopped: SIGTERM or SIGINT stop accepting, close kept-alive connections
-    /// through their responses for [`crate::drain::WINDOW`], let in-flight requests finish
+    /// through their responses for [`crate::startup::drain::WINDOW`], let in-flight requests finish
     /// (up to `server.shutdown_timeout_s`), then close the database pool.
     pub async fn run(self) -> std::io::Result<()> {
         let handle = self.server.handle();
@@ -299,7 +304,7 @@ impl Application {
             // every response tells its client to close the connection.
             draining.start();
             handle.pause().await;
-            tokio::time::sleep(crate::drain::WINDOW).await;
+            tokio::time::sleep(crate::startup::drain::WINDOW).await;
             handle.stop(true).await;
         });
         let result = self.server.await;
@@ -363,7 +368,7 @@ fn spawn_trust_refresh(
         let mut current_partner_cas = Vec::new();
         loop {
             ticker.tick().await;
-            match crate::clients::self_signed_certificates(&pool).await {
+            match crate::domain::clients::self_signed_certificates(&pool).await {
                 Ok(certificates) => trust.replace_pinned(certificates),
                 Err(error) => {
                     tracing::warn!(%error, "refreshing pinned client certificates failed")
@@ -378,7 +383,7 @@ fn spawn_trust_refresh(
                 }
                 Err(error) => tracing::warn!(%error, "re-reading CRLs failed"),
             }
-            match crate::trust::client_cas(&pool).await {
+            match crate::domain::trust::client_cas(&pool).await {
                 Ok(partner_cas) if partner_cas != current_partner_cas => {
                     trust.replace_partner_roots(&partner_cas);
                     current_partner_cas = partner_cas;

@@ -10,7 +10,7 @@ use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{HttpResponse, ResponseError, web};
 use serde_json::json;
 
-use crate::problem::Problem;
+use crate::http::problem::Problem;
 
 /// Rewrites error responses that carry no JSON body.
 pub fn error_bodies<B: MessageBody + 'static>() -> ErrorHandlers<B> {

@@ -1,0 +1,4 @@
+//! Signing keys and their envelope encryption, and the one path that validates JWTs.
+
+pub mod jwt;
+pub mod keys;

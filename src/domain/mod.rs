@@ -1,0 +1,10 @@
+//! The model, in plain Rust: no HTTP, SQL, TLS or JWT library types. Functions that depend on
+//! time take `now`.
+
+pub mod audiences;
+pub mod clients;
+pub mod consents;
+pub mod grants;
+pub mod scopes;
+pub mod tokens;
+pub mod trust;
