@@ -3,8 +3,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use sqlx::PgConnection;
-
 use crate::domain::scopes::ScopeSet;
 
 /// A resource server identifier (an absolute URI, RFC 8707 §2).
@@ -51,48 +49,6 @@ pub struct Audience {
     /// "standard" or "settlement" (policy keeps settlement reachable by exchange only).
     pub kind: String,
     pub cross_region_allowed: bool,
-}
-
-#[derive(sqlx::FromRow)]
-struct AudienceRow {
-    id: String,
-    name: String,
-    scopes: Vec<String>,
-    max_lifetime_s: i32,
-    require_certificate_bound: bool,
-    region: String,
-    kind: String,
-    cross_region_allowed: bool,
-}
-
-impl From<AudienceRow> for Option<Audience> {
-    fn from(row: AudienceRow) -> Self {
-        Some(Audience {
-            id: AudienceId::parse(&row.id)?,
-            name: row.name,
-            scopes: ScopeSet::from_stored(&row.scopes),
-            max_lifetime: Duration::from_secs(u64::try_from(row.max_lifetime_s).ok()?),
-            require_certificate_bound: row.require_certificate_bound,
-            region: row.region,
-            kind: row.kind,
-            cross_region_allowed: row.cross_region_allowed,
-        })
-    }
-}
-
-pub async fn find(
-    conn: &mut PgConnection,
-    id: &AudienceId,
-) -> Result<Option<Audience>, sqlx::Error> {
-    let row: Option<AudienceRow> = sqlx::query_as(
-        "SELECT id, name, scopes, max_lifetime_s, require_certificate_bound, region, kind,
-                cross_region_allowed
-           FROM audiences WHERE id = $1",
-    )
-    .bind(id.as_str())
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.and_then(Into::into))
 }
 
 #[cfg(test)]

@@ -7,11 +7,11 @@ use crate::audit::{AuditError, AuditLog, EventDetails, EventKind, Outcome};
 use crate::config::TokenSettings;
 use crate::crypto::keys::{KeyError, KeyRing};
 use crate::domain::audiences::{Audience, AudienceId};
-use crate::domain::clients::Registry;
 use crate::domain::scopes::ScopeSet;
 use crate::domain::tokens::{AccessTokenClaims, Confirmation};
 use crate::policy::PolicyDecision;
 use crate::service::authenticate::AuthenticatedClient;
+use crate::storage::registry::Registry;
 
 /// The grants Tessera supports, parsed once at the edge (the form's `grant_type`, a client's
 /// registration) so that dispatch is a `match`, not string comparisons.
@@ -140,7 +140,7 @@ pub enum DecisionError {
     #[error(transparent)]
     Denied(#[from] Denial),
     #[error(transparent)]
-    Registry(#[from] crate::domain::clients::RegistryError),
+    Registry(#[from] crate::storage::clients::RegistryError),
 }
 
 pub struct Issued {
@@ -237,7 +237,7 @@ impl Issuer<'_> {
             return Err(IssueError::SubjectExpired);
         }
         let owner = provenance.owner.unwrap_or_else(|| Owner {
-            partner: client.partner.0.clone(),
+            partner: client.partner.to_string(),
             region: client.partner_region.clone(),
         });
         let claims = AccessTokenClaims {
@@ -271,7 +271,7 @@ impl Issuer<'_> {
         let details = EventDetails {
             request_id: Some(request_id.to_owned()),
             client_id: Some(client.id.to_string()),
-            partner: Some(client.partner.0.clone()),
+            partner: Some(client.partner.to_string()),
             subject: Some(claims.sub.clone()),
             audience: Some(claims.aud.clone()),
             scopes: decision.scopes.to_vec(),

@@ -5,6 +5,8 @@ pub mod audiences;
 pub mod clients;
 pub mod consents;
 pub mod grants;
+pub mod ids;
+pub mod jwks;
 pub mod scopes;
 pub mod tokens;
 pub mod trust;

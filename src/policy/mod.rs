@@ -141,7 +141,7 @@ impl PolicyEngine {
             "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
             action.name(),
             client.id,
-            client.partner.0,
+            client.partner.as_str(),
             client.partner_region,
             audience.id,
             audience.region,
@@ -250,7 +250,7 @@ fn evaluate_request(
     context: &PolicyContext<'_>,
 ) -> Result<(bool, Vec<String>), String> {
     let text = |value: &str| RestrictedExpression::new_string(value.to_owned());
-    let partner = uid("Partner", &client.partner.0)?;
+    let partner = uid("Partner", client.partner.as_str())?;
     let principal = uid("Client", client.id.as_str())?;
     let resource = uid("Audience", audience.id.as_str())?;
     let entity =
@@ -275,7 +275,7 @@ fn evaluate_request(
             entity(
                 principal.clone(),
                 vec![
-                    ("partner", text(&client.partner.0)),
+                    ("partner", text(client.partner.as_str())),
                     ("region", text(&client.partner_region)),
                 ],
                 vec![partner],

@@ -11,7 +11,10 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 
 use crate::crypto::jwt;
-use crate::domain::clients::{Authentication, Client, ClientId, Registry, RegistryError, Status};
+use crate::domain::clients::{Authentication, Client, Status};
+use crate::domain::ids::ClientId;
+use crate::storage::clients::RegistryError;
+use crate::storage::registry::Registry;
 use crate::tls::ClientCertificate;
 
 pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -188,7 +191,7 @@ async fn authenticate_assertion(
         require_iat: false,
         require_jti: true,
     };
-    let claims = jwt::validate(assertion, &jwks.keys, &rules, now)
+    let claims = jwt::validate(assertion, jwks, &rules, now)
         .map_err(|reason| failed(Some(&client_id), reason))?;
     if claims.sub != client_id {
         return Err(failed(

@@ -11,13 +11,13 @@ use time::OffsetDateTime;
 use crate::crypto::jwt::validate_own;
 use crate::crypto::keys::KeySet;
 use crate::domain::audiences::AudienceId;
-use crate::domain::clients::Registry;
 use crate::domain::consents;
 use crate::domain::grants::{Decision, Denial, Owner, Provenance, grant_scopes};
 use crate::domain::scopes::ScopeSet;
 use crate::domain::tokens::AccessTokenClaims;
 use crate::policy::{Action, PolicyContext, PolicyEngine};
 use crate::service::authenticate::AuthenticatedClient;
+use crate::storage::registry::Registry;
 
 /// RFC 8693 §3 token type identifiers this server accepts and issues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,8 +109,8 @@ impl From<sqlx::Error> for ExchangeError {
     }
 }
 
-impl From<crate::domain::clients::RegistryError> for ExchangeError {
-    fn from(error: crate::domain::clients::RegistryError) -> Self {
+impl From<crate::storage::clients::RegistryError> for ExchangeError {
+    fn from(error: crate::storage::clients::RegistryError) -> Self {
         Self::Unavailable(error.to_string())
     }
 }
@@ -119,7 +119,7 @@ impl From<crate::domain::clients::RegistryError> for ExchangeError {
 pub struct Exchanger<'a> {
     pub keys: &'a KeySet,
     pub revocations: &'a crate::storage::revocations::RevocationCache,
-    pub jwks: &'a crate::domain::trust::JwksCache,
+    pub jwks: &'a crate::crypto::jwks::JwksCache,
     pub issuer: &'a str,
     pub pool: &'a PgPool,
     pub registry: &'a Registry,
@@ -153,7 +153,7 @@ impl Exchanger<'_> {
             return Ok(Err("revoked, or exchanged from a revoked token".into()));
         }
         if let Some(consent) = &claims.consent_id
-            && !consents::still_active(self.pool, consent, at(now)).await?
+            && !crate::storage::consents::still_active(self.pool, consent, at(now)).await?
         {
             return Ok(Err("issued under a consent that is no longer active".into()));
         }
@@ -211,7 +211,7 @@ impl Exchanger<'_> {
     }
 
     async fn partner_subject(&self, token: &str, now: i64) -> Result<Subject, ExchangeError> {
-        let validated = crate::domain::trust::validate_partner_jwt(
+        let validated = crate::service::partner_jwt::validate_partner_jwt(
             self.pool,
             self.jwks,
             token,
@@ -277,7 +277,7 @@ impl Exchanger<'_> {
                     return Err(bad_actor("the actor_token was not issued to this client"));
                 }
                 if actor.sub != actor.client_id
-                    || actor.owner_partner.as_deref() != Some(client.partner.0.as_str())
+                    || actor.owner_partner.as_deref() != Some(client.partner.as_str())
                 {
                     return Err(bad_actor(
                         "the actor_token must be the client's own token about itself",
@@ -337,7 +337,7 @@ impl Exchanger<'_> {
         let Some(version) = subject.trust_profile_version else {
             return Ok(allowed);
         };
-        let reach = crate::domain::trust::reach(self.pool, &subject.owner, version)
+        let reach = crate::storage::trust::reach(self.pool, &subject.owner, version)
             .await
             .map_err(|error| ExchangeError::Unavailable(error.to_string()))?;
         let not_allowed = |reason: &str| {
@@ -382,7 +382,7 @@ impl Exchanger<'_> {
         };
         if let Some(id) = &subject.consent_id {
             let consent = match uuid::Uuid::parse_str(id) {
-                Ok(id) => consents::current(self.pool, id).await?,
+                Ok(id) => crate::storage::consents::current(self.pool, id).await?,
                 Err(_) => None,
             }
             .ok_or_else(|| refused("the subject token's consent does not exist"))?;
@@ -394,8 +394,8 @@ impl Exchanger<'_> {
                     "the subject token's consent was not given by its data owner",
                 ));
             }
-            let is_owner = client.partner.0 == subject.owner;
-            let is_grantee = client.partner.0 == consent.grantee_partner
+            let is_owner = client.partner.as_str() == subject.owner;
+            let is_grantee = client.partner.as_str() == consent.grantee_partner
                 && consent
                     .grantee_client
                     .as_deref()
@@ -407,13 +407,13 @@ impl Exchanger<'_> {
             }
             return Ok((Some(id.clone()), allowed.intersection(&consent.scopes)));
         }
-        if subject.owner == client.partner.0 {
+        if subject.owner == client.partner.as_str() {
             return Ok((None, allowed));
         }
-        let candidates = consents::between(
+        let candidates = crate::storage::consents::between(
             self.pool,
             &subject.owner,
-            &client.partner.0,
+            client.partner.as_str(),
             client.id.as_str(),
         )
         .await?;

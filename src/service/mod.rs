@@ -2,3 +2,4 @@
 
 pub mod authenticate;
 pub mod exchange;
+pub mod partner_jwt;

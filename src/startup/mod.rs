@@ -14,15 +14,16 @@ use sqlx::PgPool;
 
 use crate::audit::{AuditLog, AuditSigner, CheckpointPolicy, WriterHandle};
 use crate::config::{Settings, TokenSettings};
+use crate::crypto::jwks::JwksCache;
 use crate::crypto::keys::{KeyError, KeyRing};
-use crate::domain::clients::{Registry, RegistryError, UsageTracker};
 use crate::domain::grants::Issuer;
-use crate::domain::trust::JwksCache;
 use crate::http::{BodyDeadline, request_context};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, PolicyError};
 use crate::startup::listeners::ConnectionCounts;
 use crate::storage::StorageError;
+use crate::storage::clients::{RegistryError, UsageTracker};
+use crate::storage::registry::Registry;
 use crate::tls::{ClientTrust, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +47,7 @@ pub enum StartupError {
     #[error("policies: {0}")]
     Policy(#[from] PolicyError),
     #[error(transparent)]
-    Trust(#[from] crate::domain::trust::TrustError),
+    Trust(#[from] crate::storage::trust::TrustError),
     #[error("setting `trust.jwks_ca_file`: {0}")]
     JwksClient(String),
     #[error("installing signal handlers: {source}")]
@@ -111,8 +112,9 @@ impl Application {
             settings.server.tls_min_version,
             client_trust.clone(),
         )?;
-        client_trust.replace_pinned(crate::domain::clients::self_signed_certificates(&pool).await?);
-        let partner_cas = crate::domain::trust::client_cas(&pool).await?;
+        client_trust
+            .replace_pinned(crate::storage::clients::self_signed_certificates(&pool).await?);
+        let partner_cas = crate::storage::trust::client_cas(&pool).await?;
         if !partner_cas.is_empty() {
             client_trust.replace_partner_roots(&partner_cas);
         }
@@ -368,7 +370,7 @@ fn spawn_trust_refresh(
         let mut current_partner_cas = Vec::new();
         loop {
             ticker.tick().await;
-            match crate::domain::clients::self_signed_certificates(&pool).await {
+            match crate::storage::clients::self_signed_certificates(&pool).await {
                 Ok(certificates) => trust.replace_pinned(certificates),
                 Err(error) => {
                     tracing::warn!(%error, "refreshing pinned client certificates failed")
@@ -383,7 +385,7 @@ fn spawn_trust_refresh(
                 }
                 Err(error) => tracing::warn!(%error, "re-reading CRLs failed"),
             }
-            match crate::domain::trust::client_cas(&pool).await {
+            match crate::storage::trust::client_cas(&pool).await {
                 Ok(partner_cas) if partner_cas != current_partner_cas => {
                     trust.replace_partner_roots(&partner_cas);
                     current_partner_cas = partner_cas;

@@ -1,7 +1,12 @@
 //! The PostgreSQL pool and the embedded migrations.
 
+pub mod audiences;
+pub mod clients;
+pub mod consents;
+pub mod registry;
 pub mod replay;
 pub mod revocations;
+pub mod trust;
 
 use std::str::FromStr;
 

@@ -142,13 +142,19 @@ impl ClientTrust {
 
     /// Replaces the partners' client CAs (from their active trust profiles); each partner's
     /// CAs form an anchor of their own.
-    pub fn replace_partner_roots(&self, partners: &[(String, Vec<CertificateDer<'static>>)]) {
+    /// Each partner's client CAs, as PEM; certificates that do not parse are skipped.
+    pub fn replace_partner_roots(&self, partners: &[(String, String)]) {
+        let partners = partners
+            .iter()
+            .map(|(partner, pem)| {
+                let roots = CertificateDer::pem_slice_iter(pem.as_bytes())
+                    .filter_map(Result::ok)
+                    .collect();
+                (partner.clone(), roots)
+            })
+            .collect();
         let updated = self.update(|current| {
-            Anchors::build(
-                current.server_roots.clone(),
-                partners.to_vec(),
-                current.crls.clone(),
-            )
+            Anchors::build(current.server_roots.clone(), partners, current.crls.clone())
         });
         if let Err(error) = updated {
             tracing::error!(%error, "client trust unchanged");
@@ -188,7 +194,7 @@ impl ClientTrust {
         Ok(())
     }
 
-    pub fn replace_pinned(&self, certificates: Vec<CertificateDer<'static>>) {
+    pub fn replace_pinned(&self, certificates: Vec<Vec<u8>>) {
         // Pinning skips path validation, so the validity period is checked here instead; the
         // set is rebuilt every few seconds, which retires an expired certificate promptly.
         let pinned = certificates

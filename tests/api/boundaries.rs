@@ -201,7 +201,7 @@ pub(crate) fn client(id: &str, partner: &str) -> ClientSeed {
 }
 
 pub(crate) async fn publish_ca(app: &TestApp, partner: &str, ca: &TestCa) {
-    tessera::domain::trust::publish(
+    tessera::storage::trust::publish(
         &app.pool,
         &crate::helpers::admin_audit(app).await,
         partner,
@@ -468,7 +468,7 @@ async fn consent(
     scopes: &[&str],
 ) -> uuid::Uuid {
     let now = time::OffsetDateTime::now_utc();
-    tessera::domain::consents::create(
+    tessera::storage::consents::create(
         &app.pool,
         &crate::helpers::admin_audit(app).await,
         &tessera::domain::consents::NewConsent {
@@ -496,7 +496,7 @@ async fn publish_profile(
     audiences: &[&str],
     required_typ: Option<&str>,
 ) {
-    tessera::domain::trust::publish(
+    tessera::storage::trust::publish(
         &app.pool,
         &crate::helpers::admin_audit(app).await,
         "partner-d",
@@ -708,7 +708,7 @@ async fn revoking_the_consent_deactivates_every_descendant() {
     );
     let consent_id =
         uuid::Uuid::parse_str(decoded(&second)["consent_id"].as_str().unwrap()).unwrap();
-    tessera::domain::consents::revoke(
+    tessera::storage::consents::revoke(
         &app.pool,
         &crate::helpers::admin_audit(&app).await,
         consent_id,
@@ -1279,8 +1279,8 @@ async fn concurrent_claims_of_one_issuer_leave_it_with_one_partner() {
     };
     for _ in 0..5 {
         let (d, e) = tokio::join!(
-            tessera::domain::trust::publish(&app.pool, &audit, "partner-d", &profile, "admin"),
-            tessera::domain::trust::publish(&app.pool, &audit, "partner-e", &profile, "admin"),
+            tessera::storage::trust::publish(&app.pool, &audit, "partner-d", &profile, "admin"),
+            tessera::storage::trust::publish(&app.pool, &audit, "partner-e", &profile, "admin"),
         );
         let owners: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT p.partner_id FROM trust_profiles p

@@ -138,7 +138,7 @@ async fn world() -> World {
             .unwrap();
         }
     }
-    tessera::domain::trust::publish(
+    tessera::storage::trust::publish(
         &app.pool,
         &crate::helpers::admin_audit(&app).await,
         "partner-d",
@@ -233,7 +233,7 @@ async fn run_case(world: &World, rng: &mut Rng, case: usize) -> usize {
         )
     };
     let now = time::OffsetDateTime::now_utc();
-    let consent = tessera::domain::consents::create(
+    let consent = tessera::storage::consents::create(
         &app.pool,
         &crate::helpers::admin_audit(app).await,
         &tessera::domain::consents::NewConsent {
@@ -390,7 +390,7 @@ async fn run_case(world: &World, rng: &mut Rng, case: usize) -> usize {
         }
         // Revoke at random points: the consent, or one token (and so its descendants).
         if !consent_revoked && rng.chance(8) {
-            tessera::domain::consents::revoke(
+            tessera::storage::consents::revoke(
                 &app.pool,
                 &crate::helpers::admin_audit(app).await,
                 consent.id,
@@ -427,7 +427,7 @@ async fn run_case(world: &World, rng: &mut Rng, case: usize) -> usize {
     }
     // Cases share the partners: a consent left active would cover the next case's chain.
     if !consent_revoked {
-        tessera::domain::consents::revoke(
+        tessera::storage::consents::revoke(
             &app.pool,
             &crate::helpers::admin_audit(app).await,
             consent.id,

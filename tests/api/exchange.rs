@@ -487,7 +487,7 @@ impl Consents {
         until_hours: i64,
     ) -> uuid::Uuid {
         let now = time::OffsetDateTime::now_utc();
-        tessera::domain::consents::create(
+        tessera::storage::consents::create(
             &self.pool,
             &self.audit,
             &tessera::domain::consents::NewConsent {
@@ -554,7 +554,7 @@ async fn another_partners_subject_is_exchanged_only_under_active_consent() {
 
     assert_eq!(introspect_as_ledger(&app, &issued).await["active"], true);
 
-    tessera::domain::consents::revoke(
+    tessera::storage::consents::revoke(
         &app.pool,
         &consents.audit,
         consent,

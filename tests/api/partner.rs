@@ -103,7 +103,7 @@ pub(crate) async fn setup() -> Setup {
     // Partner D consents to partner A's treasury acting on its subjects at the ledger.
     let audit = crate::helpers::admin_audit(&app).await;
     let now = time::OffsetDateTime::now_utc();
-    tessera::domain::consents::create(
+    tessera::storage::consents::create(
         &app.pool,
         &audit,
         &tessera::domain::consents::NewConsent {
@@ -135,7 +135,7 @@ pub(crate) async fn publish_with(
     active: bool,
     client_ca_pem: Option<String>,
 ) -> i32 {
-    tessera::domain::trust::publish(
+    tessera::storage::trust::publish(
         &app.pool,
         &crate::helpers::admin_audit(app).await,
         partner,
@@ -247,7 +247,7 @@ async fn partner_jwt_refusals_are_invalid_request_and_issue_nothing() {
     let Setup { app, key, .. } = setup().await;
     let stranger = partner_key("e-1");
     // Partner E vouches through its own issuer and key.
-    tessera::domain::trust::publish(
+    tessera::storage::trust::publish(
         &app.pool,
         &crate::helpers::admin_audit(&app).await,
         "partner-e",
@@ -542,7 +542,7 @@ async fn a_profiles_client_ca_feeds_mtls_trust_without_a_restart() {
 #[tokio::test]
 async fn an_issuer_vouches_for_one_partner_only() {
     let Setup { app, idp, .. } = setup().await;
-    let claimed = tessera::domain::trust::publish(
+    let claimed = tessera::storage::trust::publish(
         &app.pool,
         &crate::helpers::admin_audit(&app).await,
         "partner-e",

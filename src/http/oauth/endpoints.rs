@@ -46,7 +46,7 @@ impl Call<'_> {
         EventDetails {
             request_id: Some(self.request_id.clone()),
             client_id: self.client.map(|c| c.client.id.to_string()),
-            partner: self.client.map(|c| c.client.partner.0.clone()),
+            partner: self.client.map(|c| c.client.partner.to_string()),
             ..EventDetails::default()
         }
     }
@@ -353,7 +353,7 @@ async fn client_credentials(
         &decision.audience,
         &PolicyContext {
             scopes: &decision.scopes,
-            subject_partner: &client.partner.0,
+            subject_partner: client.partner.as_str(),
             subject_issuer: &call.services.tokens.issuer,
             subject_region: &client.partner_region,
             consent: false,
@@ -586,7 +586,7 @@ async fn active_token(
         return Ok(None);
     }
     if let Some(consent) = &claims.consent_id {
-        let active = crate::domain::consents::still_active(
+        let active = crate::storage::consents::still_active(
             &services.pool,
             consent,
             time::OffsetDateTime::now_utc(),
