@@ -10,9 +10,13 @@ use jsonwebtoken::Algorithm;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
+use crate::audit::{EventDetails, EventKind};
 use crate::crypto::jwt;
+use crate::crypto::keys::unix_now;
 use crate::domain::clients::{Authentication, Client, Status};
 use crate::domain::ids::ClientId;
+use crate::service::{Call, OAuthError};
+use crate::startup::Services;
 use crate::storage::clients::RegistryError;
 use crate::storage::registry::Registry;
 use crate::tls::ClientCertificate;
@@ -221,4 +225,73 @@ async fn authenticate_assertion(
         client,
         certificate,
     })
+}
+
+/// What the edge read of the caller's credentials, or why it refused them, with the client id
+/// the caller claimed (bounded) for the audit record.
+pub type Presented = Result<Credentials, (OAuthError, Option<String>)>;
+
+/// Authenticates the caller of a protected endpoint. Every failure is counted and audited and
+/// reaches the caller as one `invalid_client`.
+pub async fn caller(
+    services: &Services,
+    request_id: &str,
+    certificate: Option<ClientCertificate>,
+    presented: Presented,
+) -> Result<AuthenticatedClient, OAuthError> {
+    let call = Call {
+        services,
+        request_id,
+        client: None,
+    };
+    let credentials = match presented {
+        Ok(credentials) => credentials,
+        Err((error, client_id)) => {
+            let details = EventDetails {
+                client_id,
+                ..call.details()
+            };
+            return Err(call
+                .deny(EventKind::ClientAuthenticationFailed, error, details)
+                .await);
+        }
+    };
+    let result = authenticate(
+        &credentials,
+        certificate,
+        &services.registry,
+        &services.pool,
+        &services.tokens.issuer,
+        unix_now(),
+    )
+    .await;
+    match result {
+        Ok(authenticated) => {
+            services.usage.record(
+                &authenticated.client.id,
+                authenticated
+                    .certificate
+                    .as_ref()
+                    .map(|certificate| certificate.not_after),
+            );
+            Ok(authenticated)
+        }
+        Err(AuthError::Failed { client_id, reason }) => {
+            let details = EventDetails {
+                client_id,
+                reason: Some(reason.to_owned()),
+                ..call.details()
+            };
+            let error = OAuthError::InvalidClient {
+                challenge: credentials.authorization.flatten(),
+            };
+            Err(call
+                .deny(EventKind::ClientAuthenticationFailed, error, details)
+                .await)
+        }
+        Err(AuthError::Unavailable(error)) => {
+            tracing::error!(%error, "client authentication unavailable");
+            Err(OAuthError::TemporarilyUnavailable)
+        }
+    }
 }

@@ -5,65 +5,22 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use crate::crypto::jwt::validate_own;
-use crate::crypto::keys::KeySet;
+use crate::audit::{EventDetails, EventKind};
+use crate::crypto::keys::unix_now;
 use crate::domain::audiences::AudienceId;
 use crate::domain::consents;
-use crate::domain::grants::{Decision, Denial, Owner, Provenance, grant_scopes};
+use crate::domain::grants::{
+    Decision, Denial, ExchangeRequest, GrantType, Owner, Provenance, TokenType, grant_scopes,
+};
 use crate::domain::scopes::ScopeSet;
-use crate::domain::tokens::AccessTokenClaims;
-use crate::policy::{Action, PolicyContext, PolicyEngine};
+use crate::policy::{Action, PolicyContext};
 use crate::service::authenticate::AuthenticatedClient;
-use crate::storage::registry::Registry;
-
-/// RFC 8693 §3 token type identifiers this server accepts and issues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenType {
-    AccessToken,
-    Jwt,
-}
-
-impl TokenType {
-    pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "urn:ietf:params:oauth:token-type:access_token" => Some(Self::AccessToken),
-            "urn:ietf:params:oauth:token-type:jwt" => Some(Self::Jwt),
-            _ => None,
-        }
-    }
-
-    pub fn urn(self) -> &'static str {
-        match self {
-            Self::AccessToken => "urn:ietf:params:oauth:token-type:access_token",
-            Self::Jwt => "urn:ietf:params:oauth:token-type:jwt",
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct ExchangeRequest<'a> {
-    /// `access_token`: one of our tokens; `jwt`: a partner's JWT.
-    pub subject_token: &'a str,
-    pub subject_token_type: TokenType,
-    pub actor_token: Option<&'a str>,
-    pub target: AudienceId,
-    pub requested_scopes: Option<ScopeSet>,
-}
-
-impl std::fmt::Debug for ExchangeRequest<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExchangeRequest")
-            .field("subject_token", &"[redacted]")
-            .field("subject_token_type", &self.subject_token_type)
-            .field("actor_token", &self.actor_token.map(|_| "[redacted]"))
-            .field("target", &self.target)
-            .field("requested_scopes", &self.requested_scopes)
-            .finish()
-    }
-}
+use crate::service::issue::Issued;
+use crate::service::live::live_token;
+use crate::service::{Call, OAuthError};
+use crate::startup::Services;
 
 /// A refusal: what the caller is told, and the precise reason the audit trail keeps.
 #[derive(Debug, Clone)]
@@ -116,15 +73,8 @@ impl From<crate::storage::clients::RegistryError> for ExchangeError {
 }
 
 /// What the exchange decides with.
-pub struct Exchanger<'a> {
-    pub keys: &'a KeySet,
-    pub revocations: &'a crate::storage::revocations::RevocationCache,
-    pub jwks: &'a crate::crypto::jwks::JwksCache,
-    pub issuer: &'a str,
-    pub pool: &'a PgPool,
-    pub registry: &'a Registry,
-    pub policy: &'a PolicyEngine,
-    pub max_delegation_depth: u32,
+struct Exchanger<'a> {
+    services: &'a Services,
 }
 
 /// Depth of an `act` chain: one per nested actor.
@@ -139,27 +89,6 @@ fn depth(act: Option<&Value>) -> u32 {
 }
 
 impl Exchanger<'_> {
-    /// One of our tokens, valid now, not revoked (nor any ancestor), its consent still active.
-    async fn live_token(
-        &self,
-        token: &str,
-        now: i64,
-    ) -> Result<Result<AccessTokenClaims, String>, ExchangeError> {
-        let claims = match validate_own(self.keys, self.issuer, token, now) {
-            Ok(claims) => claims,
-            Err(rejection) => return Ok(Err(rejection.to_string())),
-        };
-        if self.revocations.is_revoked(self.pool, &claims.jti).await? {
-            return Ok(Err("revoked, or exchanged from a revoked token".into()));
-        }
-        if let Some(consent) = &claims.consent_id
-            && !crate::storage::consents::still_active(self.pool, consent, at(now)).await?
-        {
-            return Ok(Err("issued under a consent that is no longer active".into()));
-        }
-        Ok(Ok(claims))
-    }
-
     /// The subject of the exchange, from one of our tokens or from a partner's JWT, as its
     /// declared type says.
     async fn subject(
@@ -172,8 +101,7 @@ impl Exchanger<'_> {
         if token_type == TokenType::Jwt {
             return self.partner_subject(token, now).await;
         }
-        let subject = self
-            .live_token(token, now)
+        let subject = live_token(self.services, token, now)
             .await?
             .map_err(|reason| bad_subject(format!("subject_token {reason}")))?;
         let holds = subject.client_id == client.id.as_str()
@@ -212,10 +140,10 @@ impl Exchanger<'_> {
 
     async fn partner_subject(&self, token: &str, now: i64) -> Result<Subject, ExchangeError> {
         let validated = crate::service::partner_jwt::validate_partner_jwt(
-            self.pool,
-            self.jwks,
+            &self.services.pool,
+            &self.services.jwks,
             token,
-            self.issuer,
+            &self.services.tokens.issuer,
             now,
         )
         .await
@@ -269,8 +197,7 @@ impl Exchanger<'_> {
                 expires_at: None,
             },
             Some(token) => {
-                let actor = self
-                    .live_token(token, now)
+                let actor = live_token(self.services, token, now)
                     .await?
                     .map_err(|reason| bad_actor(format!("actor_token {reason}")))?;
                 if actor.client_id != client.id.as_str() {
@@ -309,17 +236,17 @@ impl Exchanger<'_> {
                         "the subject's may_act requires an actor_token naming that actor",
                     ));
                 }
-                Some(acting) if !may_act_names(may_act, acting, self.issuer) => {
+                Some(acting) if !may_act_names(may_act, acting, &self.services.tokens.issuer) => {
                     return Err(bad_actor("the subject's may_act does not name this actor"));
                 }
                 Some(_) => {}
             }
         }
         let delegation_depth = depth(actor.act.as_ref());
-        if delegation_depth > self.max_delegation_depth {
+        if delegation_depth > self.services.max_delegation_depth {
             return Err(bad_actor(format!(
                 "delegation chain of {delegation_depth} exceeds the cap of {}",
-                self.max_delegation_depth
+                self.services.max_delegation_depth
             )));
         }
         Ok(actor)
@@ -337,7 +264,7 @@ impl Exchanger<'_> {
         let Some(version) = subject.trust_profile_version else {
             return Ok(allowed);
         };
-        let reach = crate::storage::trust::reach(self.pool, &subject.owner, version)
+        let reach = crate::storage::trust::reach(&self.services.pool, &subject.owner, version)
             .await
             .map_err(|error| ExchangeError::Unavailable(error.to_string()))?;
         let not_allowed = |reason: &str| {
@@ -382,7 +309,7 @@ impl Exchanger<'_> {
         };
         if let Some(id) = &subject.consent_id {
             let consent = match uuid::Uuid::parse_str(id) {
-                Ok(id) => crate::storage::consents::current(self.pool, id).await?,
+                Ok(id) => crate::storage::consents::current(&self.services.pool, id).await?,
                 Err(_) => None,
             }
             .ok_or_else(|| refused("the subject token's consent does not exist"))?;
@@ -411,7 +338,7 @@ impl Exchanger<'_> {
             return Ok((None, allowed));
         }
         let candidates = crate::storage::consents::between(
-            self.pool,
+            &self.services.pool,
             &subject.owner,
             client.partner.as_str(),
             client.id.as_str(),
@@ -430,7 +357,7 @@ impl Exchanger<'_> {
         Err(refused(uncovered.reason()))
     }
 
-    pub async fn decide(
+    async fn decide(
         &self,
         authenticated: &AuthenticatedClient,
         request: &ExchangeRequest<'_>,
@@ -461,11 +388,12 @@ impl Exchanger<'_> {
             .get(&request.target)
             .ok_or_else(not_allowed)?;
         let audience = self
+            .services
             .registry
             .audience(&request.target)
             .await?
             .ok_or_else(not_allowed)?;
-        crate::domain::grants::require_binding(&audience, authenticated)
+        crate::domain::grants::require_binding(&audience, authenticated.certificate.is_some())
             .map_err(|denial| refuse(denial, "audience requires certificate-bound tokens"))?;
 
         let limits = ScopeLimits {
@@ -485,7 +413,7 @@ impl Exchanger<'_> {
             refuse(Denial::InvalidScope(why.clone()), why)
         })?;
 
-        let decision = self.policy.decide(
+        let decision = self.services.policy.decide(
             Action::Exchange,
             client,
             &audience,
@@ -623,6 +551,87 @@ struct Subject {
     parent_jti: Option<String>,
     consent_id: Option<String>,
     trust_profile_version: Option<i32>,
+}
+
+/// RFC 8693 token exchange: the use case behind the token endpoint's exchange grant.
+pub async fn exchange(
+    call: &Call<'_>,
+    authenticated: &AuthenticatedClient,
+    target: Option<String>,
+    parsed: Result<ExchangeRequest<'_>, Denial>,
+) -> Result<Issued, OAuthError> {
+    let services = call.services;
+    let details = EventDetails {
+        audience: target,
+        ..call.details()
+    };
+    if !authenticated.client.allows_grant(GrantType::TokenExchange) {
+        let error = OAuthError::UnauthorizedClient("this client may not exchange tokens".into());
+        return Err(call.deny(EventKind::TokenExchanged, error, details).await);
+    }
+    let request = match parsed {
+        Ok(request) => request,
+        Err(denial) => {
+            return Err(call
+                .deny(EventKind::TokenExchanged, denial.into(), details)
+                .await);
+        }
+    };
+    let exchanger = Exchanger { services };
+    let now = unix_now();
+    let (decision, provenance) = match exchanger.decide(authenticated, &request, now).await {
+        Ok(decided) => decided,
+        Err(ExchangeError::Refused(refusal)) => {
+            let Refusal {
+                denial,
+                reason,
+                policy,
+            } = *refusal;
+            let details = EventDetails {
+                reason: Some(reason),
+                ..details
+            };
+            let details = match policy {
+                Some(policy) => policy.audited(details),
+                None => details,
+            };
+            return Err(call
+                .deny(EventKind::TokenExchanged, denial.into(), details)
+                .await);
+        }
+        Err(ExchangeError::Unavailable(error)) => {
+            tracing::error!(%error, "token exchange unavailable");
+            return Err(call
+                .deny(
+                    EventKind::TokenExchanged,
+                    OAuthError::TemporarilyUnavailable,
+                    details,
+                )
+                .await);
+        }
+    };
+    let issued = services
+        .issuer()
+        .issue(
+            authenticated,
+            &decision,
+            provenance,
+            EventKind::TokenExchanged,
+            call.request_id,
+            now,
+        )
+        .await;
+    let mut issued = match issued {
+        Ok(issued) => issued,
+        Err(error) => return Err(call.issue_failed(EventKind::TokenExchanged, error).await),
+    };
+    services
+        .metrics
+        .tokens_issued
+        .with_label_values(&[GrantType::TokenExchange.as_str(), &issued.claims.aud])
+        .inc();
+    issued.issued_token_type = Some(TokenType::AccessToken);
+    Ok(issued)
 }
 
 #[cfg(test)]

@@ -1,5 +1,176 @@
-//! One use case per file: authenticate, decide (policy included), store and audit.
+//! One use case per file: authenticate the caller, decide (policy included), store, and audit
+//! every outcome. A use case returns what the caller gets or an [`OAuthError`], which the HTTP
+//! layer maps to a response in one place.
 
 pub mod authenticate;
 pub mod exchange;
+pub mod introspect;
+pub mod issue;
+pub mod live;
 pub mod partner_jwt;
+pub mod revoke;
+pub mod token;
+
+use crate::audit::{EventDetails, EventKind, Outcome};
+use crate::domain::grants::{Denial, GrantType};
+use crate::service::authenticate::AuthenticatedClient;
+use crate::service::issue::IssueError;
+use crate::startup::Services;
+
+/// Error responses of RFC 6749 §5.2, RFC 8693 §2.2.2, RFC 8707 §2 and RFC 7009 §2.2.1.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    /// RFC 6749 §5.2: missing, repeated or malformed parameter; also RFC 8693 §2.2.2 for an
+    /// unacceptable `subject_token` or `actor_token`.
+    #[error("invalid_request: {0}")]
+    InvalidRequest(String),
+    /// RFC 6749 §5.2: client authentication failed. The reason is audited, not returned. A
+    /// client that tried an `Authorization` scheme is answered with a challenge in that
+    /// scheme; any other gets none, since RFC 6749 §5.2 asks for one only then.
+    #[error("invalid_client")]
+    InvalidClient { challenge: Option<&'static str> },
+    /// RFC 6749 §5.2: the grant itself is invalid, expired or revoked.
+    #[error("invalid_grant: {0}")]
+    InvalidGrant(String),
+    /// RFC 6749 §5.2: this client may not use this grant type (also RFC 7009 §2.1: revoking a
+    /// token issued to another client).
+    #[error("unauthorized_client: {0}")]
+    UnauthorizedClient(String),
+    /// RFC 6749 §5.2.
+    #[error("unsupported_grant_type")]
+    UnsupportedGrantType,
+    /// RFC 6749 §5.2: the requested scope exceeds what may be granted.
+    #[error("invalid_scope: {0}")]
+    InvalidScope(String),
+    /// RFC 8707 §2 / RFC 8693 §2.2.2: no, several, or an unacceptable target.
+    #[error("invalid_target: {0}")]
+    InvalidTarget(String),
+    /// RFC 6749 §5.2 (via RFC 6749 §4.1.2.1's registry): a dependency is down; retry later.
+    #[error("temporarily_unavailable")]
+    TemporarilyUnavailable,
+}
+
+impl OAuthError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidClient { .. } => "invalid_client",
+            Self::InvalidGrant(_) => "invalid_grant",
+            Self::UnauthorizedClient(_) => "unauthorized_client",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidScope(_) => "invalid_scope",
+            Self::InvalidTarget(_) => "invalid_target",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+        }
+    }
+
+    pub fn description(&self) -> &str {
+        match self {
+            Self::InvalidRequest(text)
+            | Self::InvalidGrant(text)
+            | Self::UnauthorizedClient(text)
+            | Self::InvalidScope(text)
+            | Self::InvalidTarget(text) => text,
+            Self::InvalidClient { .. } => "client authentication failed",
+            Self::UnsupportedGrantType => "the grant type is not supported",
+            Self::TemporarilyUnavailable => "the service is temporarily unavailable; retry later",
+        }
+    }
+}
+
+impl From<Denial> for OAuthError {
+    fn from(denial: Denial) -> Self {
+        match denial {
+            Denial::InvalidRequest(text) => Self::InvalidRequest(text),
+            Denial::UnauthorizedClient(text) => Self::UnauthorizedClient(text),
+            Denial::InvalidTarget(text) => Self::InvalidTarget(text),
+            Denial::InvalidScope(text) => Self::InvalidScope(text),
+        }
+    }
+}
+
+/// The context every protected OAuth request carries into its decisions and audit records.
+pub struct Call<'a> {
+    pub services: &'a Services,
+    pub request_id: &'a str,
+    pub client: Option<&'a AuthenticatedClient>,
+}
+
+impl Call<'_> {
+    pub fn details(&self) -> EventDetails {
+        EventDetails {
+            request_id: Some(self.request_id.to_owned()),
+            client_id: self.client.map(|c| c.client.id.to_string()),
+            partner: self.client.map(|c| c.client.partner.to_string()),
+            ..EventDetails::default()
+        }
+    }
+
+    /// A decided grant that could not be issued: refused and audited like any refusal, unless
+    /// the audit trail itself failed. Nothing is released either way.
+    pub async fn issue_failed(&self, kind: EventKind, error: IssueError) -> OAuthError {
+        tracing::error!(%error, "token not issued");
+        let refusal = match error {
+            IssueError::SubjectExpired => {
+                OAuthError::InvalidRequest("the subject token has expired".into())
+            }
+            IssueError::Keys(_) => OAuthError::TemporarilyUnavailable,
+            // The trail just refused this request's record; a second attempt would only
+            // double the caller's wait.
+            IssueError::Audit(_) => return OAuthError::TemporarilyUnavailable,
+        };
+        self.deny(kind, refusal, self.details()).await
+    }
+
+    /// Counts and audits the refusal, then returns the error the caller sees. The audited
+    /// reason is the one in `details`, else the error itself. A refusal is returned even when
+    /// its record cannot be written: nothing is released by it.
+    pub async fn deny(
+        &self,
+        kind: EventKind,
+        error: OAuthError,
+        details: EventDetails,
+    ) -> OAuthError {
+        self.services
+            .metrics
+            .tokens_denied
+            .with_label_values(&[grant_label(kind), error.code()])
+            .inc();
+        let details = EventDetails {
+            reason: details.reason.or_else(|| Some(error.to_string())),
+            ..details
+        };
+        if let Err(audit_error) = self
+            .services
+            .audit
+            .record(kind, Outcome::Deny, details)
+            .await
+        {
+            tracing::error!(%audit_error, %error, "refusal could not be audited");
+        }
+        error
+    }
+
+    /// The parsed request, or its refusal counted and audited.
+    pub async fn parsed<T>(
+        &self,
+        kind: EventKind,
+        parsed: Result<T, OAuthError>,
+    ) -> Result<T, OAuthError> {
+        match parsed {
+            Ok(value) => Ok(value),
+            Err(error) => Err(self.deny(kind, error, self.details()).await),
+        }
+    }
+}
+
+/// The metrics label of the request a refusal answers.
+fn grant_label(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::TokenIntrospected => "introspection",
+        EventKind::TokenRevoked => "revocation",
+        EventKind::TokenExchanged => GrantType::TokenExchange.as_str(),
+        EventKind::ClientAuthenticationFailed => "client_authentication",
+        _ => "token",
+    }
+}

@@ -1,0 +1,25 @@
+//! `POST /oauth2/revoke` (RFC 7009).
+
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse, post};
+
+use super::OAuthError;
+use super::request::{credentials, form, no_store};
+use crate::http::{PeerCertificate, RequestId};
+use crate::startup::Services;
+
+#[post("/oauth2/revoke")]
+pub async fn revoke_endpoint(
+    req: HttpRequest,
+    body: Bytes,
+    peer: PeerCertificate,
+    request_id: RequestId,
+    services: web::Data<Services>,
+) -> Result<HttpResponse, OAuthError> {
+    let params = form(&req, &body)?;
+    let request_id = request_id.0.to_string();
+    let presented = credentials(&req, &params);
+    let token = params.require("token");
+    crate::service::revoke::revoke(&services, &request_id, peer.0, presented, token).await?;
+    Ok(no_store(HttpResponse::Ok()).finish())
+}

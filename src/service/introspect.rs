@@ -1,0 +1,64 @@
+//! RFC 7662 introspection. Callers authenticate; a resource server sees only tokens for its
+//! own audience, a client its own tokens, an admin any; everything else reads as inactive.
+
+use crate::audit::{EventDetails, EventKind, Outcome};
+use crate::crypto::keys::unix_now;
+use crate::domain::tokens::AccessTokenClaims;
+use crate::service::authenticate::{self, Presented};
+use crate::service::live::live_token;
+use crate::service::{Call, OAuthError};
+use crate::startup::Services;
+use crate::tls::ClientCertificate;
+
+/// The token's claims when it is live and the caller may see it; `None` reads as inactive.
+pub async fn introspect(
+    services: &Services,
+    request_id: &str,
+    certificate: Option<ClientCertificate>,
+    presented: Presented,
+    token: Result<&str, OAuthError>,
+) -> Result<Option<AccessTokenClaims>, OAuthError> {
+    let caller = authenticate::caller(services, request_id, certificate, presented).await?;
+    let call = Call {
+        services,
+        request_id,
+        client: Some(&caller),
+    };
+    let token = call.parsed(EventKind::TokenIntrospected, token).await?;
+    // Whatever is wrong with a token, introspection answers only "inactive" (RFC 7662 §2.2).
+    let claims = live_token(services, token, unix_now())
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "revocation list or consent store unavailable");
+            OAuthError::TemporarilyUnavailable
+        })?
+        .ok()
+        .filter(|claims| {
+            let client = &caller.client;
+            client.is_admin
+                || client.id.as_str() == claims.client_id
+                || client
+                    .resource_audience
+                    .as_ref()
+                    .is_some_and(|audience| audience.as_str() == claims.aud)
+        });
+    let details = EventDetails {
+        jti: claims.as_ref().map(|claims| claims.jti.to_string()),
+        audience: claims.as_ref().map(|claims| claims.aud.clone()),
+        reason: Some(
+            if claims.is_some() {
+                "active"
+            } else {
+                "inactive"
+            }
+            .to_owned(),
+        ),
+        ..call.details()
+    };
+    services
+        .audit
+        .record(EventKind::TokenIntrospected, Outcome::Allow, details)
+        .await
+        .map_err(|_| OAuthError::TemporarilyUnavailable)?;
+    Ok(claims)
+}

@@ -1,0 +1,60 @@
+//! RFC 7009 revocation. Only the client the token was issued to, or an admin, may revoke it;
+//! an unknown or invalid token is answered as revoked; a store that cannot record the
+//! revocation is a 503.
+
+use crate::audit::{EventDetails, EventKind, Outcome};
+use crate::crypto::jwt::validate_own;
+use crate::crypto::keys::unix_now;
+use crate::service::authenticate::{self, Presented};
+use crate::service::{Call, OAuthError};
+use crate::startup::Services;
+use crate::tls::ClientCertificate;
+
+pub async fn revoke(
+    services: &Services,
+    request_id: &str,
+    certificate: Option<ClientCertificate>,
+    presented: Presented,
+    token: Result<&str, OAuthError>,
+) -> Result<(), OAuthError> {
+    let caller = authenticate::caller(services, request_id, certificate, presented).await?;
+    let call = Call {
+        services,
+        request_id,
+        client: Some(&caller),
+    };
+    let token = call.parsed(EventKind::TokenRevoked, token).await?;
+    let Ok(claims) = validate_own(
+        &services.keys.current(),
+        &services.tokens.issuer,
+        token,
+        unix_now(),
+    ) else {
+        return Ok(());
+    };
+    let details = EventDetails {
+        jti: Some(claims.jti.to_string()),
+        audience: Some(claims.aud.clone()),
+        subject: Some(claims.sub.clone()),
+        ..call.details()
+    };
+    if caller.client.id.as_str() != claims.client_id && !caller.client.is_admin {
+        let error =
+            OAuthError::UnauthorizedClient("the token was not issued to this client".into());
+        return Err(call.deny(EventKind::TokenRevoked, error, details).await);
+    }
+    services
+        .revocations
+        .revoke(&services.pool, &claims, caller.client.id.as_str())
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "revocation not recorded");
+            OAuthError::TemporarilyUnavailable
+        })?;
+    services
+        .audit
+        .record(EventKind::TokenRevoked, Outcome::Allow, details)
+        .await
+        .map_err(|_| OAuthError::TemporarilyUnavailable)?;
+    Ok(())
+}
