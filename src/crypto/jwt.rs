@@ -1,12 +1,14 @@
-//! The one validation path for JWTs that others sign: client assertions (RFC 7523) and
-//! partner JWTs presented as subject tokens (RFC 8693). Each caller states its rules; the
-//! checks and their order are the same for all: pinned algorithms, no key named by the token
-//! itself, explicit `typ`, registered keys only, exact issuer and audience, and times compared
-//! with checked arithmetic on the numbers the sender chose.
+//! The one validation path for every JWT Tessera accepts: client assertions (RFC 7523),
+//! partner JWTs presented as subject tokens (RFC 8693) and its own access tokens (RFC 9068).
+//! Each caller states its rules; the checks and their order are the same for all: pinned
+//! algorithms, no key named by the token itself, explicit `typ`, registered (or our own
+//! published) keys only, exact issuer and audience, and times compared with checked
+//! arithmetic and one leeway for clocks other than ours.
 
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::crypto::keys::{KeyError, KeySet};
@@ -39,8 +41,9 @@ pub enum Typ<'a> {
 pub struct Rules<'a> {
     pub algorithms: &'a [Algorithm],
     pub issuer: &'a str,
-    /// Our issuer identifier, which must be the audience.
-    pub audience: &'a str,
+    /// Our issuer identifier, which must be the audience. Our own tokens are for other
+    /// audiences, which their callers check.
+    pub audience: Option<&'a str>,
     /// FAPI 2.0 client assertions: `aud` is the issuer as a single string, not an array.
     pub audience_as_string: bool,
     pub typ: Typ<'a>,
@@ -48,6 +51,17 @@ pub struct Rules<'a> {
     pub max_lifetime_s: i64,
     pub require_iat: bool,
     pub require_jti: bool,
+    pub clock: Clock,
+}
+
+/// Whose clock set the token's times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// Ours: only expiry is checked, with no leeway (another node may have issued it a
+    /// moment "ahead" of this one).
+    Ours,
+    /// Another party's: every time gets [`FOREIGN_CLOCK_LEEWAY_S`], and the lifetime is capped.
+    Foreign,
 }
 
 /// The registered claims every foreign JWT is checked on, and the rest as sent.
@@ -115,6 +129,113 @@ pub fn algorithms(names: &[String]) -> Vec<Algorithm> {
     names.iter().filter_map(|name| name.parse().ok()).collect()
 }
 
+/// The registered claims the path checks, whichever claims type a caller decodes into.
+trait Registered: DeserializeOwned {
+    fn sub(&self) -> &str;
+    fn aud(&self) -> Option<&Value>;
+    fn times(&self) -> Times;
+    fn jti(&self) -> Option<&str>;
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    exp: i64,
+    iat: Option<i64>,
+    nbf: Option<i64>,
+}
+
+impl Registered for ForeignClaims {
+    fn sub(&self) -> &str {
+        &self.sub
+    }
+    fn aud(&self) -> Option<&Value> {
+        Some(&self.aud)
+    }
+    fn times(&self) -> Times {
+        Times {
+            exp: self.exp,
+            iat: self.iat,
+            nbf: self.nbf,
+        }
+    }
+    fn jti(&self) -> Option<&str> {
+        self.jti.as_deref()
+    }
+}
+
+impl Registered for AccessTokenClaims {
+    fn sub(&self) -> &str {
+        &self.sub
+    }
+    fn aud(&self) -> Option<&Value> {
+        None
+    }
+    fn times(&self) -> Times {
+        Times {
+            exp: self.exp,
+            iat: Some(self.iat),
+            nbf: Some(self.nbf),
+        }
+    }
+    fn jti(&self) -> Option<&str> {
+        Some(self.jti.as_str())
+    }
+}
+
+/// Where the verifying keys come from.
+#[derive(Clone, Copy)]
+enum Keys<'a> {
+    /// The sender's registered key set.
+    Registered(&'a PublicKeys),
+    /// The keys this server publishes, each pinned to its algorithm.
+    Ours(&'a KeySet),
+}
+
+/// Why a token failed, by stage; each kind of token words it for its own audience.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    NotJwt,
+    Algorithm,
+    NamesOwnKey,
+    Typ,
+    UnknownKey,
+    TooManyKeys,
+    Invalid,
+    AudienceNotString,
+    EmptySubject,
+    Expired,
+    Time(&'static str),
+    Jti(&'static str),
+}
+
+impl Failure {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::NotJwt => "not a JWT",
+            Self::Algorithm => "algorithm not allowed",
+            Self::NamesOwnKey => "the JWT names its own key (jku, x5u or jwk)",
+            Self::Typ => "typ not accepted",
+            Self::UnknownKey => "signed by a key the sender has not registered (kid and alg)",
+            Self::TooManyKeys => "too many registered keys match (name the key with kid)",
+            Self::Invalid => "signature or claims invalid (issuer, audience, numeric dates)",
+            Self::AudienceNotString => "aud is not the issuer as a single string",
+            Self::EmptySubject => "sub is empty",
+            Self::Expired => "expired",
+            Self::Time(reason) | Self::Jti(reason) => reason,
+        }
+    }
+
+    fn rejection(self) -> TokenRejection {
+        match self {
+            Self::NotJwt => TokenRejection::Malformed,
+            Self::Typ => TokenRejection::WrongType,
+            Self::UnknownKey | Self::TooManyKeys => TokenRejection::UnknownKey,
+            Self::Expired => TokenRejection::Expired,
+            _ => TokenRejection::Invalid,
+        }
+    }
+}
+
 /// Validates `token` against the keys its sender registered, under `rules`, at `now`. The
 /// error is the reason for the audit trail.
 pub fn validate(
@@ -123,12 +244,46 @@ pub fn validate(
     rules: &Rules<'_>,
     now: i64,
 ) -> Result<ForeignClaims, &'static str> {
-    let header = header(token)?;
+    check(token, Keys::Registered(keys), rules, now).map_err(Failure::reason)
+}
+
+/// Validates a token this server issued: `typ: at+jwt`, a published `kid` and that key's
+/// algorithm, our issuer, numeric dates, not expired.
+pub fn validate_own(
+    keys: &KeySet,
+    issuer: &str,
+    token: &str,
+    now: i64,
+) -> Result<AccessTokenClaims, TokenRejection> {
+    let rules = Rules {
+        algorithms: OUR_ALGORITHMS,
+        issuer,
+        audience: None,
+        audience_as_string: false,
+        typ: Typ::Required("at+jwt"),
+        max_lifetime_s: i64::MAX,
+        require_iat: false,
+        require_jti: true,
+        clock: Clock::Ours,
+    };
+    check(token, Keys::Ours(keys), &rules, now).map_err(Failure::rejection)
+}
+
+/// The algorithms this server signs with; each of our keys is pinned to one of them.
+const OUR_ALGORITHMS: &[Algorithm] = &[Algorithm::ES256, Algorithm::EdDSA, Algorithm::PS256];
+
+fn check<T: Registered>(
+    token: &str,
+    keys: Keys<'_>,
+    rules: &Rules<'_>,
+    now: i64,
+) -> Result<T, Failure> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| Failure::NotJwt)?;
     if !rules.algorithms.contains(&header.alg) {
-        return Err("algorithm not allowed");
+        return Err(Failure::Algorithm);
     }
     if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() {
-        return Err("the JWT names its own key (jku, x5u or jwk)");
+        return Err(Failure::NamesOwnKey);
     }
     let typ = header.typ.as_deref();
     let typ_ok = match rules.typ {
@@ -139,128 +294,135 @@ pub fn validate(
         }),
     };
     if !typ_ok {
-        return Err("typ not accepted");
+        return Err(Failure::Typ);
     }
-    let algorithm = serde_json::to_value(header.alg).ok();
-    let candidates: Vec<&Value> = keys
-        .keys()
-        .iter()
-        .filter(
-            |jwk| match (&header.kid, jwk.get("kid").and_then(Value::as_str)) {
-                (Some(wanted), Some(kid)) => wanted == kid,
-                (Some(_), None) => false,
-                (None, _) => true,
-            },
-        )
-        .filter(|jwk| {
-            jwk.get("alg")
-                .is_none_or(|alg| Some(alg) == algorithm.as_ref())
-        })
-        .collect();
-    if candidates.is_empty() {
-        return Err("signed by a key the sender has not registered (kid and alg)");
-    }
-    if candidates.len() > MAX_CANDIDATE_KEYS {
-        return Err("too many registered keys match (name the key with kid)");
-    }
+    let candidates = candidate_keys(keys, &header)?;
     let mut validation = Validation::new(header.alg);
     validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
     validation.set_issuer(&[rules.issuer]);
-    validation.set_audience(&[rules.audience]);
+    match rules.audience {
+        Some(audience) => validation.set_audience(&[audience]),
+        None => validation.validate_aud = false,
+    }
     // Times are checked below, with checked arithmetic and one leeway.
     validation.validate_exp = false;
     validation.validate_nbf = false;
     validation.leeway = 0;
-    let claims = candidates
+    let claims: T = candidates
         .iter()
-        .filter_map(|jwk| serde_json::from_value::<Jwk>((*jwk).clone()).ok())
-        .filter_map(|jwk| DecodingKey::from_jwk(&jwk).ok())
-        .find_map(|key| jsonwebtoken::decode::<ForeignClaims>(token, &key, &validation).ok())
-        .ok_or("signature or claims invalid (issuer, audience, numeric dates)")?
+        .find_map(|key| jsonwebtoken::decode::<T>(token, key, &validation).ok())
+        .ok_or(Failure::Invalid)?
         .claims;
-    if rules.audience_as_string && claims.aud.as_str() != Some(rules.audience) {
-        return Err("aud is not the issuer as a single string");
+    if let Some(audience) = rules.audience
+        && rules.audience_as_string
+        && claims.aud().and_then(Value::as_str) != Some(audience)
+    {
+        return Err(Failure::AudienceNotString);
     }
-    if claims.sub.is_empty() {
-        return Err("sub is empty");
+    if claims.sub().is_empty() {
+        return Err(Failure::EmptySubject);
     }
-    check_times(&claims, rules, now)?;
-    match claims.jti.as_deref() {
-        Some(jti) if jti.is_empty() || jti.len() > MAX_JTI_LEN => Err("jti empty or too long"),
-        None if rules.require_jti => Err("jti missing"),
+    check_times(claims.times(), rules, now)?;
+    match claims.jti() {
+        Some(jti) if jti.is_empty() || jti.len() > MAX_JTI_LEN => {
+            Err(Failure::Jti("jti empty or too long"))
+        }
+        None if rules.require_jti => Err(Failure::Jti("jti missing")),
         _ => Ok(claims),
     }
 }
 
-fn check_times(claims: &ForeignClaims, rules: &Rules<'_>, now: i64) -> Result<(), &'static str> {
-    const OUT_OF_RANGE: &str = "a date is out of range";
-    let latest_start = now
-        .checked_add(FOREIGN_CLOCK_LEEWAY_S)
-        .ok_or(OUT_OF_RANGE)?;
-    if claims
+/// The keys that may have signed a token with this header: ours by `kid` (pinned to the
+/// algorithm we gave the key), or the sender's that match its `kid` and `alg`.
+fn candidate_keys(
+    keys: Keys<'_>,
+    header: &Header,
+) -> Result<Vec<std::sync::Arc<DecodingKey>>, Failure> {
+    match keys {
+        Keys::Ours(keys) => {
+            let kid = header.kid.as_deref().ok_or(Failure::UnknownKey)?;
+            let (algorithm, key) = keys.verifier(kid).ok_or(Failure::UnknownKey)?;
+            if algorithm != header.alg {
+                return Err(Failure::Invalid);
+            }
+            Ok(vec![key])
+        }
+        Keys::Registered(keys) => {
+            let algorithm = serde_json::to_value(header.alg).ok();
+            let candidates: Vec<&Value> = keys
+                .keys()
+                .iter()
+                .filter(
+                    |jwk| match (&header.kid, jwk.get("kid").and_then(Value::as_str)) {
+                        (Some(wanted), Some(kid)) => wanted == kid,
+                        (Some(_), None) => false,
+                        (None, _) => true,
+                    },
+                )
+                .filter(|jwk| {
+                    jwk.get("alg")
+                        .is_none_or(|alg| Some(alg) == algorithm.as_ref())
+                })
+                .collect();
+            if candidates.is_empty() {
+                return Err(Failure::UnknownKey);
+            }
+            if candidates.len() > MAX_CANDIDATE_KEYS {
+                return Err(Failure::TooManyKeys);
+            }
+            Ok(candidates
+                .into_iter()
+                .filter_map(|jwk| serde_json::from_value::<Jwk>(jwk.clone()).ok())
+                .filter_map(|jwk| DecodingKey::from_jwk(&jwk).ok())
+                .map(std::sync::Arc::new)
+                .collect())
+        }
+    }
+}
+
+fn check_times(times: Times, rules: &Rules<'_>, now: i64) -> Result<(), Failure> {
+    const OUT_OF_RANGE: Failure = Failure::Time("a date is out of range");
+    let leeway = match rules.clock {
+        Clock::Ours => 0,
+        Clock::Foreign => FOREIGN_CLOCK_LEEWAY_S,
+    };
+    if times.exp.checked_add(leeway).ok_or(OUT_OF_RANGE)? <= now {
+        return Err(Failure::Expired);
+    }
+    if rules.clock == Clock::Ours {
+        return Ok(());
+    }
+    let latest_start = now.checked_add(leeway).ok_or(OUT_OF_RANGE)?;
+    if times.nbf.is_some_and(|nbf| nbf > latest_start) {
+        return Err(Failure::Time("not yet valid (nbf)"));
+    }
+    if times.iat.is_some_and(|iat| iat > latest_start) {
+        return Err(Failure::Time("iat is in the future"));
+    }
+    if rules.require_iat && times.iat.is_none() {
+        return Err(Failure::Time(
+            "iat is required to bound the token's lifetime",
+        ));
+    }
+    let lifetime = times
         .exp
-        .checked_add(FOREIGN_CLOCK_LEEWAY_S)
-        .ok_or(OUT_OF_RANGE)?
-        <= now
-    {
-        return Err("expired");
-    }
-    if claims.nbf.is_some_and(|nbf| nbf > latest_start) {
-        return Err("not yet valid (nbf)");
-    }
-    if claims.iat.is_some_and(|iat| iat > latest_start) {
-        return Err("iat is in the future");
-    }
-    if rules.require_iat && claims.iat.is_none() {
-        return Err("iat is required to bound the token's lifetime");
-    }
-    let lifetime = claims
-        .exp
-        .checked_sub(claims.iat.unwrap_or(now))
+        .checked_sub(times.iat.unwrap_or(now))
         .ok_or(OUT_OF_RANGE)?;
-    let remaining = claims.exp.checked_sub(now).ok_or(OUT_OF_RANGE)?;
+    let remaining = times.exp.checked_sub(now).ok_or(OUT_OF_RANGE)?;
     let cap = rules
         .max_lifetime_s
-        .checked_add(FOREIGN_CLOCK_LEEWAY_S)
+        .checked_add(leeway)
         .ok_or(OUT_OF_RANGE)?;
     if lifetime > rules.max_lifetime_s || remaining > cap {
-        return Err("lives longer than allowed");
+        return Err(Failure::Time("lives longer than allowed"));
     }
     Ok(())
 }
 
+/// Signs our access token.
 pub fn mint(keys: &KeySet, claims: &AccessTokenClaims) -> Result<String, KeyError> {
     let payload = serde_json::to_vec(claims).map_err(|_| KeyError::Crypto)?;
     keys.active.sign_access_token(&payload)
-}
-
-/// Validates a token this server issued: `typ: at+jwt`, a published `kid`, the pinned
-/// algorithm of that key, our issuer, numeric `exp`/`iat`/`nbf`, not expired.
-pub fn validate_own(
-    keys: &KeySet,
-    issuer: &str,
-    token: &str,
-    now: i64,
-) -> Result<AccessTokenClaims, TokenRejection> {
-    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
-    if header.typ.as_deref() != Some("at+jwt") {
-        return Err(TokenRejection::WrongType);
-    }
-    let kid = header.kid.as_deref().ok_or(TokenRejection::UnknownKey)?;
-    let (algorithm, key) = keys.verifier(kid).ok_or(TokenRejection::UnknownKey)?;
-    let mut validation = jsonwebtoken::Validation::new(algorithm);
-    validation.set_issuer(&[issuer]);
-    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-    validation.validate_aud = false;
-    validation.validate_exp = false;
-    validation.leeway = 0;
-    let claims = jsonwebtoken::decode::<AccessTokenClaims>(token, &key, &validation)
-        .map_err(|_| TokenRejection::Invalid)?
-        .claims;
-    if claims.exp <= now {
-        return Err(TokenRejection::Expired);
-    }
-    Ok(claims)
 }
 
 #[cfg(test)]
@@ -283,13 +445,22 @@ mod tests {
     const RULES: Rules<'static> = Rules {
         algorithms: &[Algorithm::ES256],
         issuer: "i",
-        audience: "a",
+        audience: Some("a"),
         audience_as_string: false,
         typ: Typ::NotAccessToken,
         max_lifetime_s: 300,
         require_iat: true,
         require_jti: false,
+        clock: Clock::Foreign,
     };
+
+    fn check_times(
+        claims: &ForeignClaims,
+        rules: &Rules<'_>,
+        now: i64,
+    ) -> Result<(), &'static str> {
+        super::check_times(claims.times(), rules, now).map_err(Failure::reason)
+    }
 
     #[test]
     fn times_use_one_leeway_and_never_overflow() {

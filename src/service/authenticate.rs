@@ -188,12 +188,13 @@ async fn authenticate_assertion(
     let rules = jwt::Rules {
         algorithms: &ASSERTION_ALGORITHMS,
         issuer: &client_id,
-        audience: issuer,
+        audience: Some(issuer),
         audience_as_string: true,
         typ: jwt::Typ::AbsentOr("JWT"),
         max_lifetime_s: MAX_ASSERTION_LIFETIME_S,
         require_iat: false,
         require_jti: true,
+        clock: jwt::Clock::Foreign,
     };
     let claims = jwt::validate(assertion, jwks, &rules, now)
         .map_err(|reason| failed(Some(&client_id), reason))?;

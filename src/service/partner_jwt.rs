@@ -49,7 +49,7 @@ pub async fn validate_partner_jwt(
     let rules = crate::crypto::jwt::Rules {
         algorithms: &algorithms,
         issuer,
-        audience: our_issuer,
+        audience: Some(our_issuer),
         audience_as_string: false,
         typ: profile.required_typ.as_deref().map_or(
             crate::crypto::jwt::Typ::NotAccessToken,
@@ -58,6 +58,7 @@ pub async fn validate_partner_jwt(
         max_lifetime_s: profile.max_assertion_lifetime,
         require_iat: true,
         require_jti: profile.single_use,
+        clock: crate::crypto::jwt::Clock::Foreign,
     };
     let claims = match crate::crypto::jwt::validate(token, &keys, &rules, now) {
         Ok(claims) => claims,
