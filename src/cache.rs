@@ -57,8 +57,29 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
         Some(entry.value.clone())
     }
 
+    /// The live value for `key`, or the one `make` builds, stored atomically: concurrent
+    /// callers for one key all get the same value.
+    pub fn get_or_insert_with(&self, key: &K, make: impl FnOnce() -> V) -> V {
+        let mut inner = self.inner();
+        let live = inner
+            .entries
+            .get(key)
+            .filter(|entry| self.ttl.is_none_or(|ttl| entry.stored.elapsed() < ttl))
+            .map(|entry| entry.value.clone());
+        if let Some(value) = live {
+            return value;
+        }
+        let value = make();
+        self.store(&mut inner, key.clone(), value.clone());
+        value
+    }
+
     pub fn insert(&self, key: K, value: V) {
         let mut inner = self.inner();
+        self.store(&mut inner, key, value);
+    }
+
+    fn store(&self, inner: &mut Inner<K, V>, key: K, value: V) {
         let sequence = inner.next;
         inner.next = inner.next.wrapping_add(1);
         let replaced = inner.entries.insert(
@@ -123,5 +144,15 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(cache.get(&"a"), None);
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn get_or_insert_with_builds_once_per_key() {
+        let cache: Cache<&str, u32> = Cache::new(2, None);
+        assert_eq!(cache.get_or_insert_with(&"a", || 1), 1);
+        assert_eq!(cache.get_or_insert_with(&"a", || 2), 1);
+        cache.get_or_insert_with(&"b", || 3);
+        cache.get_or_insert_with(&"c", || 4);
+        assert_eq!(cache.get(&"a"), None, "the oldest entry makes room");
     }
 }

@@ -1,11 +1,11 @@
 //! Partners' key sets fetched from `jwks_uri`, bounded in size, time and frequency.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::cache::Cache;
 use crate::domain::jwks::PublicKeys;
 use crate::storage::trust::TrustError;
 
@@ -15,7 +15,7 @@ use crate::storage::trust::TrustError;
 /// bounded time while its endpoint fails.
 pub struct JwksCache {
     http: reqwest::Client,
-    entries: Mutex<HashMap<String, Arc<tokio::sync::Mutex<CachedKeys>>>>,
+    entries: Cache<String, Arc<tokio::sync::Mutex<CachedKeys>>>,
 }
 
 #[derive(Default)]
@@ -28,6 +28,8 @@ struct CachedKeys {
     failed: Option<Instant>,
 }
 
+/// Key set endpoints a node keeps state for; trust profiles name far fewer.
+const KEY_SOURCES: usize = 1024;
 /// A fetched key set is used this long before it is fetched again.
 const JWKS_TTL: Duration = Duration::from_secs(300);
 /// An unknown `kid` triggers at most one refetch per issuer in this interval.
@@ -44,17 +46,13 @@ impl JwksCache {
     pub fn new(http: reqwest::Client) -> Self {
         Self {
             http,
-            entries: Mutex::new(HashMap::new()),
+            entries: Cache::new(KEY_SOURCES, None),
         }
     }
 
     fn entry(&self, uri: &str) -> Arc<tokio::sync::Mutex<CachedKeys>> {
         self.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(uri.to_owned())
-            .or_default()
-            .clone()
+            .get_or_insert_with(&uri.to_owned(), Arc::default)
     }
 
     async fn fetch(&self, uri: &str) -> Result<PublicKeys, TrustError> {

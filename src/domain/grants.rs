@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::domain::audiences::{Audience, AudienceId};
+use crate::domain::ids::{ConsentId, Jti, TxnId};
 use crate::domain::scopes::ScopeSet;
 use crate::policy::PolicyDecision;
 
@@ -167,14 +168,14 @@ pub struct Provenance {
     pub not_after: Option<i64>,
     pub act: Option<serde_json::Value>,
     /// The actor token's `jti`: revoking it revokes this token.
-    pub actor_jti: Option<String>,
+    pub actor_jti: Option<Jti>,
     pub may_act: Option<serde_json::Value>,
     /// The data owner; the client's own partner when no subject token names another.
     pub owner: Option<Owner>,
-    pub consent_id: Option<String>,
-    pub txn: Option<String>,
+    pub consent_id: Option<ConsentId>,
+    pub txn: Option<TxnId>,
     /// The subject token's `jti`, recorded as the new token's parent.
-    pub parent_jti: Option<String>,
+    pub parent_jti: Option<Jti>,
     pub trust_profile_version: Option<i32>,
     pub policy: Option<PolicyDecision>,
 }

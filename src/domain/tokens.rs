@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::ids::{ConsentId, Jti, TxnId};
+
 /// RFC 8705 §3.1 confirmation: the SHA-256 thumbprint of the client certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confirmation {
@@ -21,7 +23,7 @@ pub struct AccessTokenClaims {
     pub exp: i64,
     pub iat: i64,
     pub nbf: i64,
-    pub jti: String,
+    pub jti: Jti,
     pub client_id: String,
     pub scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -29,9 +31,9 @@ pub struct AccessTokenClaims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consent_id: Option<String>,
+    pub consent_id: Option<ConsentId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub txn: Option<String>,
+    pub txn: Option<TxnId>,
     /// The version of the partner trust profile a partner's JWT was accepted under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_profile_version: Option<i32>,

@@ -14,6 +14,7 @@ use crate::domain::consents;
 use crate::domain::grants::{
     Decision, Denial, ExchangeRequest, GrantType, Owner, Provenance, TokenType, grant_scopes,
 };
+use crate::domain::ids::{ConsentId, Jti, TxnId};
 use crate::domain::scopes::ScopeSet;
 use crate::policy::{Action, PolicyContext};
 use crate::service::authenticate::AuthenticatedClient;
@@ -298,7 +299,7 @@ impl Exchanger<'_> {
         target: &AudienceId,
         allowed: ScopeSet,
         now: i64,
-    ) -> Result<(Option<String>, ScopeSet), ExchangeError> {
+    ) -> Result<(Option<ConsentId>, ScopeSet), ExchangeError> {
         let refused = |reason: &str| {
             refuse(
                 Denial::InvalidRequest(
@@ -308,11 +309,9 @@ impl Exchanger<'_> {
             )
         };
         if let Some(id) = &subject.consent_id {
-            let consent = match uuid::Uuid::parse_str(id) {
-                Ok(id) => crate::storage::consents::current(&self.services.pool, id).await?,
-                Err(_) => None,
-            }
-            .ok_or_else(|| refused("the subject token's consent does not exist"))?;
+            let consent = crate::storage::consents::current(&self.services.pool, id.as_uuid())
+                .await?
+                .ok_or_else(|| refused("the subject token's consent does not exist"))?;
             consent
                 .covers(target, at(now))
                 .map_err(|why| refused(why.reason()))?;
@@ -332,7 +331,7 @@ impl Exchanger<'_> {
                     "the subject token's consent was not given to this client",
                 ));
             }
-            return Ok((Some(id.clone()), allowed.intersection(&consent.scopes)));
+            return Ok((Some(*id), allowed.intersection(&consent.scopes)));
         }
         if subject.owner == client.partner.as_str() {
             return Ok((None, allowed));
@@ -349,7 +348,7 @@ impl Exchanger<'_> {
             match consent.covers(target, at(now)) {
                 Ok(()) => {
                     let scopes = allowed.intersection(&consent.scopes);
-                    return Ok((Some(consent.id.to_string()), scopes));
+                    return Ok((Some(ConsentId::from_uuid(consent.id)), scopes));
                 }
                 Err(why) => uncovered = uncovered.max(why),
             }
@@ -456,11 +455,7 @@ impl Exchanger<'_> {
                     region: subject.owner_region,
                 }),
                 consent_id,
-                txn: Some(
-                    subject
-                        .txn
-                        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-                ),
+                txn: Some(subject.txn.unwrap_or_else(TxnId::random)),
                 parent_jti: subject.parent_jti,
                 trust_profile_version: subject.trust_profile_version,
                 policy: Some(decision),
@@ -472,7 +467,7 @@ impl Exchanger<'_> {
 /// Who acts in the new token: the chain, and the new actor token's `jti` and expiry.
 struct Actor {
     act: Option<Value>,
-    jti: Option<String>,
+    jti: Option<Jti>,
     expires_at: Option<i64>,
 }
 
@@ -546,10 +541,10 @@ struct Subject {
     /// The data owner: the partner whose subject this is, and its region.
     owner: String,
     owner_region: String,
-    txn: Option<String>,
+    txn: Option<TxnId>,
     /// Our token's `jti`, recorded as the parent in the lineage.
-    parent_jti: Option<String>,
-    consent_id: Option<String>,
+    parent_jti: Option<Jti>,
+    consent_id: Option<ConsentId>,
     trust_profile_version: Option<i32>,
 }
 

@@ -9,6 +9,7 @@ use crate::domain::grants::{
     ClientCredentialsRequest, Decision, Denial, GrantType, Owner, Provenance, TokenType,
     grant_scopes, require_binding,
 };
+use crate::domain::ids::Jti;
 use crate::domain::scopes::ScopeSet;
 use crate::domain::tokens::{AccessTokenClaims, Confirmation};
 use crate::policy::{Action, PolicyContext};
@@ -226,7 +227,7 @@ impl Issuer<'_> {
                 .ok_or(IssueError::SubjectExpired)?,
             iat: now,
             nbf: now,
-            jti: uuid::Uuid::new_v4().to_string(),
+            jti: Jti::random(),
             client_id: client.id.to_string(),
             scope: decision.scopes.to_string(),
             cnf: authenticated
@@ -251,12 +252,12 @@ impl Issuer<'_> {
             subject: Some(claims.sub.clone()),
             audience: Some(claims.aud.clone()),
             scopes: decision.scopes.to_vec(),
-            jti: Some(claims.jti.clone()),
-            consent_id: claims.consent_id.clone(),
-            txn: claims.txn.clone(),
+            jti: Some(claims.jti.to_string()),
+            consent_id: claims.consent_id.map(|id| id.to_string()),
+            txn: claims.txn.as_ref().map(ToString::to_string),
             actor_chain: claims.act.clone(),
-            parent_jti: provenance.parent_jti,
-            actor_jti: provenance.actor_jti,
+            parent_jti: provenance.parent_jti.map(String::from),
+            actor_jti: provenance.actor_jti.map(String::from),
             expires_at: Some(claims.exp),
             trust_profile_version: claims.trust_profile_version.map(i64::from),
             ..EventDetails::default()

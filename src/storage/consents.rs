@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 
 use crate::audit::{AuditError, AuditLog, EventDetails, EventKind, Outcome};
 use crate::domain::consents::{Consent, ConsentStatus, NewConsent};
+use crate::domain::ids::ConsentId;
 use crate::domain::scopes::ScopeSet;
 
 #[derive(sqlx::FromRow)]
@@ -88,13 +89,10 @@ pub async fn current(pool: &PgPool, id: uuid::Uuid) -> Result<Option<Consent>, s
 /// and in its window.
 pub async fn still_active(
     pool: &PgPool,
-    id: &str,
+    id: &ConsentId,
     now: OffsetDateTime,
 ) -> Result<bool, sqlx::Error> {
-    let Ok(id) = uuid::Uuid::parse_str(id) else {
-        return Ok(false);
-    };
-    Ok(current(pool, id).await?.is_some_and(|consent| {
+    Ok(current(pool, id.as_uuid()).await?.is_some_and(|consent| {
         consent.status == ConsentStatus::Active
             && consent.effective_from <= now
             && now < consent.effective_until

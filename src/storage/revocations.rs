@@ -85,7 +85,7 @@ async fn revoke(
     claims: &AccessTokenClaims,
     revoked_by: &str,
 ) -> Result<(), sqlx::Error> {
-    let Ok(jti) = uuid::Uuid::parse_str(&claims.jti) else {
+    let Ok(jti) = uuid::Uuid::parse_str(claims.jti.as_str()) else {
         return Ok(());
     };
     let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp)

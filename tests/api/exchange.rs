@@ -449,7 +449,7 @@ async fn an_expired_or_unknown_key_subject_is_refused() {
         &broad_token(&app).await,
     ))
     .unwrap();
-    expired.jti = uuid::Uuid::new_v4().to_string();
+    expired.jti = tessera::domain::ids::Jti::random();
     expired.iat = now - 600;
     expired.nbf = now - 600;
     expired.exp = now - 1;
