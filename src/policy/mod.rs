@@ -2,18 +2,17 @@
 //! the schema, decided on every issuance and exchange. Anything that goes wrong denies.
 //! Reloading keeps the running set when the new one is invalid.
 
+mod entities;
+mod loading;
+mod suite;
+
+use entities::evaluate_request;
+use loading::load;
+
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
-use std::collections::{HashMap, HashSet};
-
-use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
-    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
-};
-use serde::Deserialize;
-use serde_json::Value;
+use cedar_policy::{PolicySet, Schema};
 
 use crate::domain::audiences::Audience;
 use crate::domain::clients::Client;
@@ -97,6 +96,11 @@ pub struct PolicyEngine {
 }
 
 impl PolicyEngine {
+    /// Runs `policies/tests/*.json`; returns the number of cases and the failed ones.
+    pub fn run_tests(&self) -> Result<(usize, Vec<String>), PolicyError> {
+        suite::run(&self.loaded(), &self.dir)
+    }
+
     pub fn load(dir: &Path) -> Result<Self, PolicyError> {
         Ok(Self {
             dir: dir.to_owned(),
@@ -180,277 +184,6 @@ impl PolicyEngine {
             }
         }
     }
-
-    /// Runs `policies/tests/*.json`; returns the names of failed cases.
-    pub fn run_tests(&self) -> Result<(usize, Vec<String>), PolicyError> {
-        let loaded = self.loaded();
-        let mut files = policy_files(&self.dir.join("tests"), "json")?;
-        files.sort();
-        let mut total = 0;
-        let mut failed = Vec::new();
-        for path in files {
-            let test_error = |reason: String| PolicyError::Test {
-                path: path.clone(),
-                reason,
-            };
-            let text = read(&path)?;
-            let suite: TestSuite =
-                serde_json::from_str(&text).map_err(|error| test_error(error.to_string()))?;
-            for case in suite.cases {
-                total += 1;
-                let outcome = evaluate(
-                    &loaded,
-                    &suite.entities,
-                    &case.principal,
-                    &case.action,
-                    &case.resource,
-                    case.context,
-                )
-                .map_err(test_error)?;
-                let expected = case.expect == "allow";
-                if outcome.0 != expected {
-                    failed.push(format!(
-                        "{}: {}: expected {}, got {} (determined by {:?})",
-                        path.display(),
-                        case.name,
-                        case.expect,
-                        if outcome.0 { "allow" } else { "deny" },
-                        outcome.1
-                    ));
-                }
-            }
-        }
-        Ok((total, failed))
-    }
-}
-
-#[derive(Deserialize)]
-struct TestSuite {
-    entities: Value,
-    cases: Vec<TestCase>,
-}
-
-#[derive(Deserialize)]
-struct TestCase {
-    name: String,
-    principal: String,
-    action: String,
-    resource: String,
-    context: Value,
-    expect: String,
-}
-
-/// The hot path: entities and context built directly (the policies were validated against the
-/// schema when loaded; the policy tests exercise the same shapes through the schema).
-fn evaluate_request(
-    loaded: &Loaded,
-    action: Action,
-    client: &Client,
-    audience: &Audience,
-    context: &PolicyContext<'_>,
-) -> Result<(bool, Vec<String>), String> {
-    let text = |value: &str| RestrictedExpression::new_string(value.to_owned());
-    let partner = uid("Partner", client.partner.as_str())?;
-    let principal = uid("Client", client.id.as_str())?;
-    let resource = uid("Audience", audience.id.as_str())?;
-    let entity =
-        |uid: EntityUid, attrs: Vec<(&str, RestrictedExpression)>, parents: Vec<EntityUid>| {
-            Entity::new(
-                uid,
-                attrs
-                    .into_iter()
-                    .map(|(name, value)| (name.to_owned(), value))
-                    .collect::<HashMap<_, _>>(),
-                parents.into_iter().collect::<HashSet<_>>(),
-            )
-            .map_err(|error| error.to_string())
-        };
-    let entities = Entities::from_entities(
-        [
-            entity(
-                partner.clone(),
-                vec![("region", text(&client.partner_region))],
-                Vec::new(),
-            )?,
-            entity(
-                principal.clone(),
-                vec![
-                    ("partner", text(client.partner.as_str())),
-                    ("region", text(&client.partner_region)),
-                ],
-                vec![partner],
-            )?,
-            entity(
-                resource.clone(),
-                vec![
-                    ("region", text(&audience.region)),
-                    ("kind", text(&audience.kind)),
-                    (
-                        "cross_region_allowed",
-                        RestrictedExpression::new_bool(audience.cross_region_allowed),
-                    ),
-                ],
-                Vec::new(),
-            )?,
-        ],
-        None,
-    )
-    .map_err(|error| error.to_string())?;
-    let context = Context::from_pairs([
-        (
-            "scopes".to_owned(),
-            RestrictedExpression::new_set(
-                context
-                    .scopes
-                    .to_vec()
-                    .into_iter()
-                    .map(RestrictedExpression::new_string),
-            ),
-        ),
-        ("subject_partner".to_owned(), text(context.subject_partner)),
-        ("subject_issuer".to_owned(), text(context.subject_issuer)),
-        ("subject_region".to_owned(), text(context.subject_region)),
-        (
-            "consent".to_owned(),
-            RestrictedExpression::new_bool(context.consent),
-        ),
-        (
-            "delegation_depth".to_owned(),
-            RestrictedExpression::new_long(context.delegation_depth),
-        ),
-    ])
-    .map_err(|error| error.to_string())?;
-    let request = Request::new(
-        principal,
-        uid("Action", action.name())?,
-        resource,
-        context,
-        None,
-    )
-    .map_err(|error| error.to_string())?;
-    authorize(loaded, &request, &entities)
-}
-
-fn authorize(
-    loaded: &Loaded,
-    request: &Request,
-    entities: &Entities,
-) -> Result<(bool, Vec<String>), String> {
-    let response = Authorizer::new().is_authorized(request, &loaded.policies, entities);
-    if let Some(error) = response.diagnostics().errors().next() {
-        return Err(error.to_string());
-    }
-    let determining = response
-        .diagnostics()
-        .reason()
-        .map(PolicyId::to_string)
-        .collect();
-    Ok((response.decision() == Decision::Allow, determining))
-}
-
-fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
-    let kind =
-        EntityTypeName::from_str(&format!("Tessera::{kind}")).map_err(|error| error.to_string())?;
-    Ok(EntityUid::from_type_name_and_id(kind, EntityId::new(id)))
-}
-
-fn evaluate(
-    loaded: &Loaded,
-    entities: &Value,
-    principal: &str,
-    action: &str,
-    resource: &str,
-    context: Value,
-) -> Result<(bool, Vec<String>), String> {
-    let action = uid("Action", action)?;
-    let entities = Entities::from_json_value(entities.clone(), Some(&loaded.schema))
-        .map_err(|error| error.to_string())?;
-    let context = Context::from_json_value(context, Some((&loaded.schema, &action)))
-        .map_err(|error| error.to_string())?;
-    let request = Request::new(
-        uid("Client", principal)?,
-        action,
-        uid("Audience", resource)?,
-        context,
-        Some(&loaded.schema),
-    )
-    .map_err(|error| error.to_string())?;
-    authorize(loaded, &request, &entities)
-}
-
-fn read(path: &Path) -> Result<String, PolicyError> {
-    std::fs::read_to_string(path).map_err(|error| PolicyError::Read {
-        path: path.to_owned(),
-        reason: error.to_string(),
-    })
-}
-
-fn policy_files(dir: &Path, extension: &str) -> Result<Vec<PathBuf>, PolicyError> {
-    let entries = std::fs::read_dir(dir).map_err(|error| PolicyError::Read {
-        path: dir.to_owned(),
-        reason: error.to_string(),
-    })?;
-    Ok(entries
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == extension))
-        .collect())
-}
-
-fn load(dir: &Path) -> Result<Loaded, PolicyError> {
-    let schema_path = dir.join("schema.cedarschema");
-    let schema_text = read(&schema_path)?;
-    let (schema, _warnings) =
-        Schema::from_cedarschema_str(&schema_text).map_err(|error| PolicyError::Schema {
-            path: schema_path.clone(),
-            reason: error.to_string(),
-        })?;
-    let mut files = policy_files(dir, "cedar")?;
-    files.sort();
-    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    digest.update(schema_text.as_bytes());
-    let mut policies = PolicySet::new();
-    for path in &files {
-        let text = read(path)?;
-        digest.update(
-            path.file_name()
-                .map(|name| name.as_encoded_bytes())
-                .unwrap_or_default(),
-        );
-        digest.update(text.as_bytes());
-        let parsed = PolicySet::from_str(&text).map_err(|error| PolicyError::Parse {
-            path: path.clone(),
-            reason: error.to_string(),
-        })?;
-        for policy in parsed.policies() {
-            let id = policy
-                .annotation("id")
-                .ok_or_else(|| PolicyError::MissingId { path: path.clone() })?;
-            policies
-                .add(policy.new_id(PolicyId::new(id)))
-                .map_err(|_| PolicyError::MissingId { path: path.clone() })?;
-        }
-    }
-    let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
-    if !validation.validation_passed() {
-        let errors: Vec<String> = validation
-            .validation_errors()
-            .map(ToString::to_string)
-            .collect();
-        return Err(PolicyError::Invalid(errors.join("; ")));
-    }
-    let hash = digest
-        .finish()
-        .as_ref()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    Ok(Loaded {
-        schema,
-        policies,
-        hash,
-        decisions: crate::cache::Cache::new(DECISION_CACHE_ENTRIES, None),
-    })
 }
 
 #[cfg(test)]
