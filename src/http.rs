@@ -17,6 +17,8 @@ use tracing::Instrument;
 use crate::metrics::Metrics;
 use crate::tls::{ClientCertificate, ClientTrust};
 
+pub mod facts;
+
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Identifies one request across the log line, the response header and (later) its audit record.
@@ -113,6 +115,10 @@ pub async fn request_context(
         method = crate::metrics::method_label(&method),
         %route
     );
+    crate::telemetry::set_incoming_parent(&span, req.headers());
+    let peer_x5t_s256 = req
+        .conn_data::<ClientCertificate>()
+        .map(|certificate| certificate.thumbprint.to_base64url());
 
     let result = next.call(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
@@ -123,10 +129,33 @@ pub async fn request_context(
     if let Some(metrics) = metrics {
         metrics.observe_request(&route, &method, status.as_u16(), elapsed.as_secs_f64());
     }
+    let facts = match &result {
+        Ok(response) => response
+            .request()
+            .extensions()
+            .get::<facts::RequestFacts>()
+            .cloned(),
+        Err(_) => None,
+    }
+    .unwrap_or_default();
+    let error = result.as_ref().ok().and_then(|response| {
+        response
+            .response()
+            .extensions()
+            .get::<facts::OAuthErrorCode>()
+            .map(|code| code.0)
+    });
     span.in_scope(|| {
         tracing::info!(
+            request_id = %request_id.0,
             status = status.as_u16(),
             latency_us = elapsed.as_micros() as u64,
+            outcome = facts::outcome(status),
+            client_id = facts.client_id.as_deref(),
+            grant = facts.grant,
+            error,
+            reason = facts.reason.as_deref(),
+            peer_x5t_s256 = peer_x5t_s256.as_deref(),
             "request completed"
         );
     });

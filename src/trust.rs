@@ -376,11 +376,13 @@ impl JwksCache {
             .clone()
     }
 
+    #[tracing::instrument(name = "partner_jwks_fetch", skip_all)]
     async fn fetch(&self, uri: &str) -> Result<JwkSet, TrustError> {
         let unreachable = |reason: String| TrustError::KeysUnreachable(reason);
         let mut response = self
             .http
             .get(uri)
+            .headers(crate::telemetry::outgoing_headers())
             .timeout(FETCH_TIMEOUT)
             .send()
             .await

@@ -35,6 +35,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
 /// The context every protected OAuth request carries into its decisions and audit records.
 struct Call<'a> {
     services: &'a Services,
+    /// Where the request's log line finds what its handling decided.
+    req: &'a HttpRequest,
     request_id: String,
     client: Option<&'a AuthenticatedClient>,
 }
@@ -91,6 +93,9 @@ impl Call<'_> {
             reason: details.reason.or_else(|| Some(error.to_string())),
             ..details
         };
+        if let Some(reason) = &details.reason {
+            crate::http::facts::note_reason(self.req, reason);
+        }
         if let Err(audit_error) = self
             .services
             .audit
@@ -169,6 +174,7 @@ async fn authenticate(
         Err(error) => {
             let call = Call {
                 services,
+                req,
                 request_id: request_id.to_owned(),
                 client: None,
             };
@@ -190,6 +196,14 @@ async fn authenticate(
         unix_now(),
     )
     .await;
+    let claimed = match &result {
+        Ok(authenticated) => Some(authenticated.client.id.to_string()),
+        Err(AuthError::Failed { client_id, .. }) => client_id.clone(),
+        Err(AuthError::Unavailable(_)) => credentials.client_id.clone(),
+    };
+    crate::http::facts::note(req, |facts| {
+        facts.client_id = claimed.as_deref().map(crate::audit::bounded_text);
+    });
     match result {
         Ok(authenticated) => {
             services.usage.record(
@@ -204,6 +218,7 @@ async fn authenticate(
         Err(AuthError::Failed { client_id, reason }) => {
             let call = Call {
                 services,
+                req,
                 request_id: request_id.to_owned(),
                 client: None,
             };
@@ -273,13 +288,16 @@ async fn token_endpoint(
         authenticated_form(&services, &req, &body, peer, request_id).await?;
     let call = Call {
         services: &services,
+        req: &req,
         request_id,
         client: Some(&authenticated),
     };
     let grant_type = call
         .required(&params, "grant_type", EventKind::TokenDenied)
         .await?;
-    match GrantType::parse(grant_type) {
+    let grant = GrantType::parse(grant_type);
+    crate::http::facts::note(&req, |facts| facts.grant = grant.map(GrantType::as_str));
+    match grant {
         Some(GrantType::ClientCredentials) => {
             client_credentials(&call, &authenticated, &params).await
         }
@@ -612,6 +630,7 @@ async fn introspect_endpoint(
         authenticated_form(&services, &req, &body, peer, request_id).await?;
     let call = Call {
         services: &services,
+        req: &req,
         request_id,
         client: Some(&caller),
     };
@@ -674,6 +693,7 @@ async fn revoke_endpoint(
         authenticated_form(&services, &req, &body, peer, request_id).await?;
     let call = Call {
         services: &services,
+        req: &req,
         request_id,
         client: Some(&caller),
     };
