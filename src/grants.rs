@@ -8,6 +8,7 @@ use crate::audit::{AuditError, AuditLog, EventDetails, EventKind, Outcome};
 use crate::client_auth::AuthenticatedClient;
 use crate::clients::Registry;
 use crate::config::TokenSettings;
+use crate::domain::scope_limits::{self, Limit};
 use crate::keys::{KeyError, KeyRing};
 use crate::policy::PolicyDecision;
 use crate::scopes::ScopeSet;
@@ -109,7 +110,19 @@ pub async fn decide_client_credentials(
     let audience = registry.audience(target).await?.ok_or_else(|| {
         Denial::InvalidTarget("this audience is not allowed for this client".into())
     })?;
-    let scopes = grant_scopes(&allowed.intersection(&audience.scopes), requested)?;
+    let scopes = grant_scopes(&allowed.intersection(&audience.scopes), requested).map_err(|_| {
+        let limits = [
+            Limit {
+                holder: "the audience",
+                scopes: &audience.scopes,
+            },
+            Limit {
+                holder: "the client's registration for this audience",
+                scopes: allowed,
+            },
+        ];
+        Denial::InvalidScope(scope_limits::explain(requested, &limits))
+    })?;
     require_binding(&audience, authenticated)?;
     Ok(Decision { audience, scopes })
 }

@@ -19,6 +19,7 @@ pub mod clients;
 pub mod config;
 pub mod consents;
 pub mod dev;
+pub mod domain;
 pub mod drain;
 pub mod exchange;
 pub mod fallback;
