@@ -11,6 +11,7 @@ mod boundaries;
 mod chains;
 mod client_auth;
 mod client_credentials;
+mod descriptions;
 mod cluster;
 mod exchange;
 mod fixtures;
