@@ -201,6 +201,7 @@ impl std::fmt::Debug for RawDatabase {
 struct RawLog {
     format: LogFormat,
     filter: String,
+    otlp_endpoint: Option<String>,
 }
 
 impl Default for RawSettings {
@@ -229,6 +230,7 @@ impl Default for RawSettings {
             log: RawLog {
                 format: LogFormat::Human,
                 filter: "info".to_owned(),
+                otlp_endpoint: None,
             },
             tokens: RawTokens {
                 issuer: None,
@@ -418,6 +420,8 @@ pub struct DatabaseSettings {
 pub struct LogSettings {
     pub format: LogFormat,
     pub filter: String,
+    /// Base URL of an OTLP/HTTP collector; traces go to `{otlp_endpoint}/v1/traces`.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The settings of the key and audit commands (see [`Settings::load_operator`]).
@@ -638,6 +642,17 @@ impl Settings {
             ));
         }
         let audit = problems.check(validate_audit(&raw.audit));
+        let otlp_endpoint_valid = raw.log.otlp_endpoint.as_deref().is_none_or(|endpoint| {
+            reqwest::Url::parse(endpoint).is_ok_and(|url| {
+                matches!(url.scheme(), "http" | "https") && url.has_host() && url.query().is_none()
+            })
+        });
+        if !otlp_endpoint_valid {
+            problems.push(ConfigError::invalid(
+                "log.otlp_endpoint",
+                "expected the http(s) URL of an OTLP collector, such as http://127.0.0.1:4318",
+            ));
+        }
         let (Some(bind), Some(tls), Some(database), Some(tokens), Some(keys), Some(audit)) =
             (bind, tls, database, tokens, keys, audit)
         else {
@@ -662,6 +677,7 @@ impl Settings {
             log: LogSettings {
                 format: raw.log.format,
                 filter: raw.log.filter,
+                otlp_endpoint: raw.log.otlp_endpoint,
             },
             tokens,
             keys,

@@ -6,7 +6,7 @@ async fn main() -> std::process::ExitCode {
     match tessera::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("tessera: {error:#}");
+            eprintln!("tessera: {}", tessera::cli::report::describe(&error));
             std::process::ExitCode::FAILURE
         }
     }

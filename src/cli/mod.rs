@@ -10,6 +10,8 @@ use crate::dev::DevOptions;
 use crate::dev::pki::DevPki;
 use crate::startup::Application;
 
+pub mod report;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tessera",
@@ -390,7 +392,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
 
 async fn serve(config: Option<PathBuf>, migrate: bool) -> anyhow::Result<()> {
     let settings = Settings::load(config.as_deref())?;
-    crate::telemetry::init(&settings.log);
+    let tracing = crate::telemetry::init(&settings.log);
     let pool = crate::storage::pool(&settings.database)?;
     if migrate {
         crate::storage::migrate(&pool).await?;
@@ -413,5 +415,7 @@ async fn serve(config: Option<PathBuf>, migrate: bool) -> anyhow::Result<()> {
         );
     }
     tracing::info!(addr = %application.local_addr(), "serving HTTPS");
-    application.run().await.context("server failed")
+    let served = application.run().await;
+    tracing.shutdown().await;
+    served.context("server failed")
 }

@@ -55,11 +55,13 @@ impl JwksCache {
             .get_or_insert_with(&uri.to_owned(), Arc::default)
     }
 
+    #[tracing::instrument(name = "partner_jwks_fetch", skip_all)]
     async fn fetch(&self, uri: &str) -> Result<PublicKeys, TrustError> {
         let unreachable = |reason: String| TrustError::KeysUnreachable(reason);
         let mut response = self
             .http
             .get(uri)
+            .headers(crate::telemetry::outgoing_headers())
             .timeout(FETCH_TIMEOUT)
             .send()
             .await

@@ -90,7 +90,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             0,
         ))));
     settings.server.bind.set_port(port);
-    crate::telemetry::init(&settings.log);
+    let tracing = crate::telemetry::init(&settings.log);
 
     let pool = crate::storage::pool(&settings.database)?;
     crate::storage::migrate(&pool)
@@ -127,6 +127,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         seed = options.seed.display(),
     );
     let served = application.run().await;
+    tracing.shutdown().await;
     if let Some(cluster) = cluster {
         cluster.stop().await?;
     }

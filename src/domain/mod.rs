@@ -7,6 +7,7 @@ pub mod consents;
 pub mod grants;
 pub mod ids;
 pub mod jwks;
+pub mod scope_limits;
 pub mod scopes;
 pub mod tokens;
 pub mod trust;

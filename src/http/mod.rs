@@ -7,6 +7,7 @@ pub mod ops;
 pub mod problem;
 
 use std::future::{Ready, ready};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_http::BoxedPayloadStream;
@@ -20,13 +21,30 @@ use futures_util::StreamExt;
 use tracing::Instrument;
 
 use crate::metrics::Metrics;
+use crate::service::RequestFacts;
 use crate::tls::{ClientCertificate, ClientTrust};
+
+pub mod facts;
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Identifies one request across the log line, the response header and (later) its audit record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestId(pub uuid::Uuid);
+
+/// What the use case notes about the request for its log line.
+#[derive(Debug, Clone)]
+pub struct Facts(pub Arc<RequestFacts>);
+
+impl FromRequest for Facts {
+    type Error = actix_web::Error;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let facts = req.extensions().get::<Facts>().cloned();
+        ready(Ok(facts.unwrap_or_else(|| Facts(Arc::default()))))
+    }
+}
 
 impl FromRequest for RequestId {
     type Error = actix_web::Error;
@@ -107,6 +125,8 @@ pub async fn request_context(
     }
     let request_id = RequestId(uuid::Uuid::new_v4());
     req.extensions_mut().insert(request_id);
+    let noted = Arc::new(RequestFacts::default());
+    req.extensions_mut().insert(Facts(noted.clone()));
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
@@ -118,6 +138,10 @@ pub async fn request_context(
         method = crate::metrics::method_label(&method),
         %route
     );
+    crate::telemetry::set_incoming_parent(&span, req.headers());
+    let peer_x5t_s256 = req
+        .conn_data::<ClientCertificate>()
+        .map(|certificate| certificate.thumbprint.to_base64url());
 
     let result = next.call(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
@@ -128,10 +152,25 @@ pub async fn request_context(
     if let Some(metrics) = metrics {
         metrics.observe_request(&route, &method, status.as_u16(), elapsed.as_secs_f64());
     }
+    let facts = noted.snapshot();
+    let error = result.as_ref().ok().and_then(|response| {
+        response
+            .response()
+            .extensions()
+            .get::<facts::OAuthErrorCode>()
+            .map(|code| code.0)
+    });
     span.in_scope(|| {
         tracing::info!(
+            request_id = %request_id.0,
             status = status.as_u16(),
             latency_us = elapsed.as_micros() as u64,
+            outcome = facts::outcome(status),
+            client_id = facts.client_id.as_deref(),
+            grant = facts.grant,
+            error,
+            reason = facts.reason.as_deref(),
+            peer_x5t_s256 = peer_x5t_s256.as_deref(),
             "request completed"
         );
     });

@@ -15,7 +15,7 @@ use crate::crypto::jwt;
 use crate::crypto::keys::unix_now;
 use crate::domain::clients::{Authentication, Client, Status};
 use crate::domain::ids::ClientId;
-use crate::service::{Call, OAuthError};
+use crate::service::{Call, Caller, OAuthError};
 use crate::startup::Services;
 use crate::storage::clients::RegistryError;
 use crate::storage::registry::Registry;
@@ -236,18 +236,19 @@ pub type Presented = Result<Credentials, (OAuthError, Option<String>)>;
 /// reaches the caller as one `invalid_client`.
 pub async fn caller(
     services: &Services,
-    request_id: &str,
-    certificate: Option<ClientCertificate>,
-    presented: Presented,
+    caller: Caller<'_>,
 ) -> Result<AuthenticatedClient, OAuthError> {
     let call = Call {
         services,
-        request_id,
+        request_id: caller.request_id,
+        facts: caller.facts,
         client: None,
     };
-    let credentials = match presented {
+    let credentials = match caller.credentials {
         Ok(credentials) => credentials,
         Err((error, client_id)) => {
+            let claimed = client_id.clone();
+            call.facts.note(|facts| facts.client_id = claimed);
             let details = EventDetails {
                 client_id,
                 ..call.details()
@@ -259,13 +260,21 @@ pub async fn caller(
     };
     let result = authenticate(
         &credentials,
-        certificate,
+        caller.certificate,
         &services.registry,
         &services.pool,
         &services.tokens.issuer,
         unix_now(),
     )
     .await;
+    let claimed = match &result {
+        Ok(authenticated) => Some(authenticated.client.id.to_string()),
+        Err(AuthError::Failed { client_id, .. }) => client_id.clone(),
+        Err(AuthError::Unavailable(_)) => credentials.client_id.clone(),
+    };
+    call.facts.note(|facts| {
+        facts.client_id = claimed.as_deref().map(crate::audit::bounded_text);
+    });
     match result {
         Ok(authenticated) => {
             services.usage.record(

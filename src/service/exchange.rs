@@ -15,6 +15,7 @@ use crate::domain::grants::{
     Decision, Denial, ExchangeRequest, GrantType, Owner, Provenance, TokenType, grant_scopes,
 };
 use crate::domain::ids::{ConsentId, Jti, TxnId};
+use crate::domain::scope_limits::{self, Limit};
 use crate::domain::scopes::ScopeSet;
 use crate::policy::{Action, PolicyContext};
 use crate::service::authenticate::AuthenticatedClient;
@@ -401,14 +402,20 @@ impl Exchanger<'_> {
             registration: registered.clone(),
         };
         let allowed = limits.allowed();
-        let allowed = self
+        let within_profile = self
             .profile_reach(&subject, &request.target, allowed)
             .await?;
         let (consent_id, allowed) = self
-            .consent(client, &subject, &request.target, allowed, now)
+            .consent(
+                client,
+                &subject,
+                &request.target,
+                within_profile.clone(),
+                now,
+            )
             .await?;
         let scopes = grant_scopes(&allowed, request.requested_scopes.as_ref()).map_err(|_| {
-            let why = limits.explain(request.requested_scopes.as_ref(), &allowed);
+            let why = limits.explain(request.requested_scopes.as_ref(), &within_profile, &allowed);
             refuse(Denial::InvalidScope(why.clone()), why)
         })?;
 
@@ -500,33 +507,38 @@ impl ScopeLimits {
     }
 
     /// Why scopes were refused, for the caller and the audit trail alike: the first limit
-    /// that lacks a requested scope (subject, audience, registration), else the data owner's
-    /// trust profile or consent.
-    fn explain(&self, requested: Option<&ScopeSet>, allowed: &ScopeSet) -> String {
-        let Some(requested) = requested else {
-            return "no scope can be granted: the subject, audience, client registration, \
-                    trust profile and consent share none"
-                .to_owned();
-        };
+    /// that lacks a requested scope (subject, audience, registration, the data owner's trust
+    /// profile, the consent). `within_profile` and `allowed` are what is left after the trust
+    /// profile and after the consent.
+    fn explain(
+        &self,
+        requested: Option<&ScopeSet>,
+        within_profile: &ScopeSet,
+        allowed: &ScopeSet,
+    ) -> String {
         let limits = [
-            ("the subject token", &self.subject),
-            ("the audience", &self.audience),
-            (
-                "the client's registration for this audience",
-                &self.registration,
-            ),
+            Limit {
+                holder: "the subject token",
+                scopes: &self.subject,
+            },
+            Limit {
+                holder: "the audience",
+                scopes: &self.audience,
+            },
+            Limit {
+                holder: "the client's registration for this audience",
+                scopes: &self.registration,
+            },
+            Limit {
+                holder: "the data owner's trust profile",
+                scopes: within_profile,
+            },
+            Limit {
+                holder: "the consent",
+                scopes: allowed,
+            },
         ];
-        let (holder, missing) = limits
-            .iter()
-            .map(|(holder, limit)| (*holder, requested.difference(limit)))
-            .find(|(_, missing)| !missing.is_empty())
-            .unwrap_or_else(|| {
-                (
-                    "the data owner's trust profile or consent",
-                    requested.difference(allowed),
-                )
-            });
-        format!("{holder} does not allow: {missing}")
+        scope_limits::explain(requested, &limits)
     }
 }
 

@@ -4,24 +4,23 @@
 use crate::audit::{EventDetails, EventKind, Outcome};
 use crate::crypto::keys::unix_now;
 use crate::domain::tokens::AccessTokenClaims;
-use crate::service::authenticate::{self, Presented};
+use crate::service::authenticate;
 use crate::service::live::live_token;
-use crate::service::{Call, OAuthError};
+use crate::service::{Call, Caller, OAuthError};
 use crate::startup::Services;
-use crate::tls::ClientCertificate;
 
 /// The token's claims when it is live and the caller may see it; `None` reads as inactive.
 pub async fn introspect(
     services: &Services,
-    request_id: &str,
-    certificate: Option<ClientCertificate>,
-    presented: Presented,
+    caller: Caller<'_>,
     token: Result<&str, OAuthError>,
 ) -> Result<Option<AccessTokenClaims>, OAuthError> {
-    let caller = authenticate::caller(services, request_id, certificate, presented).await?;
+    let (request_id, facts) = (caller.request_id, caller.facts);
+    let caller = authenticate::caller(services, caller).await?;
     let call = Call {
         services,
         request_id,
+        facts,
         client: Some(&caller),
     };
     let token = call.parsed(EventKind::TokenIntrospected, token).await?;

@@ -10,6 +10,7 @@ use crate::domain::grants::{
     grant_scopes, require_binding,
 };
 use crate::domain::ids::Jti;
+use crate::domain::scope_limits::{self, Limit};
 use crate::domain::scopes::ScopeSet;
 use crate::domain::tokens::{AccessTokenClaims, Confirmation};
 use crate::policy::{Action, PolicyContext};
@@ -132,7 +133,20 @@ async fn decide(
     let audience = registry.audience(target).await?.ok_or_else(|| {
         Denial::InvalidTarget("this audience is not allowed for this client".into())
     })?;
-    let scopes = grant_scopes(&allowed.intersection(&audience.scopes), requested)?;
+    let scopes =
+        grant_scopes(&allowed.intersection(&audience.scopes), requested).map_err(|_| {
+            let limits = [
+                Limit {
+                    holder: "the audience",
+                    scopes: &audience.scopes,
+                },
+                Limit {
+                    holder: "the client's registration for this audience",
+                    scopes: allowed,
+                },
+            ];
+            Denial::InvalidScope(scope_limits::explain(requested, &limits))
+        })?;
     require_binding(&audience, authenticated.certificate.is_some())?;
     Ok(Decision { audience, scopes })
 }

@@ -13,9 +13,10 @@ pub mod token;
 
 use crate::audit::{EventDetails, EventKind, Outcome};
 use crate::domain::grants::{Denial, GrantType};
-use crate::service::authenticate::AuthenticatedClient;
+use crate::service::authenticate::{AuthenticatedClient, Presented};
 use crate::service::issue::IssueError;
 use crate::startup::Services;
+use crate::tls::ClientCertificate;
 
 /// Error responses of RFC 6749 §5.2, RFC 8693 §2.2.2, RFC 8707 §2 and RFC 7009 §2.2.1.
 #[derive(Debug, thiserror::Error)]
@@ -89,10 +90,54 @@ impl From<Denial> for OAuthError {
     }
 }
 
+/// What handling decided about a request that its one log line carries: identifiers and
+/// reasons only, never a token, an assertion or a key.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// The authenticated client, or the client id a failed authentication claimed.
+    pub client_id: Option<String>,
+    /// The `grant_type` of a token request, once parsed.
+    pub grant: Option<&'static str>,
+    /// The reason a refusal was audited with.
+    pub reason: Option<String>,
+}
+
+/// A request's [`Facts`], noted by the use case while the HTTP layer waits to log them.
+#[derive(Debug, Default)]
+pub struct RequestFacts(std::sync::Mutex<Facts>);
+
+impl RequestFacts {
+    pub fn note(&self, update: impl FnOnce(&mut Facts)) {
+        update(
+            &mut self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+    }
+
+    pub fn snapshot(&self) -> Facts {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Who is calling a protected endpoint, as the edge read it.
+pub struct Caller<'a> {
+    pub request_id: &'a str,
+    pub facts: &'a RequestFacts,
+    /// The connection's client certificate, as verified by current trust.
+    pub certificate: Option<ClientCertificate>,
+    pub credentials: Presented,
+}
+
 /// The context every protected OAuth request carries into its decisions and audit records.
 pub struct Call<'a> {
     pub services: &'a Services,
     pub request_id: &'a str,
+    pub facts: &'a RequestFacts,
     pub client: Option<&'a AuthenticatedClient>,
 }
 
@@ -140,6 +185,11 @@ impl Call<'_> {
             reason: details.reason.or_else(|| Some(error.to_string())),
             ..details
         };
+        if let Some(reason) = &details.reason {
+            // Bounded as the audit trail bounds it: it may quote unauthenticated input.
+            let reason = crate::audit::bounded_text(reason);
+            self.facts.note(|facts| facts.reason = Some(reason));
+        }
         if let Err(audit_error) = self
             .services
             .audit

@@ -5,22 +5,21 @@
 use crate::audit::{EventDetails, EventKind, Outcome};
 use crate::crypto::jwt::validate_own;
 use crate::crypto::keys::unix_now;
-use crate::service::authenticate::{self, Presented};
-use crate::service::{Call, OAuthError};
+use crate::service::authenticate;
+use crate::service::{Call, Caller, OAuthError};
 use crate::startup::Services;
-use crate::tls::ClientCertificate;
 
 pub async fn revoke(
     services: &Services,
-    request_id: &str,
-    certificate: Option<ClientCertificate>,
-    presented: Presented,
+    caller: Caller<'_>,
     token: Result<&str, OAuthError>,
 ) -> Result<(), OAuthError> {
-    let caller = authenticate::caller(services, request_id, certificate, presented).await?;
+    let (request_id, facts) = (caller.request_id, caller.facts);
+    let caller = authenticate::caller(services, caller).await?;
     let call = Call {
         services,
         request_id,
+        facts,
         client: Some(&caller),
     };
     let token = call.parsed(EventKind::TokenRevoked, token).await?;

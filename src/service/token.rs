@@ -1,27 +1,32 @@
 //! The token endpoint's use case: authenticate the caller, then the grant it asked for.
 
 use crate::audit::EventKind;
-use crate::domain::grants::TokenRequest;
-use crate::service::authenticate::{self, Presented};
+use crate::domain::grants::{GrantType, TokenRequest};
+use crate::service::authenticate;
 use crate::service::issue::Issued;
-use crate::service::{Call, OAuthError, exchange, issue};
+use crate::service::{Call, Caller, OAuthError, exchange, issue};
 use crate::startup::Services;
-use crate::tls::ClientCertificate;
 
 pub async fn token(
     services: &Services,
-    request_id: &str,
-    certificate: Option<ClientCertificate>,
-    presented: Presented,
+    caller: Caller<'_>,
     request: Result<TokenRequest<'_>, OAuthError>,
 ) -> Result<Issued, OAuthError> {
-    let client = authenticate::caller(services, request_id, certificate, presented).await?;
+    let (request_id, facts) = (caller.request_id, caller.facts);
+    let client = authenticate::caller(services, caller).await?;
     let call = Call {
         services,
         request_id,
+        facts,
         client: Some(&client),
     };
-    match call.parsed(EventKind::TokenDenied, request).await? {
+    let request = call.parsed(EventKind::TokenDenied, request).await?;
+    let grant = match &request {
+        TokenRequest::ClientCredentials { .. } => GrantType::ClientCredentials,
+        TokenRequest::TokenExchange { .. } => GrantType::TokenExchange,
+    };
+    facts.note(|facts| facts.grant = Some(grant.as_str()));
+    match request {
         TokenRequest::ClientCredentials { target, parsed } => {
             issue::client_credentials(&call, &client, target, parsed).await
         }

@@ -12,6 +12,7 @@ mod chains;
 mod client_auth;
 mod client_credentials;
 mod cluster;
+mod descriptions;
 mod exchange;
 mod fixtures;
 mod helpers;

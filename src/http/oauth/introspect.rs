@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 
 use super::OAuthError;
 use super::request::{credentials, form, no_store};
-use crate::http::{PeerCertificate, RequestId};
+use crate::http::{Facts, PeerCertificate, RequestId};
+use crate::service::Caller;
 use crate::startup::Services;
 
 #[post("/oauth2/introspect")]
@@ -15,15 +16,19 @@ pub async fn introspect_endpoint(
     body: Bytes,
     peer: PeerCertificate,
     request_id: RequestId,
+    facts: Facts,
     services: web::Data<Services>,
 ) -> Result<HttpResponse, OAuthError> {
     let params = form(&req, &body)?;
     let request_id = request_id.0.to_string();
-    let presented = credentials(&req, &params);
+    let caller = Caller {
+        request_id: &request_id,
+        facts: &facts.0,
+        certificate: peer.0,
+        credentials: credentials(&req, &params),
+    };
     let token = params.require("token");
-    let claims =
-        crate::service::introspect::introspect(&services, &request_id, peer.0, presented, token)
-            .await?;
+    let claims = crate::service::introspect::introspect(&services, caller, token).await?;
     let body = match claims {
         None => json!({ "active": false }),
         Some(claims) => {

@@ -5,7 +5,8 @@ use actix_web::{HttpRequest, HttpResponse, post};
 
 use super::OAuthError;
 use super::request::{credentials, form, no_store};
-use crate::http::{PeerCertificate, RequestId};
+use crate::http::{Facts, PeerCertificate, RequestId};
+use crate::service::Caller;
 use crate::startup::Services;
 
 #[post("/oauth2/revoke")]
@@ -14,12 +15,18 @@ pub async fn revoke_endpoint(
     body: Bytes,
     peer: PeerCertificate,
     request_id: RequestId,
+    facts: Facts,
     services: web::Data<Services>,
 ) -> Result<HttpResponse, OAuthError> {
     let params = form(&req, &body)?;
     let request_id = request_id.0.to_string();
-    let presented = credentials(&req, &params);
+    let caller = Caller {
+        request_id: &request_id,
+        facts: &facts.0,
+        certificate: peer.0,
+        credentials: credentials(&req, &params),
+    };
     let token = params.require("token");
-    crate::service::revoke::revoke(&services, &request_id, peer.0, presented, token).await?;
+    crate::service::revoke::revoke(&services, caller, token).await?;
     Ok(no_store(HttpResponse::Ok()).finish())
 }

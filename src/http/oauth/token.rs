@@ -11,7 +11,8 @@ use crate::domain::grants::{
     ClientCredentialsRequest, Denial, ExchangeRequest, GrantType, TokenRequest, TokenType,
 };
 use crate::domain::scopes::ScopeSet;
-use crate::http::{PeerCertificate, RequestId};
+use crate::http::{Facts, PeerCertificate, RequestId};
+use crate::service::Caller;
 use crate::startup::Services;
 
 #[post("/oauth2/token")]
@@ -20,14 +21,19 @@ pub async fn token_endpoint(
     body: Bytes,
     peer: PeerCertificate,
     request_id: RequestId,
+    facts: Facts,
     services: web::Data<Services>,
 ) -> Result<HttpResponse, OAuthError> {
     let params = form(&req, &body)?;
     let request_id = request_id.0.to_string();
-    let presented = credentials(&req, &params);
+    let caller = Caller {
+        request_id: &request_id,
+        facts: &facts.0,
+        certificate: peer.0,
+        credentials: credentials(&req, &params),
+    };
     let request = token_request(&params);
-    let issued =
-        crate::service::token::token(&services, &request_id, peer.0, presented, request).await?;
+    let issued = crate::service::token::token(&services, caller, request).await?;
     let mut body = json!({
         "access_token": issued.access_token,
         "token_type": "Bearer",
