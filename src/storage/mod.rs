@@ -1,7 +1,13 @@
 //! The PostgreSQL pool and the embedded migrations.
 
+pub mod audit;
+pub mod audit_keys;
+pub mod expiry;
+pub mod governance;
+pub mod keys;
 pub mod replay;
 pub mod revocations;
+pub mod seed;
 
 use std::str::FromStr;
 
