@@ -29,6 +29,12 @@ pub type LineageEntry = (
     OffsetDateTime,
 );
 
+/// A stored checkpoint: (chain, seq, head hash, signed checkpoint).
+pub type CheckpointRow = (uuid::Uuid, i64, Vec<u8>, String);
+
+/// A record of an export segment: (seq, canonical record, prev hash, hash, matches the filter).
+pub type SegmentRow = (i64, String, Vec<u8>, Vec<u8>, bool);
+
 /// One stored record with the columns that index it.
 #[derive(sqlx::FromRow)]
 pub struct StoredEvent {
@@ -216,10 +222,8 @@ pub async fn insert_checkpoint(
     Ok(())
 }
 
-/// Every checkpoint: (chain, seq, head hash, signed checkpoint).
-pub async fn checkpoints(
-    pool: &PgPool,
-) -> Result<Vec<(uuid::Uuid, i64, Vec<u8>, String)>, sqlx::Error> {
+/// Every checkpoint.
+pub async fn checkpoints(pool: &PgPool) -> Result<Vec<CheckpointRow>, sqlx::Error> {
     sqlx::query_as("SELECT chain_id, seq, head_hash, jws FROM audit_checkpoints")
         .fetch_all(pool)
         .await
@@ -250,12 +254,12 @@ pub async fn pruned_through(pool: &PgPool) -> Result<Vec<(uuid::Uuid, i64)>, sql
 
 /// The checkpoints pruning may stop at: signed longer ago than `retention` and than the
 /// database owner's minimum retention, and matching a stored record; chain by chain, newest
-/// first. Yields (chain, seq, head hash, signed checkpoint).
+/// first.
 pub fn prune_candidates(
     pool: &PgPool,
     retention: Duration,
-) -> BoxStream<'_, Result<(uuid::Uuid, i64, Vec<u8>, String), sqlx::Error>> {
-    sqlx::query_as::<_, (uuid::Uuid, i64, Vec<u8>, String)>(
+) -> BoxStream<'_, Result<CheckpointRow, sqlx::Error>> {
+    sqlx::query_as::<_, CheckpointRow>(
         "SELECT c.chain_id, c.seq, c.head_hash, c.jws FROM audit_checkpoints c
            JOIN audit_events e ON e.chain_id = c.chain_id AND e.seq = c.seq
                               AND e.hash = c.head_hash
@@ -311,21 +315,19 @@ pub async fn matching_spans(
     bind_filter(spans, filter).fetch_all(pool).await
 }
 
-/// The chain's records `first..=last` in order, each with whether it matches the filter:
-/// (seq, canonical record, prev hash, hash, matches).
+/// The chain's records `first..=last` in order, each with whether it matches the filter.
 pub fn records_between<'a>(
     pool: &'a PgPool,
     filter: &ExportFilter,
     chain_id: uuid::Uuid,
     first: i64,
     last: i64,
-) -> BoxStream<'a, Result<(i64, String, Vec<u8>, Vec<u8>, bool), sqlx::Error>> {
-    let rows =
-        sqlx::query_as::<_, (i64, String, Vec<u8>, Vec<u8>, bool)>(sqlx::AssertSqlSafe(format!(
-            "SELECT seq, record, prev_hash, hash, ({MATCHES}) AS included
+) -> BoxStream<'a, Result<SegmentRow, sqlx::Error>> {
+    let rows = sqlx::query_as::<_, SegmentRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT seq, record, prev_hash, hash, ({MATCHES}) AS included
                FROM audit_events WHERE chain_id = $7 AND seq BETWEEN $8 AND $9
               ORDER BY seq"
-        )));
+    )));
     bind_filter(rows, filter)
         .bind(chain_id)
         .bind(first)
