@@ -78,7 +78,7 @@ impl Scheduler {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                run(name, job()).await;
+                run(name, &mut job).await;
             }
         });
     }
@@ -95,7 +95,7 @@ impl Scheduler {
     {
         self.tasks.spawn(async move {
             while signal.recv().await.is_some() {
-                run(name, job()).await;
+                run(name, &mut job).await;
             }
         });
     }
@@ -106,8 +106,13 @@ impl Scheduler {
     }
 }
 
-async fn run(name: &'static str, job: impl Future<Output = Result<(), JobError>>) {
-    match AssertUnwindSafe(job).catch_unwind().await {
+/// One run of the job, with a panic anywhere in it (starting it included) caught and logged.
+async fn run<F, Fut>(name: &'static str, job: &mut F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), JobError>>,
+{
+    match AssertUnwindSafe(async { job().await }).catch_unwind().await {
         Ok(Ok(())) => {}
         Ok(Err(error)) if error.severe => {
             tracing::error!(job = name, %error, "background job failed")
