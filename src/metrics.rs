@@ -9,21 +9,21 @@ use sqlx::PgPool;
 /// The label of a request method: the standard ones by name, any other as `other`, so that
 /// invented methods cannot grow the label set.
 pub fn method_label(method: &Method) -> &'static str {
-    const KNOWN: [(Method, &str); 9] = [
-        (Method::GET, "GET"),
-        (Method::HEAD, "HEAD"),
-        (Method::POST, "POST"),
-        (Method::PUT, "PUT"),
-        (Method::DELETE, "DELETE"),
-        (Method::PATCH, "PATCH"),
-        (Method::OPTIONS, "OPTIONS"),
-        (Method::CONNECT, "CONNECT"),
-        (Method::TRACE, "TRACE"),
+    static KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
     ];
     KNOWN
         .iter()
-        .find(|(known, _)| known == method)
-        .map_or("other", |(_, label)| label)
+        .find(|known| *known == method)
+        .map_or("other", Method::as_str)
 }
 
 /// The windows, in days, of the "unused clients" and "expiring certificates" gauges.
@@ -134,20 +134,12 @@ impl Metrics {
     }
 
     /// Recomputes the registry-derived gauges. Runs in the background, never on a scrape, so
-    /// that scraping cannot put load on the database.
-    pub async fn refresh_governance(&self, pool: &PgPool) {
+    /// that scraping cannot put load on the database. Every window is tried; the first
+    /// failure is returned.
+    pub async fn refresh_governance(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let mut failure = None;
         for days in GOVERNANCE_WINDOWS_DAYS {
-            let counts: Result<(i64, i64), sqlx::Error> = sqlx::query_as(
-                "SELECT
-                    count(*) FILTER (WHERE last_used_at IS NULL
-                                        OR last_used_at < now() - make_interval(days => $1)),
-                    count(*) FILTER (WHERE certificate_not_after < now() + make_interval(days => $1))
-                   FROM clients WHERE status = 'active'",
-            )
-            .bind(days)
-            .fetch_one(pool)
-            .await;
-            match counts {
+            match crate::storage::governance::client_counts(pool, days).await {
                 Ok((unused, expiring)) => {
                     let label = days.to_string();
                     self.unused_clients.with_label_values(&[&label]).set(unused);
@@ -155,9 +147,10 @@ impl Metrics {
                         .with_label_values(&[&label])
                         .set(expiring);
                 }
-                Err(error) => tracing::warn!(%error, "governance gauges not refreshed"),
+                Err(error) => failure = failure.or(Some(error)),
             }
         }
+        failure.map_or(Ok(()), Err)
     }
 
     /// Everything, in the text format, from memory only.

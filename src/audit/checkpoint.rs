@@ -12,12 +12,8 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::config::{KeySettings, SigningAlgorithm};
-use crate::crypto::keys::{
-    Envelope, KeyError, SigningKey, StoredKey, all_keks, generate_pkcs8, refuse_key,
-};
-
-/// Serialises creation of the audit key across nodes.
-const AUDIT_KEY_LOCK: i64 = 0x7e55_e7a0_0000_0002;
+use crate::crypto::envelope::Envelope;
+use crate::crypto::keys::{KeyError, KeyTable, SigningKey, all_keks, generate_pkcs8, refuse_key};
 pub const CHECKPOINT_TYP: &str = "tessera-audit-checkpoint+jwt";
 pub const CHAIN_TYP: &str = "tessera-audit-chain+jwt";
 
@@ -52,22 +48,13 @@ impl AuditSigner {
     /// skipped, so it can neither sign checkpoints nor keep the node from starting.
     pub async fn load(pool: &PgPool, settings: &KeySettings) -> Result<Self, KeyError> {
         let mut tx = pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(AUDIT_KEY_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        let rows: Vec<StoredKey> = sqlx::query_as(
-            "SELECT kid, 'EdDSA' AS algorithm, public_jwk, sealed_private_key, wrapped_data_key,
-                    kek_id
-               FROM audit_keys ORDER BY created_at DESC",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+        crate::storage::audit_keys::lock(&mut tx).await?;
+        let rows = crate::storage::audit_keys::newest_first(&mut tx).await?;
         let keks = all_keks(settings);
         let existing = rows.iter().find_map(|row| match row.authenticate(&keks) {
             Ok(key) => Some(key),
             Err(error) => {
-                refuse_key("audit_keys", &row.kid, &error);
+                refuse_key(KeyTable::Audit.name(), &row.kid, &error);
                 None
             }
         });
@@ -78,18 +65,8 @@ impl AuditSigner {
                 let pkcs8 = generate_pkcs8(SigningAlgorithm::EdDsa)?;
                 let key = SigningKey::from_pkcs8(&kid, SigningAlgorithm::EdDsa, &pkcs8)?;
                 let envelope = Envelope::seal(&settings.kek, &kid, &pkcs8)?;
-                sqlx::query(
-                    "INSERT INTO audit_keys
-                        (kid, public_jwk, sealed_private_key, wrapped_data_key, kek_id)
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&kid)
-                .bind(key.public_jwk())
-                .bind(&envelope.sealed_private_key)
-                .bind(&envelope.wrapped_data_key)
-                .bind(&envelope.kek_id)
-                .execute(&mut *tx)
-                .await?;
+                crate::storage::audit_keys::insert(&mut tx, &kid, &key.public_jwk(), &envelope)
+                    .await?;
                 key
             }
         };
@@ -115,13 +92,7 @@ impl AuditSigner {
         };
         let payload = serde_json::to_vec(&claims).map_err(|_| KeyError::Crypto)?;
         let jws = self.key.sign_typed(CHAIN_TYP, &payload)?;
-        sqlx::query("INSERT INTO audit_chains (chain_id, node, kid, jws) VALUES ($1, $2, $3, $4)")
-            .bind(chain_id)
-            .bind(node)
-            .bind(&self.key.kid)
-            .bind(jws)
-            .execute(pool)
-            .await?;
+        crate::storage::audit::insert_chain(pool, chain_id, node, &self.key.kid, &jws).await?;
         Ok(())
     }
 
@@ -154,17 +125,8 @@ impl AuditSigner {
         };
         let payload = serde_json::to_vec(&claims).map_err(|_| KeyError::Crypto)?;
         let jws = self.key.sign_typed(CHECKPOINT_TYP, &payload)?;
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (chain_id, seq, head_hash, kid, jws)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        )
-        .bind(chain_id)
-        .bind(seq)
-        .bind(head.as_slice())
-        .bind(&self.key.kid)
-        .bind(&jws)
-        .execute(pool)
-        .await?;
+        crate::storage::audit::insert_checkpoint(pool, chain_id, seq, head, &self.key.kid, &jws)
+            .await?;
         Ok(jws)
     }
 
@@ -205,20 +167,14 @@ pub(crate) fn vouches(
 /// The audit keys that authenticate under the configured key-encryption keys (RFC 7517);
 /// only these verify checkpoints, whatever else the table holds.
 pub async fn audit_jwks(pool: &PgPool, settings: &KeySettings) -> Result<Value, KeyError> {
-    let rows: Vec<StoredKey> = sqlx::query_as(
-        "SELECT kid, 'EdDSA' AS algorithm, public_jwk, sealed_private_key, wrapped_data_key,
-                kek_id
-           FROM audit_keys ORDER BY created_at",
-    )
-    .fetch_all(pool)
-    .await?;
+    let rows = crate::storage::audit_keys::oldest_first(pool).await?;
     let keks = all_keks(settings);
     let keys: Vec<Value> = rows
         .iter()
         .filter_map(|row| match row.authenticate(&keks) {
             Ok(key) => Some(key.public_jwk()),
             Err(error) => {
-                refuse_key("audit_keys", &row.kid, &error);
+                refuse_key(KeyTable::Audit.name(), &row.kid, &error);
                 None
             }
         })

@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 
 use super::checkpoint::{encode_hash, verify_checkpoint, vouches};
 use super::{AuditSigner, chained_hash};
+use crate::storage::audit as storage;
 
 #[derive(Debug, Clone)]
 pub struct ExportFilter {
@@ -77,25 +78,13 @@ pub enum ExportError {
     Encode(#[from] serde_json::Error),
 }
 
-/// Never NULL: the row query reads it as a boolean, and records without a partner, client,
-/// consent or transaction (`=` would yield NULL for them) simply do not match a filter on it.
-const MATCHES: &str = "recorded_at >= $1 AND recorded_at < $2
-    AND ($3::text IS NULL OR partner IS NOT DISTINCT FROM $3)
-    AND ($4::text IS NULL OR client_id IS NOT DISTINCT FROM $4)
-    AND ($5::text IS NULL OR consent_id IS NOT DISTINCT FROM $5)
-    AND ($6::text IS NULL OR txn IS NOT DISTINCT FROM $6)";
-
 pub async fn export(
     pool: &PgPool,
     signer: &AuditSigner,
     filter: &ExportFilter,
     out: &mut impl Write,
 ) -> Result<ExportSummary, ExportError> {
-    let spans = sqlx::query_as::<_, (uuid::Uuid, i64, i64)>(sqlx::AssertSqlSafe(format!(
-        "SELECT chain_id, min(seq), max(seq) FROM audit_events WHERE {MATCHES}
-          GROUP BY chain_id ORDER BY chain_id"
-    )));
-    let spans = bind_filter(spans, filter).fetch_all(pool).await?;
+    let spans = storage::matching_spans(pool, filter).await?;
     let mut summary = ExportSummary::default();
     let trusted = signer.trusted_keys(pool).await?;
     for (chain_id, first, last) in spans {
@@ -108,18 +97,7 @@ pub async fn export(
         if checkpoint_seq < last {
             summary.unsigned += matching_after(pool, filter, chain_id, checkpoint_seq).await?;
         }
-        let rows = sqlx::query_as::<_, (i64, String, Vec<u8>, Vec<u8>, bool)>(sqlx::AssertSqlSafe(
-            format!(
-                "SELECT seq, record, prev_hash, hash, ({MATCHES}) AS included
-                   FROM audit_events WHERE chain_id = $7 AND seq BETWEEN $8 AND $9
-                  ORDER BY seq"
-            ),
-        ));
-        let mut rows = bind_filter(rows, filter)
-            .bind(chain_id)
-            .bind(first)
-            .bind(checkpoint_seq)
-            .fetch(pool);
+        let mut rows = storage::records_between(pool, filter, chain_id, first, checkpoint_seq);
         while let Some((seq, record, prev_hash, hash, included)) = rows.try_next().await? {
             let line = if included {
                 summary.records += 1;
@@ -156,20 +134,6 @@ pub async fn export(
     Ok(summary)
 }
 
-/// Binds `$1`..`$6` of [`MATCHES`].
-fn bind_filter<'q, O>(
-    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    filter: &ExportFilter,
-) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-    query
-        .bind(filter.since)
-        .bind(filter.until)
-        .bind(filter.partner.clone())
-        .bind(filter.client.clone())
-        .bind(filter.consent.clone())
-        .bind(filter.txn.clone())
-}
-
 /// The checkpoint that vouches for the most of `first..=last`: the first one at or after
 /// `last` that a trusted audit key signed, else the newest trusted one at or after `first`.
 /// Export never signs a head itself: the rows are what the database holds, and signing them
@@ -182,14 +146,7 @@ async fn covering_checkpoint(
     first: i64,
     last: i64,
 ) -> Result<Option<(i64, String)>, ExportError> {
-    let candidates: Vec<(i64, Vec<u8>, String)> = sqlx::query_as(
-        "SELECT seq, head_hash, jws FROM audit_checkpoints WHERE chain_id = $1 AND seq >= $2
-          ORDER BY seq",
-    )
-    .bind(chain_id)
-    .bind(first)
-    .fetch_all(pool)
-    .await?;
+    let candidates = storage::checkpoints_from(pool, chain_id, first).await?;
     let mut best = None;
     for (seq, head, jws) in candidates {
         if vouches(&jws, trusted, chain_id, seq, &head) {
@@ -210,14 +167,7 @@ async fn matching_after(
     chain_id: uuid::Uuid,
     seq: i64,
 ) -> Result<u64, ExportError> {
-    let count = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM audit_events WHERE {MATCHES} AND chain_id = $7 AND seq > $8"
-    )));
-    let (count,) = bind_filter(count, filter)
-        .bind(chain_id)
-        .bind(seq)
-        .fetch_one(pool)
-        .await?;
+    let count = storage::count_matching_after(pool, filter, chain_id, seq).await?;
     Ok(u64::try_from(count).unwrap_or(0))
 }
 

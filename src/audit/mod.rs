@@ -24,6 +24,7 @@ use sqlx::PgPool;
 use crate::config::KeySettings;
 use crate::crypto::keys::KeyError;
 use crate::metrics::Metrics;
+use crate::storage::audit::{ChainedRecord, LineageEntry, insert_lineage};
 use futures_util::TryStreamExt;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -150,16 +151,7 @@ pub async fn prune(
     keys: &KeySettings,
 ) -> Result<i64, KeyError> {
     let trusted = checkpoint::trusted_keys(pool, keys).await?;
-    let mut candidates = sqlx::query_as::<_, (uuid::Uuid, i64, Vec<u8>, String)>(
-        "SELECT c.chain_id, c.seq, c.head_hash, c.jws FROM audit_checkpoints c
-           JOIN audit_events e ON e.chain_id = c.chain_id AND e.seq = c.seq
-                              AND e.hash = c.head_hash
-          WHERE c.signed_at < now() - GREATEST(make_interval(secs => $1),
-                                               (SELECT minimum FROM audit_retention))
-          ORDER BY c.chain_id, c.seq DESC",
-    )
-    .bind(retention.as_secs_f64())
-    .fetch(pool);
+    let mut candidates = crate::storage::audit::prune_candidates(pool, retention);
     let mut boundaries: Vec<(uuid::Uuid, i64)> = Vec::new();
     while let Some((chain_id, seq, head, jws)) = candidates.try_next().await? {
         if boundaries
@@ -177,11 +169,7 @@ pub async fn prune(
     drop(candidates);
     let mut removed: i64 = 0;
     for (chain_id, seq) in boundaries {
-        let count: i64 = sqlx::query_scalar("SELECT audit_prune($1, $2)")
-            .bind(chain_id)
-            .bind(seq)
-            .fetch_one(pool)
-            .await?;
+        let count = crate::storage::audit::prune(pool, chain_id, seq).await?;
         removed = removed.saturating_add(count);
     }
     Ok(removed)
@@ -382,15 +370,6 @@ struct Writer {
     unconfirmed: Option<ChainHead>,
 }
 
-/// One row as inserted: the event, its canonical text and its place in the chain.
-struct Row {
-    event: AuditRecord,
-    record: String,
-    prev_hash: [u8; 32],
-    hash: [u8; 32],
-    recorded_at: OffsetDateTime,
-}
-
 /// Where the chain stands after a group of records: its last seq and hash.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct ChainHead {
@@ -543,7 +522,7 @@ impl Writer {
             };
             let record = event.canonical().map_err(|error| (error.into(), None))?;
             let hash = chained_hash(&head, &record);
-            rows.push(Row {
+            rows.push(ChainedRecord {
                 event,
                 record,
                 prev_hash: head,
@@ -622,12 +601,7 @@ impl Writer {
 
     /// The chain's last stored record; `None` if it is not one this writer could have written.
     async fn stored_head(&self) -> Result<Option<ChainHead>, sqlx::Error> {
-        let stored: Option<(i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT seq, hash FROM audit_events WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(self.chain_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let stored = crate::storage::audit::chain_head(&self.pool, self.chain_id).await?;
         Ok(match stored {
             None => Some(ChainHead {
                 seq: 0,
@@ -777,7 +751,8 @@ impl BatchError {
     }
 }
 
-fn label<T: Serialize>(value: &T) -> String {
+/// How an enum is stored in its column: its serialized name.
+pub(crate) fn label<T: Serialize>(value: &T) -> String {
     serde_json::to_value(value)
         .ok()
         .and_then(|value| value.as_str().map(str::to_owned))
@@ -790,55 +765,10 @@ async fn insert(
     pool: &PgPool,
     chain_id: uuid::Uuid,
     first_seq: i64,
-    rows: &[Row],
+    rows: &[ChainedRecord],
 ) -> Result<(), BatchError> {
     let mut tx = pool.begin().await?;
-    let column = |pick: fn(&Row) -> Option<String>| rows.iter().map(pick).collect::<Vec<_>>();
-    sqlx::query(
-        "INSERT INTO audit_events
-            (chain_id, seq, record, prev_hash, hash, recorded_at, kind, outcome,
-             client_id, partner, audience, consent_id, txn, jti)
-         SELECT $1, $2 + ordinality - 1, record, prev_hash, hash, recorded_at, kind, outcome,
-                client_id, partner, audience, consent_id, txn, jti
-           FROM UNNEST($3::text[], $4::bytea[], $5::bytea[], $6::timestamptz[], $7::text[],
-                       $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-                       $13::text[], $14::text[])
-                WITH ORDINALITY AS batch (record, prev_hash, hash, recorded_at, kind, outcome,
-                                          client_id, partner, audience, consent_id, txn, jti,
-                                          ordinality)",
-    )
-    .bind(chain_id)
-    .bind(first_seq)
-    .bind(
-        rows.iter()
-            .map(|row| row.record.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|row| row.prev_hash.to_vec())
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|row| row.hash.to_vec()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|row| row.recorded_at).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|row| label(&row.event.kind))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|row| label(&row.event.outcome))
-            .collect::<Vec<_>>(),
-    )
-    .bind(column(|row| row.event.details.client_id.clone()))
-    .bind(column(|row| row.event.details.partner.clone()))
-    .bind(column(|row| row.event.details.audience.clone()))
-    .bind(column(|row| row.event.details.consent_id.clone()))
-    .bind(column(|row| row.event.details.txn.clone()))
-    .bind(column(|row| row.event.details.jti.clone()))
-    .execute(&mut *tx)
-    .await?;
+    crate::storage::audit::insert_events(&mut tx, chain_id, first_seq, rows).await?;
     let mut lineage = Vec::new();
     for row in rows {
         lineage.extend(lineage_of(row.event.outcome, &row.event.details)?);
@@ -847,15 +777,6 @@ async fn insert(
     tx.commit().await?;
     Ok(())
 }
-
-/// An exchanged token's place in the lineage: (jti, parent, actor, client, expiry).
-type LineageEntry = (
-    uuid::Uuid,
-    Option<uuid::Uuid>,
-    Option<uuid::Uuid>,
-    Option<String>,
-    OffsetDateTime,
-);
 
 /// The lineage an allowed event carries, if it issued an exchanged token.
 fn lineage_of(
@@ -882,32 +803,6 @@ fn lineage_of(
         details.client_id.clone(),
         expires_at,
     )))
-}
-
-async fn insert_lineage<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    lineage: &[LineageEntry],
-) -> Result<(), sqlx::Error> {
-    if lineage.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO token_lineage (jti, parent_jti, actor_jti, client_id, expires_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[])",
-    )
-    .bind(lineage.iter().map(|entry| entry.0).collect::<Vec<_>>())
-    .bind(lineage.iter().map(|entry| entry.1).collect::<Vec<_>>())
-    .bind(lineage.iter().map(|entry| entry.2).collect::<Vec<_>>())
-    .bind(
-        lineage
-            .iter()
-            .map(|entry| entry.3.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(lineage.iter().map(|entry| entry.4).collect::<Vec<_>>())
-    .execute(executor)
-    .await?;
-    Ok(())
 }
 
 fn micros(at: OffsetDateTime) -> i64 {

@@ -14,6 +14,7 @@ use super::checkpoint::{encode_hash, verify_chain, verify_checkpoint};
 use super::{AuditRecord, GENESIS, chained_hash};
 use crate::config::{AuditSettings, KeySettings};
 use crate::crypto::keys::KeyError;
+use crate::storage::audit::{self as storage, StoredEvent};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broken {
@@ -110,23 +111,6 @@ impl TailBound {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    chain_id: uuid::Uuid,
-    seq: i64,
-    record: String,
-    prev_hash: Vec<u8>,
-    hash: Vec<u8>,
-    kind: String,
-    outcome: String,
-    client_id: Option<String>,
-    partner: Option<String>,
-    audience: Option<String>,
-    consent_id: Option<String>,
-    txn: Option<String>,
-    jti: Option<String>,
-}
-
 struct Checkpoint {
     head: Vec<u8>,
     jws: String,
@@ -163,10 +147,7 @@ pub async fn verify_pinned(
     let bound = TailBound::from_settings(audit);
 
     let mut expected: BTreeMap<uuid::Uuid, ChainReport> = BTreeMap::new();
-    let registrations: Vec<(uuid::Uuid, String, String)> =
-        sqlx::query_as("SELECT chain_id, node, jws FROM audit_chains")
-            .fetch_all(pool)
-            .await?;
+    let registrations = storage::chains(pool).await?;
     for (chain_id, node, jws) in registrations {
         let broken = |problem: String| Broken {
             chain_id,
@@ -193,10 +174,7 @@ pub async fn verify_pinned(
     }
 
     let mut checkpoints: BTreeMap<(uuid::Uuid, i64), Checkpoint> = BTreeMap::new();
-    let rows: Vec<(uuid::Uuid, i64, Vec<u8>, String)> =
-        sqlx::query_as("SELECT chain_id, seq, head_hash, jws FROM audit_checkpoints")
-            .fetch_all(pool)
-            .await?;
+    let rows = storage::checkpoints(pool).await?;
     for (chain_id, seq, head, jws) in rows {
         checkpoints.insert((chain_id, seq), Checkpoint { head, jws });
     }
@@ -226,22 +204,14 @@ pub async fn verify_pinned(
         });
         report.signed_through = report.signed_through.max(*seq);
     }
-    let prunes: Vec<(uuid::Uuid, i64)> =
-        sqlx::query_as("SELECT chain_id, max(through_seq) FROM audit_prunes GROUP BY chain_id")
-            .fetch_all(pool)
-            .await?;
+    let prunes = storage::pruned_through(pool).await?;
     for (chain_id, through) in prunes {
         if let Some(report) = expected.get_mut(&chain_id) {
             report.pruned_through = through;
         }
     }
 
-    let mut rows = sqlx::query_as::<_, Row>(
-        "SELECT chain_id, seq, record, prev_hash, hash, kind, outcome, client_id, partner,
-                audience, consent_id, txn, jti
-           FROM audit_events ORDER BY chain_id, seq",
-    )
-    .fetch(pool);
+    let mut rows = storage::events_in_chain_order(pool);
     let mut state: Option<ChainState> = None;
     let mut seen = Vec::new();
     while let Some(row) = rows.try_next().await? {
@@ -420,7 +390,7 @@ fn chain_end(
 }
 
 /// The record hashes to the stored hash and agrees with the row's columns.
-fn check_row(row: &Row) -> Result<AuditRecord, String> {
+fn check_row(row: &StoredEvent) -> Result<AuditRecord, String> {
     if chained_hash(&row.prev_hash, &row.record).as_slice() != row.hash.as_slice() {
         return Err("hash does not match the record".into());
     }

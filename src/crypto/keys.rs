@@ -7,9 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RSA_PSS_SHA256,
@@ -17,16 +16,13 @@ use aws_lc_rs::signature::{
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::config::{Kek, KeySettings, SigningAlgorithm};
-
-/// Serialises key-set changes across nodes (`pg_advisory_xact_lock`).
-const KEY_SET_LOCK: i64 = 0x7e55_e7a0_0000_0001;
+use crate::crypto::envelope::Envelope;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -230,76 +226,6 @@ pub(crate) fn generate_pkcs8(algorithm: SigningAlgorithm) -> Result<Zeroizing<Ve
     Ok(Zeroizing::new(pkcs8))
 }
 
-fn aead(key: &[u8]) -> Result<LessSafeKey, KeyError> {
-    Ok(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key)?))
-}
-
-/// `nonce || ciphertext || tag`, bound to the key id through the AAD so rows cannot be swapped.
-fn seal(key: &[u8], kid: &str, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
-    let mut nonce = [0u8; NONCE_LEN];
-    SystemRandom::new().fill(&mut nonce)?;
-    let mut buffer = plaintext.to_vec();
-    aead(key)?.seal_in_place_append_tag(
-        Nonce::assume_unique_for_key(nonce),
-        Aad::from(kid.as_bytes()),
-        &mut buffer,
-    )?;
-    let mut sealed = nonce.to_vec();
-    sealed.extend_from_slice(&buffer);
-    buffer.iter_mut().for_each(|byte| *byte = 0);
-    Ok(sealed)
-}
-
-fn open(key: &[u8], kid: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-    let unseal = || KeyError::Unseal {
-        kid: kid.to_owned(),
-    };
-    let (nonce, ciphertext) = sealed.split_at_checked(NONCE_LEN).ok_or_else(unseal)?;
-    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| unseal())?;
-    let mut buffer = Zeroizing::new(ciphertext.to_vec());
-    let plaintext_len = aead(key)?
-        .open_in_place(nonce, Aad::from(kid.as_bytes()), &mut buffer)
-        .map_err(|_| unseal())?
-        .len();
-    buffer.truncate(plaintext_len);
-    Ok(buffer)
-}
-
-/// The envelope of one private key.
-pub(crate) struct Envelope {
-    pub(crate) sealed_private_key: Vec<u8>,
-    pub(crate) wrapped_data_key: Vec<u8>,
-    pub(crate) kek_id: String,
-}
-
-impl Envelope {
-    pub(crate) fn seal(kek: &Kek, kid: &str, pkcs8: &[u8]) -> Result<Self, KeyError> {
-        let mut data_key = Zeroizing::new([0u8; 32]);
-        SystemRandom::new().fill(data_key.as_mut())?;
-        Ok(Self {
-            sealed_private_key: seal(data_key.as_ref(), kid, pkcs8)?,
-            wrapped_data_key: seal(kek.key.expose_secret(), kid, data_key.as_ref())?,
-            kek_id: kek.id.clone(),
-        })
-    }
-
-    pub(crate) fn open(&self, keks: &[&Kek], kid: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        let data_key = self.unwrap_data_key(keks, kid)?;
-        open(&data_key, kid, &self.sealed_private_key)
-    }
-
-    fn unwrap_data_key(&self, keks: &[&Kek], kid: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        let kek = keks
-            .iter()
-            .find(|kek| kek.id == self.kek_id)
-            .ok_or_else(|| KeyError::UnknownKek {
-                kid: kid.to_owned(),
-                kek_id: self.kek_id.clone(),
-            })?;
-        open(kek.key.expose_secret(), kid, &self.wrapped_data_key)
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyState {
     Next,
@@ -307,24 +233,7 @@ pub enum KeyState {
     Retired,
 }
 
-impl KeyState {
-    fn parse(value: &str) -> Option<Self> {
-        match value {
-            "next" => Some(Self::Next),
-            "active" => Some(Self::Active),
-            "retired" => Some(Self::Retired),
-            _ => None,
-        }
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct KeyRow {
-    #[sqlx(flatten)]
-    key: StoredKey,
-    state: String,
-}
-
+/// Generates, seals and stores a key in `state`; returns its id.
 async fn insert_key(
     conn: &mut PgConnection,
     settings: &KeySettings,
@@ -334,25 +243,14 @@ async fn insert_key(
     let pkcs8 = generate_pkcs8(settings.algorithm)?;
     let parsed = SigningKey::from_pkcs8(&kid, settings.algorithm, &pkcs8)?;
     let envelope = Envelope::seal(&settings.kek, &kid, &pkcs8)?;
-    let state = match state {
-        KeyState::Next => "next",
-        KeyState::Active => "active",
-        KeyState::Retired => "retired",
-    };
-    sqlx::query(
-        "INSERT INTO signing_keys
-            (kid, algorithm, public_jwk, sealed_private_key, wrapped_data_key, kek_id, state,
-             activated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $7 = 'active' THEN now() END)",
+    crate::storage::keys::insert(
+        conn,
+        &kid,
+        settings.algorithm,
+        &parsed.public_jwk(),
+        &envelope,
+        state,
     )
-    .bind(&kid)
-    .bind(settings.algorithm.as_str())
-    .bind(parsed.public_jwk())
-    .bind(&envelope.sealed_private_key)
-    .bind(&envelope.wrapped_data_key)
-    .bind(&envelope.kek_id)
-    .bind(state)
-    .execute(&mut *conn)
     .await?;
     Ok(kid)
 }
@@ -360,18 +258,12 @@ async fn insert_key(
 /// Creates the first active key and its published successor when the store has none.
 pub async fn ensure_keys(pool: &PgPool, settings: &KeySettings) -> Result<(), KeyError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(KEY_SET_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    let states: Vec<String> =
-        sqlx::query_scalar("SELECT state FROM signing_keys WHERE state IN ('active', 'next')")
-            .fetch_all(&mut *tx)
-            .await?;
-    if !states.iter().any(|state| state == "active") {
+    crate::storage::keys::lock_key_set(&mut tx).await?;
+    let states = crate::storage::keys::live_states(&mut tx).await?;
+    if !states.contains(&KeyState::Active) {
         insert_key(&mut tx, settings, KeyState::Active).await?;
     }
-    if !states.iter().any(|state| state == "next") {
+    if !states.contains(&KeyState::Next) {
         insert_key(&mut tx, settings, KeyState::Next).await?;
     }
     tx.commit().await?;
@@ -397,41 +289,21 @@ pub async fn rotate(
     max_token_lifetime: Duration,
     only_if_due: bool,
 ) -> Result<Option<Rotation>, KeyError> {
+    use crate::storage::keys;
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(KEY_SET_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    let due: Option<bool> = sqlx::query_scalar(
-        "SELECT activated_at <= now() - make_interval(secs => $1)
-           FROM signing_keys WHERE state = 'active'",
-    )
-    .bind(settings.rotation_interval.as_secs_f64())
-    .fetch_optional(&mut *tx)
-    .await?;
+    keys::lock_key_set(&mut tx).await?;
+    let due = keys::rotation_due(&mut tx, settings.rotation_interval).await?;
     if only_if_due && (settings.rotation_interval.is_zero() || due != Some(true)) {
         return Ok(None);
     }
-    let next: Option<StoredKey> = sqlx::query_as(
-        "SELECT kid, algorithm, public_jwk, sealed_private_key, wrapped_data_key, kek_id
-           FROM signing_keys WHERE state = 'next'",
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(next) = next else {
+    let Some(next) = keys::next(&mut tx).await? else {
         return Err(KeyError::NoActiveKey);
     };
     if let Err(error) = next.authenticate(&all_keks(settings)) {
         // Promoting it would leave no active key that loads. It is withdrawn instead (and
         // removed with expired keys) and a fresh successor published, for the next rotation.
-        refuse_key("signing_keys", &next.kid, &error);
-        sqlx::query(
-            "UPDATE signing_keys SET state = 'retired', retired_at = now(), publish_until = now()
-              WHERE kid = $1",
-        )
-        .bind(&next.kid)
-        .execute(&mut *tx)
-        .await?;
+        refuse_key(KeyTable::Signing.name(), &next.kid, &error);
+        keys::withdraw(&mut tx, &next.kid).await?;
         insert_key(&mut tx, settings, KeyState::Next).await?;
         tx.commit().await?;
         return Err(error);
@@ -439,23 +311,10 @@ pub async fn rotate(
     let next = next.kid;
     // Clock skew allowance on top of the longest lifetime any token can have.
     let publish_for = max_token_lifetime + Duration::from_secs(60);
-    let retired: Option<String> = sqlx::query_scalar(
-        "UPDATE signing_keys
-            SET state = 'retired', retired_at = now(),
-                publish_until = now() + make_interval(secs => $1)
-          WHERE state = 'active' RETURNING kid",
-    )
-    .bind(publish_for.as_secs_f64())
-    .fetch_optional(&mut *tx)
-    .await?;
-    sqlx::query("UPDATE signing_keys SET state = 'active', activated_at = now() WHERE kid = $1")
-        .bind(&next)
-        .execute(&mut *tx)
-        .await?;
+    let retired = keys::retire_active(&mut tx, publish_for).await?;
+    keys::activate(&mut tx, &next).await?;
     let new_next = insert_key(&mut tx, settings, KeyState::Next).await?;
-    sqlx::query("DELETE FROM signing_keys WHERE state = 'retired' AND publish_until < now()")
-        .execute(&mut *tx)
-        .await?;
+    keys::delete_unpublished(&mut tx).await?;
     tx.commit().await?;
     Ok(Some(Rotation {
         retired: retired.unwrap_or_default(),
@@ -503,43 +362,33 @@ pub struct Rewrapped {
 pub async fn rewrap(pool: &PgPool, settings: &KeySettings) -> Result<Rewrapped, KeyError> {
     let keks = all_keks(settings);
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(KEY_SET_LOCK)
-        .execute(&mut *tx)
-        .await?;
+    crate::storage::keys::lock_key_set(&mut tx).await?;
     let mut rewrapped = Rewrapped::default();
     for table in [KeyTable::Signing, KeyTable::Audit] {
-        let rows: Vec<StoredKey> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT kid, {algorithm} AS algorithm, public_jwk, sealed_private_key,
-                    wrapped_data_key, kek_id
-               FROM {name} WHERE kek_id <> $1 FOR UPDATE",
-            name = table.name(),
-            algorithm = table.algorithm_column(),
-        )))
-        .bind(&settings.kek.id)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = match table {
+            KeyTable::Signing => {
+                crate::storage::keys::not_under_kek(&mut tx, &settings.kek.id).await?
+            }
+            KeyTable::Audit => {
+                crate::storage::audit_keys::not_under_kek(&mut tx, &settings.kek.id).await?
+            }
+        };
         for row in &rows {
             if let Err(error) = row.authenticate(&keks) {
                 refuse_key(table.name(), &row.kid, &error);
                 rewrapped.refused += 1;
                 continue;
             }
-            let envelope = row.envelope();
-            let data_key = envelope.unwrap_data_key(&keks, &row.kid)?;
-            let wrapped = seal(settings.kek.key.expose_secret(), &row.kid, &data_key)?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE {} SET wrapped_data_key = $1, kek_id = $2 WHERE kid = $3",
-                table.name()
-            )))
-            .bind(wrapped)
-            .bind(&settings.kek.id)
-            .bind(&row.kid)
-            .execute(&mut *tx)
-            .await?;
+            let envelope = row.envelope().rewrapped(&keks, &settings.kek, &row.kid)?;
             match table {
-                KeyTable::Signing => rewrapped.signing_keys += 1,
-                KeyTable::Audit => rewrapped.audit_keys += 1,
+                KeyTable::Signing => {
+                    crate::storage::keys::rewrap(&mut tx, &row.kid, &envelope).await?;
+                    rewrapped.signing_keys += 1;
+                }
+                KeyTable::Audit => {
+                    crate::storage::audit_keys::rewrap(&mut tx, &row.kid, &envelope).await?;
+                    rewrapped.audit_keys += 1;
+                }
             }
         }
     }
@@ -549,31 +398,22 @@ pub async fn rewrap(pool: &PgPool, settings: &KeySettings) -> Result<Rewrapped, 
 
 /// The tables holding sealed keys.
 #[derive(Debug, Clone, Copy)]
-enum KeyTable {
+pub(crate) enum KeyTable {
     Signing,
     Audit,
 }
 
 impl KeyTable {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Signing => "signing_keys",
             Self::Audit => "audit_keys",
         }
     }
-
-    /// Audit keys are always Ed25519 and have no algorithm column.
-    fn algorithm_column(self) -> &'static str {
-        match self {
-            Self::Signing => "algorithm",
-            Self::Audit => "'EdDSA'",
-        }
-    }
 }
 
 /// A stored key as read, before it is authenticated.
-#[derive(sqlx::FromRow)]
-pub(crate) struct StoredKey {
+pub struct StoredKey {
     pub(crate) kid: String,
     pub(crate) algorithm: String,
     pub(crate) public_jwk: Value,
@@ -583,7 +423,7 @@ pub(crate) struct StoredKey {
 }
 
 impl StoredKey {
-    fn envelope(&self) -> Envelope {
+    pub(crate) fn envelope(&self) -> Envelope {
         Envelope {
             sealed_private_key: self.sealed_private_key.clone(),
             wrapped_data_key: self.wrapped_data_key.clone(),
@@ -684,37 +524,28 @@ impl KeyRing {
         Ok(())
     }
 
-    /// Refreshes on the configured interval and, where rotation is scheduled, rotates when
-    /// due (the advisory lock lets exactly one node do it).
-    pub fn spawn_maintenance(
-        self: &Arc<Self>,
-        pool: PgPool,
+    /// One round of key maintenance, run on the configured refresh interval: where rotation
+    /// is scheduled, rotates when due (the advisory lock lets exactly one node do it), then
+    /// refreshes the set. A failed rotation is logged and the refresh still happens.
+    pub async fn maintain(
+        &self,
+        pool: &PgPool,
         max_token_lifetime: Duration,
-        audit: crate::audit::AuditLog,
-    ) -> tokio::task::JoinHandle<()> {
-        let ring = self.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(ring.settings.refresh_interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                if !ring.settings.rotation_interval.is_zero() {
-                    match rotate(&pool, &ring.settings, max_token_lifetime, true).await {
-                        Ok(Some(rotation)) => {
-                            tracing::info!(activated = %rotation.activated, "signing key rotated on schedule");
-                            if let Err(error) = rotation.audit(&audit, "scheduled").await {
-                                tracing::error!(%error, "key rotation not audited");
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(error) => tracing::warn!(%error, "scheduled key rotation failed"),
+        audit: &crate::audit::AuditLog,
+    ) -> Result<(), KeyError> {
+        if !self.settings.rotation_interval.is_zero() {
+            match rotate(pool, &self.settings, max_token_lifetime, true).await {
+                Ok(Some(rotation)) => {
+                    tracing::info!(activated = %rotation.activated, "signing key rotated on schedule");
+                    if let Err(error) = rotation.audit(audit, "scheduled").await {
+                        tracing::error!(%error, "key rotation not audited");
                     }
                 }
-                if let Err(error) = ring.refresh(&pool).await {
-                    tracing::warn!(%error, "refreshing signing keys failed; keeping the current set");
-                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "scheduled key rotation failed"),
             }
-        })
+        }
+        self.refresh(pool).await
     }
 }
 
@@ -725,21 +556,14 @@ async fn build_key_set(
     settings: &KeySettings,
     verified: &mut HashMap<String, Arc<SigningKey>>,
 ) -> Result<KeySet, KeyError> {
-    let rows: Vec<KeyRow> = sqlx::query_as(
-        "SELECT kid, algorithm, public_jwk, sealed_private_key, wrapped_data_key, kek_id, state
-           FROM signing_keys
-          WHERE state IN ('next', 'active') OR publish_until > now()
-          ORDER BY created_at DESC",
-    )
-    .fetch_all(pool)
-    .await?;
+    let rows = crate::storage::keys::published(pool).await?;
     let keks = all_keks(settings);
     let mut active = None;
     let mut published = Vec::with_capacity(rows.len());
     let mut verifiers = HashMap::with_capacity(rows.len());
     let mut seen = HashSet::with_capacity(rows.len());
-    for row in rows {
-        let stored = &row.key;
+    for (stored, state) in rows {
+        let stored = &stored;
         let unchanged = verified.get(&stored.kid).filter(|key| {
             key.algorithm.as_str() == stored.algorithm && key.public_jwk() == stored.public_jwk
         });
@@ -748,7 +572,7 @@ async fn build_key_set(
             None => match stored.authenticate(&keks) {
                 Ok(key) => Arc::new(key),
                 Err(error) => {
-                    refuse_key("signing_keys", &stored.kid, &error);
+                    refuse_key(KeyTable::Signing.name(), &stored.kid, &error);
                     continue;
                 }
             },
@@ -766,7 +590,7 @@ async fn build_key_set(
             key.kid.clone(),
             (jose_algorithm(key.algorithm), Arc::new(decoding)),
         );
-        if KeyState::parse(&row.state) == Some(KeyState::Active) {
+        if state == Some(KeyState::Active) {
             active = Some(key.clone());
         }
         published.push(public_jwk);
@@ -798,38 +622,6 @@ pub fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn kek(id: &str, byte: u8) -> Kek {
-        Kek::parse(
-            "keys.kek",
-            id,
-            &base64::engine::general_purpose::STANDARD.encode([byte; 32]),
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn envelope_round_trips_and_is_bound_to_kid_and_kek() {
-        let current = kek("k1", 7);
-        let envelope = Envelope::seal(&current, "kid-1", b"private").unwrap();
-        assert_eq!(
-            envelope.open(&[&current], "kid-1").unwrap().as_slice(),
-            b"private"
-        );
-        assert!(matches!(
-            envelope.open(&[&current], "kid-2"),
-            Err(KeyError::Unseal { .. })
-        ));
-        let impostor = kek("k1", 8);
-        assert!(matches!(
-            envelope.open(&[&impostor], "kid-1"),
-            Err(KeyError::Unseal { .. })
-        ));
-        assert!(matches!(
-            envelope.open(&[&kek("k2", 7)], "kid-1"),
-            Err(KeyError::UnknownKek { .. })
-        ));
-    }
 
     #[test]
     fn every_algorithm_signs_what_jsonwebtoken_verifies() {

@@ -1,5 +1,7 @@
-//! Signing keys and their envelope encryption, and the one path that validates JWTs.
+//! Signing keys and their envelope encryption, partners' key sets, and the one path that
+//! validates JWTs.
 
+pub mod envelope;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;

@@ -105,100 +105,22 @@ impl Seed {
 
     /// Upserts everything in one transaction; the database's constraints validate it.
     pub async fn apply(&self, pool: &PgPool) -> Result<(), SeedError> {
+        use crate::storage::seed;
         let mut tx = pool.begin().await?;
         for partner in &self.partners {
-            sqlx::query(
-                "INSERT INTO partners (id, name, region, status) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (id) DO UPDATE
-                   SET name = EXCLUDED.name, region = EXCLUDED.region, status = EXCLUDED.status",
-            )
-            .bind(&partner.id)
-            .bind(&partner.name)
-            .bind(&partner.region)
-            .bind(&partner.status)
-            .execute(&mut *tx)
-            .await?;
+            seed::upsert_partner(&mut tx, partner).await?;
         }
         for audience in &self.audiences {
-            sqlx::query(
-                "INSERT INTO audiences
-                    (id, name, scopes, max_lifetime_s, require_certificate_bound, region, kind,
-                     cross_region_allowed)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (id) DO UPDATE
-                   SET name = EXCLUDED.name, scopes = EXCLUDED.scopes,
-                       max_lifetime_s = EXCLUDED.max_lifetime_s,
-                       require_certificate_bound = EXCLUDED.require_certificate_bound,
-                       region = EXCLUDED.region, kind = EXCLUDED.kind,
-                       cross_region_allowed = EXCLUDED.cross_region_allowed",
-            )
-            .bind(&audience.id)
-            .bind(&audience.name)
-            .bind(&audience.scopes)
-            .bind(audience.max_lifetime_s)
-            .bind(audience.require_certificate_bound)
-            .bind(&audience.region)
-            .bind(&audience.kind)
-            .bind(audience.cross_region_allowed)
-            .execute(&mut *tx)
-            .await?;
+            seed::upsert_audience(&mut tx, audience).await?;
         }
         for client in &self.clients {
-            sqlx::query(
-                "INSERT INTO clients
-                    (id, partner_id, name, auth_method, tls_subject_dn, tls_san_dns, tls_san_uri,
-                     tls_san_ip, tls_san_email, jwks, grant_types, max_lifetime_s,
-                     resource_audience, is_admin, status, tls_anchor)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::inet, $9, $10, $11, $12, $13, $14, $15,
-                         CASE WHEN $4::text = 'tls_client_auth' THEN COALESCE($16::text, 'server') END)
-                 ON CONFLICT (id) DO UPDATE
-                   SET partner_id = EXCLUDED.partner_id, name = EXCLUDED.name,
-                       auth_method = EXCLUDED.auth_method,
-                       tls_subject_dn = EXCLUDED.tls_subject_dn,
-                       tls_san_dns = EXCLUDED.tls_san_dns, tls_san_uri = EXCLUDED.tls_san_uri,
-                       tls_san_ip = EXCLUDED.tls_san_ip, tls_san_email = EXCLUDED.tls_san_email,
-                       jwks = EXCLUDED.jwks, grant_types = EXCLUDED.grant_types,
-                       max_lifetime_s = EXCLUDED.max_lifetime_s,
-                       resource_audience = EXCLUDED.resource_audience,
-                       is_admin = EXCLUDED.is_admin, status = EXCLUDED.status,
-                       tls_anchor = EXCLUDED.tls_anchor",
-            )
-            .bind(&client.id)
-            .bind(&client.partner)
-            .bind(&client.name)
-            .bind(&client.auth_method)
             // Stored in one spelling, so that the uniqueness of identities is structural.
-            .bind(client.tls_subject_dn.as_deref().map(|dn| {
-                crate::tls::DistinguishedName::parse(dn).map_or_else(|| dn.to_owned(), |dn| dn.to_string())
-            }))
-            .bind(&client.tls_san_dns)
-            .bind(&client.tls_san_uri)
-            .bind(&client.tls_san_ip)
-            .bind(&client.tls_san_email)
-            .bind(&client.jwks)
-            .bind(&client.grant_types)
-            .bind(client.max_lifetime_s)
-            .bind(&client.resource_audience)
-            .bind(client.is_admin)
-            .bind(&client.status)
-            .bind(&client.tls_anchor)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM client_audiences WHERE client_id = $1")
-                .bind(&client.id)
-                .execute(&mut *tx)
-                .await?;
-            for (audience, scopes) in &client.audiences {
-                sqlx::query(
-                    "INSERT INTO client_audiences (client_id, audience_id, scopes)
-                     VALUES ($1, $2, $3)",
-                )
-                .bind(&client.id)
-                .bind(audience)
-                .bind(scopes)
-                .execute(&mut *tx)
-                .await?;
-            }
+            let subject_dn = client.tls_subject_dn.as_deref().map(|dn| {
+                crate::tls::DistinguishedName::parse(dn)
+                    .map_or_else(|| dn.to_owned(), |dn| dn.to_string())
+            });
+            seed::upsert_client(&mut tx, client, subject_dn.as_deref()).await?;
+            seed::replace_client_audiences(&mut tx, &client.id, &client.audiences).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -82,7 +82,7 @@ async fn healthz() -> HttpResponse {
 /// comes back makes this 200 again without a restart.
 #[get("/readyz")]
 async fn readyz(pool: web::Data<PgPool>, audit: web::Data<AuditLog>) -> HttpResponse {
-    if let Err(error) = sqlx::query("SELECT 1").execute(pool.get_ref()).await {
+    if let Err(error) = crate::storage::governance::ping(pool.get_ref()).await {
         tracing::warn!(%error, "readiness check failed");
         return HttpResponse::ServiceUnavailable()
             .json(json!({ "status": "unavailable", "reason": "database unreachable" }));

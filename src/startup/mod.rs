@@ -2,6 +2,7 @@
 
 pub mod drain;
 pub mod listeners;
+pub mod scheduler;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, PolicyError};
 use crate::service::issue::Issuer;
 use crate::startup::listeners::ConnectionCounts;
+use crate::startup::scheduler::{JobError, Scheduler};
 use crate::storage::StorageError;
 use crate::storage::clients::{RegistryError, UsageTracker};
 use crate::storage::registry::Registry;
@@ -86,7 +88,7 @@ pub struct Application {
     ops_addr: Option<SocketAddr>,
     pool: PgPool,
     client_trust: Arc<ClientTrust>,
-    background: Vec<tokio::task::JoinHandle<()>>,
+    scheduler: Scheduler,
     audit_writer: Option<WriterHandle>,
     stop_signals: StopSignals,
     draining: crate::startup::drain::Draining,
@@ -151,19 +153,25 @@ impl Application {
         };
         let usage = Arc::new(UsageTracker::default());
         let policy = Arc::new(PolicyEngine::load(&settings.policy_dir)?);
-        let background = vec![
-            spawn_usage_flush(usage.clone(), pool.clone()),
-            spawn_expiry(pool.clone()),
-            spawn_governance_refresh(metrics.clone(), pool.clone()),
-            spawn_policy_reload(policy.clone(), audit.clone(), hangup),
-            keys.spawn_maintenance(pool.clone(), settings.tokens.max_lifetime, audit.clone()),
-            spawn_trust_refresh(
-                client_trust.clone(),
-                settings.server.client_crls.clone(),
-                pool.clone(),
-                settings.registry.cache_ttl,
-            ),
-        ];
+        let mut scheduler = Scheduler::default();
+        schedule_usage_flush(&mut scheduler, usage.clone(), pool.clone());
+        schedule_expiry(&mut scheduler, pool.clone());
+        schedule_governance_refresh(&mut scheduler, metrics.clone(), pool.clone());
+        schedule_policy_reload(&mut scheduler, policy.clone(), audit.clone(), hangup);
+        schedule_key_maintenance(
+            &mut scheduler,
+            keys.clone(),
+            pool.clone(),
+            settings.tokens.max_lifetime,
+            audit.clone(),
+        );
+        schedule_trust_refresh(
+            &mut scheduler,
+            client_trust.clone(),
+            settings.server.client_crls.clone(),
+            pool.clone(),
+            settings.registry.cache_ttl,
+        );
         let services = web::Data::new(Services {
             pool: pool.clone(),
             registry: Registry::new(pool.clone(), settings.registry.cache_ttl),
@@ -265,7 +273,7 @@ impl Application {
             ops_addr,
             pool,
             client_trust,
-            background,
+            scheduler,
             audit_writer,
             stop_signals,
             draining,
@@ -311,9 +319,7 @@ impl Application {
         });
         let result = self.server.await;
         signals.abort();
-        for task in self.background {
-            task.abort();
-        }
+        self.scheduler.stop().await;
         if let Some(writer) = self.audit_writer {
             writer.finish().await;
         }
@@ -357,44 +363,82 @@ fn node_name() -> String {
 
 /// Keeps client-certificate trust in step with the database and the CRL files: the client CAs
 /// of active partner trust profiles, each its partner's own anchor, the pinned self-signed
-/// certificates of registered clients, and the revocation lists every anchor checks.
-fn spawn_trust_refresh(
+/// certificates of registered clients, and the revocation lists every anchor checks. Each of
+/// the three is refreshed even when another fails.
+fn schedule_trust_refresh(
+    scheduler: &mut Scheduler,
     trust: Arc<ClientTrust>,
     crl_files: Vec<std::path::PathBuf>,
     pool: PgPool,
     interval: Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(500)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut current_partner_cas = Vec::new();
-        loop {
-            ticker.tick().await;
-            match crate::storage::clients::self_signed_certificates(&pool).await {
-                Ok(certificates) => trust.replace_pinned(certificates),
-                Err(error) => {
-                    tracing::warn!(%error, "refreshing pinned client certificates failed")
+) {
+    let current_partner_cas = Arc::new(std::sync::Mutex::new(Vec::new()));
+    scheduler.every(
+        "trust refresh",
+        interval.max(Duration::from_millis(500)),
+        move || {
+            let (trust, crl_files, pool) = (trust.clone(), crl_files.clone(), pool.clone());
+            let current_partner_cas = current_partner_cas.clone();
+            async move {
+                let mut failures = Vec::new();
+                match crate::storage::clients::self_signed_certificates(&pool).await {
+                    Ok(certificates) => trust.replace_pinned(certificates),
+                    Err(error) => failures.push(JobError::new(
+                        "refreshing pinned client certificates failed",
+                        error,
+                    )),
                 }
-            }
-            // An unreadable CRL keeps the last one read: what it revoked stays revoked.
-            match crate::tls::read_crls(&crl_files) {
-                Ok(crls) => {
-                    if let Err(error) = trust.replace_crls(crls) {
-                        tracing::error!(%error, "a CRL is unusable; the last one read stays");
+                // An unreadable CRL keeps the last one read: what it revoked stays revoked.
+                match crate::tls::read_crls(&crl_files) {
+                    Ok(crls) => {
+                        if let Err(error) = trust.replace_crls(crls) {
+                            tracing::error!(%error, "a CRL is unusable; the last one read stays");
+                        }
+                    }
+                    Err(error) => failures.push(JobError::new("re-reading CRLs failed", error)),
+                }
+                match crate::storage::trust::client_cas(&pool).await {
+                    Ok(partner_cas) => {
+                        let mut current = current_partner_cas
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if partner_cas != *current {
+                            trust.replace_partner_roots(&partner_cas);
+                            *current = partner_cas;
+                        }
+                    }
+                    Err(error) => {
+                        failures.push(JobError::new("refreshing partner CAs failed", error))
                     }
                 }
-                Err(error) => tracing::warn!(%error, "re-reading CRLs failed"),
+                JobError::all(failures)
             }
-            match crate::storage::trust::client_cas(&pool).await {
-                Ok(partner_cas) if partner_cas != current_partner_cas => {
-                    trust.replace_partner_roots(&partner_cas);
-                    current_partner_cas = partner_cas;
-                }
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "refreshing partner CAs failed"),
-            }
+        },
+    );
+}
+
+/// Refreshes the signing keys on the configured interval, rotating them first when due.
+fn schedule_key_maintenance(
+    scheduler: &mut Scheduler,
+    keys: Arc<KeyRing>,
+    pool: PgPool,
+    max_token_lifetime: Duration,
+    audit: AuditLog,
+) {
+    let interval = keys.settings().refresh_interval;
+    scheduler.every("key maintenance", interval, move || {
+        let (keys, pool, audit) = (keys.clone(), pool.clone(), audit.clone());
+        async move {
+            keys.maintain(&pool, max_token_lifetime, &audit)
+                .await
+                .map_err(|error| {
+                    JobError::new(
+                        "refreshing signing keys failed; keeping the current set",
+                        error,
+                    )
+                })
         }
-    })
+    });
 }
 
 /// The HTTPS client that fetches partners' key sets.
@@ -426,58 +470,61 @@ fn jwks_client(ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, Sta
 }
 
 /// Replay records, revocations and lineage are kept only while the tokens and assertions they
-/// guard could still be presented (an exchanged token never outlives its parent).
-fn spawn_expiry(pool: PgPool) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            ticker.tick().await;
-            for table in ["assertion_jtis", "revoked_tokens", "token_lineage"] {
-                let statement = format!("DELETE FROM {table} WHERE expires_at < now()");
-                if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(statement))
-                    .execute(&pool)
-                    .await
-                {
-                    tracing::warn!(%error, table, "expired rows not removed");
+/// guard could still be presented (an exchanged token never outlives its parent). Every table
+/// is cleaned even when another fails.
+fn schedule_expiry(scheduler: &mut Scheduler, pool: PgPool) {
+    use crate::storage::expiry::{Expiring, delete_expired};
+    scheduler.every("expiry", Duration::from_secs(60), move || {
+        let pool = pool.clone();
+        async move {
+            let mut failures = Vec::new();
+            for table in Expiring::ALL {
+                if let Err(error) = delete_expired(&pool, table).await {
+                    let what = format!("expired rows not removed from {}", table.table());
+                    failures.push(JobError::new(&what, error));
                 }
             }
+            JobError::all(failures)
         }
-    })
+    });
 }
 
 /// Governance gauges come from the registry; they are recomputed here so that a scrape of
 /// `/metrics` never runs SQL.
-fn spawn_governance_refresh(metrics: Metrics, pool: PgPool) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(Duration::from_secs(30));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            metrics.refresh_governance(&pool).await;
+fn schedule_governance_refresh(scheduler: &mut Scheduler, metrics: Metrics, pool: PgPool) {
+    scheduler.every("governance refresh", Duration::from_secs(30), move || {
+        let (metrics, pool) = (metrics.clone(), pool.clone());
+        async move {
+            metrics
+                .refresh_governance(&pool)
+                .await
+                .map_err(|error| JobError::new("governance gauges not refreshed", error))
         }
-    })
+    });
 }
 
-fn spawn_usage_flush(usage: Arc<UsageTracker>, pool: PgPool) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(Duration::from_secs(10));
-        loop {
-            ticker.tick().await;
-            if let Err(error) = usage.flush(&pool).await {
-                tracing::warn!(%error, "client usage not recorded");
-            }
+fn schedule_usage_flush(scheduler: &mut Scheduler, usage: Arc<UsageTracker>, pool: PgPool) {
+    scheduler.every("usage flush", Duration::from_secs(10), move || {
+        let (usage, pool) = (usage.clone(), pool.clone());
+        async move {
+            usage
+                .flush(&pool)
+                .await
+                .map_err(|error| JobError::new("client usage not recorded", error))
         }
-    })
+    });
 }
 
 /// SIGHUP reloads the policies; an invalid set is refused and the running one stays.
-fn spawn_policy_reload(
+fn schedule_policy_reload(
+    scheduler: &mut Scheduler,
     policy: Arc<PolicyEngine>,
     audit: AuditLog,
-    mut hangup: tokio::signal::unix::Signal,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while hangup.recv().await.is_some() {
+    hangup: tokio::signal::unix::Signal,
+) {
+    scheduler.on_signal("policy reload", hangup, move || {
+        let (policy, audit) = (policy.clone(), audit.clone());
+        async move {
             let before = policy.hash();
             let (outcome, details) = match policy.reload() {
                 Ok(hash) => {
@@ -503,12 +550,10 @@ fn spawn_policy_reload(
                     )
                 }
             };
-            if let Err(error) = audit
+            audit
                 .record(crate::audit::EventKind::PolicyReloaded, outcome, details)
                 .await
-            {
-                tracing::error!(%error, "policy reload not audited");
-            }
+                .map_err(|error| JobError::severe("policy reload not audited", error))
         }
-    })
+    });
 }

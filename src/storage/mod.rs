@@ -1,11 +1,17 @@
 //! The PostgreSQL pool and the embedded migrations.
 
 pub mod audiences;
+pub mod audit;
+pub mod audit_keys;
 pub mod clients;
 pub mod consents;
+pub mod expiry;
+pub mod governance;
+pub mod keys;
 pub mod registry;
 pub mod replay;
 pub mod revocations;
+pub mod seed;
 pub mod trust;
 
 use std::str::FromStr;
