@@ -92,7 +92,8 @@ impl AuditSigner {
         };
         let payload = serde_json::to_vec(&claims).map_err(|_| KeyError::Crypto)?;
         let jws = self.key.sign_typed(CHAIN_TYP, &payload)?;
-        crate::storage::audit::insert_chain(pool, chain_id, node, &self.key.kid, &jws).await?;
+        crate::storage::audit::insert_chain(pool, chain_id, node, self.key.kid.as_str(), &jws)
+            .await?;
         Ok(())
     }
 
@@ -125,8 +126,15 @@ impl AuditSigner {
         };
         let payload = serde_json::to_vec(&claims).map_err(|_| KeyError::Crypto)?;
         let jws = self.key.sign_typed(CHECKPOINT_TYP, &payload)?;
-        crate::storage::audit::insert_checkpoint(pool, chain_id, seq, head, &self.key.kid, &jws)
-            .await?;
+        crate::storage::audit::insert_checkpoint(
+            pool,
+            chain_id,
+            seq,
+            head,
+            self.key.kid.as_str(),
+            &jws,
+        )
+        .await?;
         Ok(jws)
     }
 

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::crypto::keys::{KeyError, KeySet};
+use crate::domain::ids::Kid;
 use crate::domain::jwks::PublicKeys;
 use crate::domain::tokens::{AccessTokenClaims, TokenRejection};
 
@@ -340,8 +341,12 @@ fn candidate_keys(
 ) -> Result<Vec<std::sync::Arc<DecodingKey>>, Failure> {
     match keys {
         Keys::Ours(keys) => {
-            let kid = header.kid.as_deref().ok_or(Failure::UnknownKey)?;
-            let (algorithm, key) = keys.verifier(kid).ok_or(Failure::UnknownKey)?;
+            let kid = header
+                .kid
+                .as_deref()
+                .and_then(Kid::parse)
+                .ok_or(Failure::UnknownKey)?;
+            let (algorithm, key) = keys.verifier(&kid).ok_or(Failure::UnknownKey)?;
             if algorithm != header.alg {
                 return Err(Failure::Invalid);
             }

@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{Kek, KeySettings, SigningAlgorithm};
 use crate::crypto::envelope::Envelope;
+use crate::domain::ids::Kid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -98,7 +99,7 @@ enum KeyMaterial {
 
 /// A parsed private key, ready to sign without re-parsing.
 pub struct SigningKey {
-    pub kid: String,
+    pub kid: Kid,
     pub algorithm: SigningAlgorithm,
     material: KeyMaterial,
     /// The base64url JOSE header of access tokens signed with this key.
@@ -120,6 +121,9 @@ impl SigningKey {
         let malformed = |_| KeyError::Malformed {
             kid: kid.to_owned(),
         };
+        let id = Kid::parse(kid).ok_or(KeyError::Malformed {
+            kid: kid.to_owned(),
+        })?;
         let material = match algorithm {
             SigningAlgorithm::Es256 => KeyMaterial::Es256(
                 EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
@@ -134,7 +138,7 @@ impl SigningKey {
         };
         let header = json!({ "alg": algorithm.as_str(), "typ": "at+jwt", "kid": kid });
         Ok(Self {
-            kid: kid.to_owned(),
+            kid: id,
             algorithm,
             material,
             access_token_header: URL_SAFE_NO_PAD.encode(header.to_string()),
@@ -460,14 +464,14 @@ pub struct KeySet {
     pub active: Arc<SigningKey>,
     /// Serialized RFC 7517 key set: next, active and still-published retired keys.
     pub jwks: Arc<str>,
-    verifiers: HashMap<String, (jsonwebtoken::Algorithm, Arc<jsonwebtoken::DecodingKey>)>,
+    verifiers: HashMap<Kid, (jsonwebtoken::Algorithm, Arc<jsonwebtoken::DecodingKey>)>,
 }
 
 impl KeySet {
     /// The algorithm and key for a `kid` this server published.
     pub fn verifier(
         &self,
-        kid: &str,
+        kid: &Kid,
     ) -> Option<(jsonwebtoken::Algorithm, Arc<jsonwebtoken::DecodingKey>)> {
         self.verifiers.get(kid).cloned()
     }
@@ -580,11 +584,11 @@ async fn build_key_set(
         let public_jwk = key.public_jwk();
         let jwk: jsonwebtoken::jwk::Jwk =
             serde_json::from_value(public_jwk.clone()).map_err(|_| KeyError::Malformed {
-                kid: key.kid.clone(),
+                kid: key.kid.to_string(),
             })?;
         let decoding =
             jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|_| KeyError::Malformed {
-                kid: key.kid.clone(),
+                kid: key.kid.to_string(),
             })?;
         verifiers.insert(
             key.kid.clone(),
@@ -594,8 +598,8 @@ async fn build_key_set(
             active = Some(key.clone());
         }
         published.push(public_jwk);
-        seen.insert(key.kid.clone());
-        verified.insert(key.kid.clone(), key);
+        seen.insert(key.kid.to_string());
+        verified.insert(key.kid.to_string(), key);
     }
     let active = active.ok_or(KeyError::NoActiveKey)?;
     verified.retain(|kid, _| seen.contains(kid));

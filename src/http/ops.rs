@@ -54,7 +54,7 @@ pub fn metrics_route(config: &mut web::ServiceConfig) {
 #[get("/audit/jwks.json")]
 async fn audit_jwks(
     pool: web::Data<PgPool>,
-    services: web::Data<crate::startup::Services>,
+    services: web::Data<crate::service::Services>,
 ) -> Result<HttpResponse, Problem> {
     let settings = services.keys.settings();
     let jwks = crate::audit::audit_jwks(&pool, settings)

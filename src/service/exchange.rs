@@ -18,11 +18,11 @@ use crate::domain::ids::{ConsentId, Jti, TxnId};
 use crate::domain::scope_limits::{self, Limit};
 use crate::domain::scopes::ScopeSet;
 use crate::policy::{Action, PolicyContext};
+use crate::service::Services;
 use crate::service::authenticate::AuthenticatedClient;
 use crate::service::issue::Issued;
 use crate::service::live::live_token;
 use crate::service::{Call, OAuthError};
-use crate::startup::Services;
 
 /// A refusal: what the caller is told, and the precise reason the audit trail keeps.
 #[derive(Debug, Clone)]

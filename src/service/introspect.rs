@@ -4,10 +4,10 @@
 use crate::audit::{EventDetails, EventKind, Outcome};
 use crate::crypto::keys::unix_now;
 use crate::domain::tokens::AccessTokenClaims;
+use crate::service::Services;
 use crate::service::authenticate;
 use crate::service::live::live_token;
 use crate::service::{Call, Caller, OAuthError};
-use crate::startup::Services;
 
 /// The token's claims when it is live and the caller may see it; `None` reads as inactive.
 pub async fn introspect(

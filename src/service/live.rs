@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 
 use crate::crypto::jwt::validate_own;
 use crate::domain::tokens::{AccessTokenClaims, TokenRejection};
-use crate::startup::Services;
+use crate::service::Services;
 
 /// Why a token of ours is not live; the audit trail keeps it, introspection says "inactive".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

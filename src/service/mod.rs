@@ -15,8 +15,48 @@ use crate::audit::{EventDetails, EventKind, Outcome};
 use crate::domain::grants::{Denial, GrantType};
 use crate::service::authenticate::{AuthenticatedClient, Presented};
 use crate::service::issue::IssueError;
-use crate::startup::Services;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::audit::AuditLog;
+use crate::config::TokenSettings;
+use crate::crypto::jwks::JwksCache;
+use crate::crypto::keys::KeyRing;
+use crate::metrics::Metrics;
+use crate::policy::PolicyEngine;
+use crate::service::issue::Issuer;
+use crate::storage::clients::UsageTracker;
+use crate::storage::registry::Registry;
+use crate::storage::revocations::RevocationCache;
 use crate::tls::ClientCertificate;
+
+/// The running server's shared parts, handed to every handler.
+pub struct Services {
+    pub pool: PgPool,
+    pub registry: Registry,
+    pub keys: Arc<KeyRing>,
+    pub audit: AuditLog,
+    pub tokens: TokenSettings,
+    pub rotation_interval: Duration,
+    pub metrics: Metrics,
+    pub usage: Arc<UsageTracker>,
+    pub policy: Arc<PolicyEngine>,
+    pub max_delegation_depth: u32,
+    pub jwks: JwksCache,
+    pub revocations: RevocationCache,
+}
+
+impl Services {
+    pub fn issuer(&self) -> Issuer<'_> {
+        Issuer {
+            keys: &self.keys,
+            audit: &self.audit,
+            settings: &self.tokens,
+        }
+    }
+}
 
 /// Error responses of RFC 6749 §5.2, RFC 8693 §2.2.2, RFC 8707 §2 and RFC 7009 §2.2.1.
 #[derive(Debug, thiserror::Error)]

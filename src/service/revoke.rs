@@ -5,9 +5,9 @@
 use crate::audit::{EventDetails, EventKind, Outcome};
 use crate::crypto::jwt::validate_own;
 use crate::crypto::keys::unix_now;
+use crate::service::Services;
 use crate::service::authenticate;
 use crate::service::{Call, Caller, OAuthError};
-use crate::startup::Services;
 
 pub async fn revoke(
     services: &Services,

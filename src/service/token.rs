@@ -2,10 +2,10 @@
 
 use crate::audit::EventKind;
 use crate::domain::grants::{GrantType, TokenRequest};
+use crate::service::Services;
 use crate::service::authenticate;
 use crate::service::issue::Issued;
 use crate::service::{Call, Caller, OAuthError, exchange, issue};
-use crate::startup::Services;
 
 pub async fn token(
     services: &Services,

@@ -14,13 +14,13 @@ use actix_web::{App, web};
 use sqlx::PgPool;
 
 use crate::audit::{AuditLog, AuditSigner, CheckpointPolicy, WriterHandle};
-use crate::config::{Settings, TokenSettings};
+use crate::config::Settings;
 use crate::crypto::jwks::JwksCache;
 use crate::crypto::keys::{KeyError, KeyRing};
 use crate::http::{BodyDeadline, request_context};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, PolicyError};
-use crate::service::issue::Issuer;
+use crate::service::Services;
 use crate::startup::listeners::ConnectionCounts;
 use crate::startup::scheduler::{JobError, Scheduler};
 use crate::storage::StorageError;
@@ -54,32 +54,6 @@ pub enum StartupError {
     JwksClient(String),
     #[error("installing signal handlers: {source}")]
     Signals { source: std::io::Error },
-}
-
-/// The running server's shared parts, handed to every handler.
-pub struct Services {
-    pub pool: PgPool,
-    pub registry: Registry,
-    pub keys: Arc<KeyRing>,
-    pub audit: AuditLog,
-    pub tokens: TokenSettings,
-    pub rotation_interval: Duration,
-    pub metrics: Metrics,
-    pub usage: Arc<UsageTracker>,
-    pub policy: Arc<PolicyEngine>,
-    pub max_delegation_depth: u32,
-    pub jwks: JwksCache,
-    pub revocations: crate::storage::revocations::RevocationCache,
-}
-
-impl Services {
-    pub fn issuer(&self) -> Issuer<'_> {
-        Issuer {
-            keys: &self.keys,
-            audit: &self.audit,
-            settings: &self.tokens,
-        }
-    }
 }
 
 pub struct Application {

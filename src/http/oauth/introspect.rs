@@ -8,7 +8,7 @@ use super::OAuthError;
 use super::request::{credentials, form, no_store};
 use crate::http::{Facts, PeerCertificate, RequestId};
 use crate::service::Caller;
-use crate::startup::Services;
+use crate::service::Services;
 
 #[post("/oauth2/introspect")]
 pub async fn introspect_endpoint(

@@ -3,7 +3,7 @@
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::{HttpResponse, get, web};
 
-use crate::startup::Services;
+use crate::service::Services;
 
 /// RFC 7517 key set. Caches may keep it for at most a quarter of the rotation interval, so a
 /// `next` key is in every cache well before it starts signing.

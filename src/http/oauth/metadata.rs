@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, get, web};
 use serde_json::json;
 
 use crate::domain::grants::GrantType;
-use crate::startup::Services;
+use crate::service::Services;
 
 /// RFC 8414 metadata, listing exactly what this server supports.
 #[get("/.well-known/oauth-authorization-server")]

@@ -13,7 +13,7 @@ use crate::domain::grants::{
 use crate::domain::scopes::ScopeSet;
 use crate::http::{Facts, PeerCertificate, RequestId};
 use crate::service::Caller;
-use crate::startup::Services;
+use crate::service::Services;
 
 #[post("/oauth2/token")]
 pub async fn token_endpoint(
