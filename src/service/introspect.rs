@@ -7,7 +7,7 @@ use crate::domain::tokens::AccessTokenClaims;
 use crate::service::Services;
 use crate::service::authenticate;
 use crate::service::live::live_token;
-use crate::service::{Call, Caller, OAuthError};
+use crate::service::{Caller, OAuthError};
 
 /// The token's claims when it is live and the caller may see it; `None` reads as inactive.
 pub async fn introspect(
@@ -17,12 +17,7 @@ pub async fn introspect(
 ) -> Result<Option<AccessTokenClaims>, OAuthError> {
     let (request_id, facts) = (caller.request_id, caller.facts);
     let caller = authenticate::caller(services, caller).await?;
-    let call = Call {
-        services,
-        request_id,
-        facts,
-        client: Some(&caller),
-    };
+    let call = services.call(request_id, facts, &caller);
     let token = call.parsed(EventKind::TokenIntrospected, token).await?;
     // Whatever is wrong with a token, introspection answers only "inactive" (RFC 7662 §2.2).
     let claims = live_token(services, token, unix_now())

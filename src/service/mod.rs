@@ -49,6 +49,21 @@ pub struct Services {
 }
 
 impl Services {
+    /// The context of a request whose caller authenticated as `client`.
+    pub fn call<'a>(
+        &'a self,
+        request_id: &'a str,
+        facts: &'a RequestFacts,
+        client: &'a AuthenticatedClient,
+    ) -> Call<'a> {
+        Call {
+            services: self,
+            request_id,
+            facts,
+            client: Some(client),
+        }
+    }
+
     pub fn issuer(&self) -> Issuer<'_> {
         Issuer {
             keys: &self.keys,

@@ -7,7 +7,7 @@ use crate::crypto::jwt::validate_own;
 use crate::crypto::keys::unix_now;
 use crate::service::Services;
 use crate::service::authenticate;
-use crate::service::{Call, Caller, OAuthError};
+use crate::service::{Caller, OAuthError};
 
 pub async fn revoke(
     services: &Services,
@@ -16,12 +16,7 @@ pub async fn revoke(
 ) -> Result<(), OAuthError> {
     let (request_id, facts) = (caller.request_id, caller.facts);
     let caller = authenticate::caller(services, caller).await?;
-    let call = Call {
-        services,
-        request_id,
-        facts,
-        client: Some(&caller),
-    };
+    let call = services.call(request_id, facts, &caller);
     let token = call.parsed(EventKind::TokenRevoked, token).await?;
     let Ok(claims) = validate_own(
         &services.keys.current(),

@@ -5,7 +5,7 @@ use crate::domain::grants::{GrantType, TokenRequest};
 use crate::service::Services;
 use crate::service::authenticate;
 use crate::service::issue::Issued;
-use crate::service::{Call, Caller, OAuthError, exchange, issue};
+use crate::service::{Caller, OAuthError, exchange, issue};
 
 pub async fn token(
     services: &Services,
@@ -14,12 +14,7 @@ pub async fn token(
 ) -> Result<Issued, OAuthError> {
     let (request_id, facts) = (caller.request_id, caller.facts);
     let client = authenticate::caller(services, caller).await?;
-    let call = Call {
-        services,
-        request_id,
-        facts,
-        client: Some(&client),
-    };
+    let call = services.call(request_id, facts, &client);
     let request = call.parsed(EventKind::TokenDenied, request).await?;
     let grant = match &request {
         TokenRequest::ClientCredentials { .. } => GrantType::ClientCredentials,

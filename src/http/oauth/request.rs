@@ -6,6 +6,8 @@ use actix_web::http::header::{self, CACHE_CONTROL, CONTENT_TYPE, PRAGMA};
 use actix_web::web::Bytes;
 
 use super::{OAuthError, Params};
+use crate::http::{Facts, PeerCertificate};
+use crate::service::Caller;
 use crate::service::authenticate::{Credentials, Presented};
 
 /// Longest `client_id` and `client_assertion_type` accepted before authentication; no
@@ -32,9 +34,26 @@ pub fn form(req: &HttpRequest, body: &Bytes) -> Result<Params, OAuthError> {
     Params::parse(body)
 }
 
+/// Who calls: the request's id and facts, the connection's certificate and the credentials
+/// the form carries.
+pub fn caller<'a>(
+    req: &HttpRequest,
+    params: &Params,
+    request_id: &'a str,
+    facts: &'a Facts,
+    peer: PeerCertificate,
+) -> Caller<'a> {
+    Caller {
+        request_id,
+        facts: &facts.0,
+        certificate: peer.0,
+        credentials: credentials(req, params),
+    }
+}
+
 /// The credentials as sent, refused as `invalid_request` when unbounded or unprintable (with
 /// the claimed client id, bounded, for the audit record).
-pub fn credentials(req: &HttpRequest, params: &Params) -> Presented {
+fn credentials(req: &HttpRequest, params: &Params) -> Presented {
     let bounded = || -> Result<Credentials, OAuthError> {
         Ok(Credentials {
             client_id: params

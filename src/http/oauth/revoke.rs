@@ -4,9 +4,8 @@ use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse, post};
 
 use super::OAuthError;
-use super::request::{credentials, form, no_store};
+use super::request::{caller, form, no_store};
 use crate::http::{Facts, PeerCertificate, RequestId};
-use crate::service::Caller;
 use crate::service::Services;
 
 #[post("/oauth2/revoke")]
@@ -20,12 +19,7 @@ pub async fn revoke_endpoint(
 ) -> Result<HttpResponse, OAuthError> {
     let params = form(&req, &body)?;
     let request_id = request_id.0.to_string();
-    let caller = Caller {
-        request_id: &request_id,
-        facts: &facts.0,
-        certificate: peer.0,
-        credentials: credentials(&req, &params),
-    };
+    let caller = caller(&req, &params, &request_id, &facts, peer);
     let token = params.require("token");
     crate::service::revoke::revoke(&services, caller, token).await?;
     Ok(no_store(HttpResponse::Ok()).finish())

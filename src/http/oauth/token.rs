@@ -4,7 +4,7 @@ use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse, post};
 use serde_json::json;
 
-use super::request::{credentials, form, no_store};
+use super::request::{caller, form, no_store};
 use super::{OAuthError, Params};
 use crate::domain::audiences::AudienceId;
 use crate::domain::grants::{
@@ -12,7 +12,6 @@ use crate::domain::grants::{
 };
 use crate::domain::scopes::ScopeSet;
 use crate::http::{Facts, PeerCertificate, RequestId};
-use crate::service::Caller;
 use crate::service::Services;
 
 #[post("/oauth2/token")]
@@ -26,12 +25,7 @@ pub async fn token_endpoint(
 ) -> Result<HttpResponse, OAuthError> {
     let params = form(&req, &body)?;
     let request_id = request_id.0.to_string();
-    let caller = Caller {
-        request_id: &request_id,
-        facts: &facts.0,
-        certificate: peer.0,
-        credentials: credentials(&req, &params),
-    };
+    let caller = caller(&req, &params, &request_id, &facts, peer);
     let request = token_request(&params);
     let issued = crate::service::token::token(&services, caller, request).await?;
     let mut body = json!({
