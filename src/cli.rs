@@ -156,6 +156,23 @@ pub enum CertsCommand {
         #[arg(long, default_value = "certs/dev")]
         out: PathBuf,
     },
+    /// Print a JWT that partner B's dev identity provider signs for one of its subjects (with
+    /// the key in the dev PKI), to exchange as a `jwt` subject token; valid for two minutes,
+    /// usable once.
+    PartnerJwt {
+        /// The dev PKI holding the identity provider's key.
+        #[arg(long, default_value = "certs/dev")]
+        dir: PathBuf,
+        /// Whom the identity provider vouches for (`sub`).
+        #[arg(long)]
+        subject: String,
+        /// The Tessera issuer the assertion is for (`aud`).
+        #[arg(long)]
+        audience: String,
+        /// Scopes the identity provider asserts (`scope`); default: none claimed.
+        #[arg(long)]
+        scope: Option<String>,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -177,6 +194,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             DevPki { dir: out.clone() }.generate()?;
             println!("dev PKI written to {}", out.display());
+            Ok(())
+        }
+        Command::Certs {
+            command:
+                CertsCommand::PartnerJwt {
+                    dir,
+                    subject,
+                    audience,
+                    scope,
+                },
+        } => {
+            let jwt =
+                crate::dev::partner_idp::mint(&dir, &subject, &audience, scope.as_deref())?;
+            println!("{jwt}");
             Ok(())
         }
     }

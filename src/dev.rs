@@ -15,6 +15,9 @@ use crate::local_postgres::LocalCluster;
 use crate::pki::DevPki;
 use crate::seed::Seed;
 
+pub mod partner_idp;
+pub mod walkthrough;
+
 const DEV_DATABASE: &str = "tessera_dev";
 
 #[derive(Debug, clap::Args)]
@@ -45,15 +48,19 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     let (pki, generated) = DevPki::ensure(&options.certs_dir)?;
     let pki_origin = if generated { "generated" } else { "reused" };
 
-    let (database_url, database_origin, cluster) =
-        match Settings::configured_database_url(options.config.as_deref())? {
-            Some(url) => (
-                url,
-                "configured (DATABASE_URL or database.url)".to_owned(),
-                None,
-            ),
-            None => find_or_start_database(&options).await?,
-        };
+    let configured = Settings::configured_database_url(options.config.as_deref())?;
+    let database_configured = configured.is_some();
+    let (database_url, database_origin, cluster) = match configured {
+        Some(url) => (
+            url,
+            "configured (DATABASE_URL or database.url)".to_owned(),
+            None,
+        ),
+        None => find_or_start_database(&options).await?,
+    };
+    // The walkthrough's audit command names the database only when `dev` found or made it:
+    // a configured one is in the shell's environment or the settings file already.
+    let tour_database = (!database_configured).then(|| database_url.clone());
     // The issuer names the port, so an ephemeral port is chosen before the server binds.
     let port = match Settings::configured_port(options.config.as_deref())? {
         0 => std::net::TcpListener::bind(("127.0.0.1", 0))
@@ -94,6 +101,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         .context("migrating the dev database")?;
     let seed = Seed::from_file(&options.seed)?;
     seed.apply(&pool).await?;
+    walkthrough::seed_agreements(&seed, &pool, &settings, &pki.dir).await?;
     let client_ids: Vec<&str> = seed
         .clients
         .iter()
@@ -111,17 +119,29 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         "Tessera dev server\n  \
          URL:       {url}\n  \
          Database:  {database_origin}\n  \
-         Dev PKI:   {certs} ({pki_origin}; CA {certs}/ca.pem, clients partner-a, partner-b, admin)\n  \
+         Dev PKI:   {certs} ({pki_origin}; CA {certs}/ca.pem, clients partner-a, partner-b, admin, settlement; partner B's identity provider key)\n  \
          Clients:   {clients} (seeded from {seed})\n  \
          Try:       curl --cacert {certs}/ca.pem --cert {certs}/partner-a.pem --key {certs}/partner-a.key \\\n               \
          -d grant_type=client_credentials -d client_id=partner-a-treasury \\\n               \
          -d resource=https://ledger.tessera.test {url}/oauth2/token\n  \
          Identity:  curl --cacert {certs}/ca.pem --cert {certs}/partner-a.pem --key {certs}/partner-a.key {url}/mtls/identity\n  \
          Ops:       {ops}\n  \
-         Stop:      Ctrl-C",
+         Stop:      Ctrl-C\n\n\
+         Walkthrough (run these lines in order in one bash shell):",
         clients = client_ids.join(", "),
         seed = options.seed.display(),
     );
+    let tour = walkthrough::Tour {
+        issuer: url,
+        certs_dir: &pki.dir,
+        kek_file: &options.kek_file,
+        config: options.config.as_deref(),
+        database_url: tour_database.as_deref(),
+    };
+    for line in tour.lines() {
+        println!("    {line}");
+    }
+    println!();
     let served = application.run().await;
     tracing.shutdown().await;
     if let Some(cluster) = cluster {

@@ -19,6 +19,7 @@ mod helpers;
 mod insider;
 mod introspection;
 mod keys;
+mod logs;
 mod operator;
 mod ops;
 mod partner;

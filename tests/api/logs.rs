@@ -1,0 +1,336 @@
+//! Issue 13 item 5: what an operator reads. A `tessera serve` process logs one JSON line per
+//! request with the facts of its handling and never a token, assertion or key; with an OTLP
+//! endpoint configured it exports spans that continue the caller's W3C trace.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::Value;
+
+use crate::helpers::{ServerProcess, certificates, client_with, pki, seeded_database};
+
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+const TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+/// The `request completed` line of the request with this id, once the server has written it.
+async fn request_line(server: &ServerProcess, request_id: &str) -> Value {
+    for _ in 0..100 {
+        let found = server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|line| {
+                line["message"] == "request completed" && line["request_id"] == request_id
+            });
+        if let Some(line) = found {
+            return line;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no log line for request {request_id}");
+}
+
+/// Posts a form as `identity`; returns the status, the body and the request id.
+async fn post(
+    server: &ServerProcess,
+    identity: &str,
+    path: &str,
+    form: &[(&str, &str)],
+) -> (u16, Value, String) {
+    let response = client_with(Some(identity), TLS13)
+        .post(server.url(path))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
+    (status, body, request_id)
+}
+
+fn thumbprint(identity: &str) -> String {
+    let der = certificates(&pki().client_cert(identity)).remove(0);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
+    URL_SAFE_NO_PAD.encode(digest.as_ref())
+}
+
+#[tokio::test]
+async fn a_json_log_line_per_request_carries_its_facts() {
+    let db = seeded_database().await;
+    let server = ServerProcess::start(&db.url);
+    let (status, body, granted) = post(
+        &server,
+        "partner-a",
+        "/oauth2/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", "partner-a-treasury"),
+            ("resource", "https://ledger.test"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body, refused) = post(
+        &server,
+        "partner-a",
+        "/oauth2/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", "partner-a-treasury"),
+            ("resource", "https://ledger.test"),
+            ("scope", "ledger:admin"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+
+    let line = request_line(&server, &granted).await;
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["client_id"], "partner-a-treasury", "{line}");
+    assert_eq!(line["grant"], "client_credentials", "{line}");
+    assert_eq!(line["outcome"], "allow", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["peer_x5t_s256"], thumbprint("partner-a"), "{line}");
+    assert!(line["latency_us"].as_u64().is_some(), "{line}");
+    assert!(line.get("error").is_none(), "{line}");
+    assert!(line.get("reason").is_none(), "{line}");
+
+    let line = request_line(&server, &refused).await;
+    assert_eq!(line["client_id"], "partner-a-treasury", "{line}");
+    assert_eq!(line["grant"], "client_credentials", "{line}");
+    assert_eq!(line["outcome"], "deny", "{line}");
+    assert_eq!(line["error"], "invalid_scope", "{line}");
+    assert_eq!(
+        line["reason"], "invalid_scope: the audience does not allow: ledger:admin",
+        "{line}"
+    );
+    assert_eq!(line["peer_x5t_s256"], thumbprint("partner-a"), "{line}");
+    // The audit trail keeps the same reason under the same request id.
+    let audited: String = sqlx::query_scalar(
+        "SELECT record::jsonb ->> 'reason' FROM audit_events
+          WHERE record::jsonb ->> 'request_id' = $1",
+    )
+    .bind(&refused)
+    .fetch_one(&sqlx::PgPool::connect(&db.url).await.unwrap())
+    .await
+    .unwrap();
+    assert_eq!(line["reason"], audited.as_str());
+    stop(server).await;
+}
+
+/// Stops the server and waits for it: a server left running would keep the test's output open.
+async fn stop(mut server: ServerProcess) {
+    server.signal("-TERM");
+    tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn logs_never_carry_the_tokens_or_assertions_a_client_used() {
+    let db = seeded_database().await;
+    let server = ServerProcess::start(&db.url);
+    let mut secrets = Vec::new();
+    let (_, body, _) = post(
+        &server,
+        "partner-a",
+        "/oauth2/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", "partner-a-treasury"),
+            ("resource", "https://payments.test"),
+        ],
+    )
+    .await;
+    let broad = body["access_token"].as_str().unwrap().to_owned();
+    let (status, body, _) = post(
+        &server,
+        "partner-a",
+        "/oauth2/token",
+        &[
+            ("grant_type", EXCHANGE),
+            ("client_id", "partner-a-treasury"),
+            ("subject_token", &broad),
+            ("subject_token_type", ACCESS_TOKEN),
+            ("audience", "https://settlement.test"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let narrow = body["access_token"].as_str().unwrap().to_owned();
+    // A refused exchange whose subject token is garbage that looks like a token.
+    let forged = format!("{}x", &broad[..broad.len() - 1]);
+    let (status, _, _) = post(
+        &server,
+        "partner-a",
+        "/oauth2/token",
+        &[
+            ("grant_type", EXCHANGE),
+            ("client_id", "partner-a-treasury"),
+            ("subject_token", &forged),
+            ("subject_token_type", ACCESS_TOKEN),
+            ("audience", "https://settlement.test"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _, _) = post(
+        &server,
+        "admin",
+        "/oauth2/introspect",
+        &[("client_id", "ledger-rs"), ("token", &narrow)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _, _) = post(
+        &server,
+        "partner-a",
+        "/oauth2/revoke",
+        &[("client_id", "partner-a-treasury"), ("token", &broad)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    // A private_key_jwt client's assertion, and one replayed (refused).
+    let assertion = crate::fixtures::assertion(&crate::fixtures::assertion_claims());
+    for expected in [200, 401] {
+        let response = client_with(None, TLS13)
+            .post(server.url("/oauth2/token"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", crate::fixtures::JWT_CLIENT),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", &assertion),
+                ("resource", "https://reports.test"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), expected);
+        let body: Value = response.json().await.unwrap();
+        if let Some(token) = body["access_token"].as_str() {
+            secrets.push(token.to_owned());
+        }
+    }
+    secrets.extend([broad, narrow, forged, assertion]);
+
+    // Every request's line is written before its response leaves; wait for the last one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = server.log.lock().unwrap().join("\n");
+    let completed = log.matches("request completed").count();
+    assert!(completed >= 7, "only {completed} request lines:\n{log}");
+    for secret in &secrets {
+        // Any of a JWT's parts would do: the signature alone is a bearer secret's proof.
+        for part in secret.split('.') {
+            assert!(!log.contains(part), "the log carries part of a secret:\n{log}");
+        }
+    }
+    stop(server).await;
+}
+
+/// A real OTLP/HTTP receiver: accepts `POST /v1/traces` and keeps each body and content type.
+async fn start_receiver() -> (u16, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = received.clone();
+    let server = HttpServer::new(move || {
+        let sink = sink.clone();
+        App::new().route(
+            "/v1/traces",
+            web::post().to(move |req: HttpRequest, body: web::Bytes| {
+                let sink = sink.clone();
+                async move {
+                    let content_type = req
+                        .headers()
+                        .get("content-type")
+                        .and_then(|value| value.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    sink.lock().unwrap().push((content_type, body.to_vec()));
+                    HttpResponse::Ok()
+                        .content_type("application/x-protobuf")
+                        .finish()
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let port = server.addrs()[0].port();
+    tokio::spawn(server.run());
+    (port, received)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[tokio::test]
+async fn spans_reach_the_otlp_collector_in_the_callers_trace() {
+    let (port, received) = start_receiver().await;
+    let db = seeded_database().await;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut server = ServerProcess::start_with(
+        &db.url,
+        &[(
+            "TESSERA_LOG__OTLP_ENDPOINT",
+            std::path::Path::new(&endpoint),
+        )],
+    );
+    let mut trace_id = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut trace_id).unwrap();
+    let traceparent = format!("00-{}-{}-01", hex(&trace_id), "00f067aa0ba902b7");
+    let response = client_with(Some("partner-a"), TLS13)
+        .post(server.url("/oauth2/token"))
+        .header("traceparent", &traceparent)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "partner-a-treasury"),
+            ("resource", "https://ledger.test"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Stopping flushes the spans still buffered.
+    server.signal("-TERM");
+    let status = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+
+    let received = received.lock().unwrap();
+    assert!(!received.is_empty(), "no spans arrived");
+    assert!(
+        received
+            .iter()
+            .all(|(content_type, _)| content_type == "application/x-protobuf"),
+        "not OTLP/HTTP protobuf: {:?}",
+        received.iter().map(|(kind, _)| kind).collect::<Vec<_>>()
+    );
+    // OTLP protobuf carries trace ids as their 16 raw bytes.
+    assert!(
+        received
+            .iter()
+            .any(|(_, body)| body.windows(16).any(|window| window == trace_id)),
+        "no exported span carries the caller's trace id"
+    );
+    assert!(
+        received
+            .iter()
+            .any(|(_, body)| body.windows(7).any(|window| window == b"request")),
+        "the request span was not exported"
+    );
+}
