@@ -99,7 +99,9 @@ impl Seed {
                 grantee_client: seeded.grantee_client.clone(),
                 scopes: seeded.scopes.clone(),
                 audiences: seeded.audiences.clone(),
-                effective_from: now,
+                // A second early: decisions compare whole seconds, and a consent seeded
+                // within the second of a request must already be in force for it.
+                effective_from: now - time::Duration::seconds(1),
                 effective_until: now + time::Duration::days(i64::from(seeded.valid_days)),
                 legal_basis: seeded.legal_basis.clone(),
                 constraints: serde_json::json!({}),

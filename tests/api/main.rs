@@ -26,3 +26,4 @@ mod partner;
 mod policy;
 mod startup;
 mod tls;
+mod walkthrough;
