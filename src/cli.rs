@@ -205,8 +205,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     scope,
                 },
         } => {
-            let jwt =
-                crate::dev::partner_idp::mint(&dir, &subject, &audience, scope.as_deref())?;
+            let jwt = crate::dev::partner_idp::mint(&dir, &subject, &audience, scope.as_deref())?;
             println!("{jwt}");
             Ok(())
         }

@@ -473,14 +473,16 @@ impl Exchanger<'_> {
             .profile_reach(&subject, &request.target, allowed)
             .await?;
         let (consent_id, allowed) = self
-            .consent(client, &subject, &request.target, within_profile.clone(), now)
+            .consent(
+                client,
+                &subject,
+                &request.target,
+                within_profile.clone(),
+                now,
+            )
             .await?;
         let scopes = grant_scopes(&allowed, request.requested_scopes.as_ref()).map_err(|_| {
-            let why = limits.explain(
-                request.requested_scopes.as_ref(),
-                &within_profile,
-                &allowed,
-            );
+            let why = limits.explain(request.requested_scopes.as_ref(), &within_profile, &allowed);
             refuse(Denial::InvalidScope(why.clone()), why)
         })?;
 

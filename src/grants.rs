@@ -110,19 +110,20 @@ pub async fn decide_client_credentials(
     let audience = registry.audience(target).await?.ok_or_else(|| {
         Denial::InvalidTarget("this audience is not allowed for this client".into())
     })?;
-    let scopes = grant_scopes(&allowed.intersection(&audience.scopes), requested).map_err(|_| {
-        let limits = [
-            Limit {
-                holder: "the audience",
-                scopes: &audience.scopes,
-            },
-            Limit {
-                holder: "the client's registration for this audience",
-                scopes: allowed,
-            },
-        ];
-        Denial::InvalidScope(scope_limits::explain(requested, &limits))
-    })?;
+    let scopes =
+        grant_scopes(&allowed.intersection(&audience.scopes), requested).map_err(|_| {
+            let limits = [
+                Limit {
+                    holder: "the audience",
+                    scopes: &audience.scopes,
+                },
+                Limit {
+                    holder: "the client's registration for this audience",
+                    scopes: allowed,
+                },
+            ];
+            Denial::InvalidScope(scope_limits::explain(requested, &limits))
+        })?;
     require_binding(&audience, authenticated)?;
     Ok(Decision { audience, scopes })
 }

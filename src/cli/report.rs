@@ -32,7 +32,10 @@ mod tests {
     #[test]
     fn a_cause_quoted_by_its_error_is_not_repeated() {
         let error = anyhow::Error::new(Quoting(Inner)).context("starting");
-        assert_eq!(describe(&error), "starting: client registry: pool timed out");
+        assert_eq!(
+            describe(&error),
+            "starting: client registry: pool timed out"
+        );
     }
 
     #[test]

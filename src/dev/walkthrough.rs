@@ -54,7 +54,10 @@ const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// A path as the shell should read it: absolute, single-quoted.
 fn quoted(path: &Path) -> String {
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-    format!("'{}'", absolute.display().to_string().replace('\'', r"'\''"))
+    format!(
+        "'{}'",
+        absolute.display().to_string().replace('\'', r"'\''")
+    )
 }
 
 fn curl(identity: &str) -> String {

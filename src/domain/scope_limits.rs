@@ -17,10 +17,7 @@ pub struct Limit<'a> {
 pub fn explain(requested: Option<&ScopeSet>, limits: &[Limit<'_>]) -> String {
     let Some(requested) = requested else {
         let holders: Vec<&str> = limits.iter().map(|limit| limit.holder).collect();
-        return format!(
-            "no scope can be granted: {} share none",
-            holders.join(", ")
-        );
+        return format!("no scope can be granted: {} share none", holders.join(", "));
     };
     limits
         .iter()

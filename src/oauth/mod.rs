@@ -105,8 +105,8 @@ impl ResponseError for OAuthError {
         if matches!(self, Self::TemporarilyUnavailable) {
             response.insert_header(("Retry-After", "1"));
         }
-        let mut response = response
-            .json(json!({ "error": self.code(), "error_description": self.description() }));
+        let mut response =
+            response.json(json!({ "error": self.code(), "error_description": self.description() }));
         response
             .extensions_mut()
             .insert(crate::http::facts::OAuthErrorCode(self.code()));

@@ -22,12 +22,7 @@ async fn issued(app: &TestApp) -> i64 {
 
 /// Asserts an `invalid_scope` refusal with exactly `description`, audited with that reason,
 /// and that no token was issued or exchanged beyond the `before` already there.
-async fn assert_names(
-    app: &TestApp,
-    before: i64,
-    (status, body): (u16, Value),
-    description: &str,
-) {
+async fn assert_names(app: &TestApp, before: i64, (status, body): (u16, Value), description: &str) {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"], "invalid_scope", "{body}");
     assert_eq!(body["error_description"], description, "{body}");
@@ -35,7 +30,9 @@ async fn assert_names(
     assert_eq!(issued(app).await, before, "a token was issued");
     let reasons = app.denial_reasons().await;
     assert!(
-        reasons.last().is_some_and(|reason| reason.ends_with(description)),
+        reasons
+            .last()
+            .is_some_and(|reason| reason.ends_with(description)),
         "the refusal was not audited with its reason: {reasons:?}"
     );
 }

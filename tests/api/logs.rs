@@ -234,7 +234,10 @@ async fn logs_never_carry_the_tokens_or_assertions_a_client_used() {
     for secret in &secrets {
         // Any of a JWT's parts would do: the signature alone is a bearer secret's proof.
         for part in secret.split('.') {
-            assert!(!log.contains(part), "the log carries part of a secret:\n{log}");
+            assert!(
+                !log.contains(part),
+                "the log carries part of a secret:\n{log}"
+            );
         }
     }
     stop(server).await;

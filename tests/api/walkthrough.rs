@@ -51,7 +51,9 @@ fn start_dev(database_url: &str) -> (DevServer, Vec<String>) {
         }
     }
     assert!(
-        banner.last().is_some_and(|line| line.starts_with("Walkthrough")),
+        banner
+            .last()
+            .is_some_and(|line| line.starts_with("Walkthrough")),
         "dev printed no walkthrough:\n{}",
         banner.join("\n")
     );
@@ -100,7 +102,10 @@ async fn every_line_dev_prints_works_verbatim() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let report = format!("script:\n{}\nstdout:\n{stdout}\nstderr:\n{stderr}", lines.join("\n"));
+    let report = format!(
+        "script:\n{}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        lines.join("\n")
+    );
     assert!(output.status.success(), "{report}");
     for (step, line) in lines.iter().enumerate() {
         if !line.starts_with('#') {
@@ -129,11 +134,22 @@ async fn every_line_dev_prints_works_verbatim() {
     assert!(delegated["consent_id"].is_string(), "{report}");
     let settled = &answers[1];
     assert_eq!(settled["active"], true, "{report}");
-    assert_eq!(settled["aud"], "https://settlement.tessera.test", "{report}");
+    assert_eq!(
+        settled["aud"], "https://settlement.tessera.test",
+        "{report}"
+    );
     assert_eq!(settled["scope"], "settlement:instruct", "{report}");
     assert_eq!(settled["client_id"], "partner-a-settlement", "{report}");
-    assert_eq!(answers[2], serde_json::json!({ "active": false }), "{report}");
-    assert_eq!(answers[3], serde_json::json!({ "active": false }), "{report}");
+    assert_eq!(
+        answers[2],
+        serde_json::json!({ "active": false }),
+        "{report}"
+    );
+    assert_eq!(
+        answers[3],
+        serde_json::json!({ "active": false }),
+        "{report}"
+    );
     assert!(stdout.contains("audit trail intact"), "{report}");
     drop(server);
 }
