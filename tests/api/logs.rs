@@ -337,3 +337,185 @@ async fn spans_reach_the_otlp_collector_in_the_callers_trace() {
         "the request span was not exported"
     );
 }
+
+/// A partner's key-set endpoint over HTTPS that records the `traceparent` of each fetch.
+async fn start_jwks(jwks: Value) -> (String, Arc<Mutex<Vec<Option<String>>>>) {
+    use rustls::pki_types::pem::PemObject;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let tls = rustls::ServerConfig::builder_with_provider(tessera::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            certificates(&pki().server_cert()),
+            rustls::pki_types::PrivateKeyDer::from_pem_file(pki().server_key()).unwrap(),
+        )
+        .unwrap();
+    let server = HttpServer::new(move || {
+        let (sink, jwks) = (sink.clone(), jwks.clone());
+        App::new().route(
+            "/jwks.json",
+            web::get().to(move |req: HttpRequest| {
+                let (sink, jwks) = (sink.clone(), jwks.clone());
+                async move {
+                    let traceparent = req
+                        .headers()
+                        .get("traceparent")
+                        .and_then(|value| value.to_str().ok())
+                        .map(str::to_owned);
+                    sink.lock().unwrap().push(traceparent);
+                    HttpResponse::Ok().json(jwks)
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .bind_rustls_0_23("127.0.0.1:0", tls)
+    .unwrap();
+    let port = server.addrs()[0].port();
+    tokio::spawn(server.run());
+    (format!("https://localhost:{port}/jwks.json"), seen)
+}
+
+#[tokio::test]
+async fn a_partner_key_set_fetch_carries_the_callers_trace() {
+    let (otlp_port, _) = start_receiver().await;
+    let key = crate::fixtures::es256_key("d-1");
+    let (jwks_uri, seen) = start_jwks(serde_json::json!({ "keys": [key.jwk] })).await;
+    let db = seeded_database().await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let settings = crate::helpers::process_settings(&db.url);
+    let signer = tessera::audit::AuditSigner::load(&pool, &settings.keys)
+        .await
+        .unwrap();
+    let (audit, writer) = tessera::audit::AuditLog::start(
+        pool.clone(),
+        "test-admin".into(),
+        8,
+        signer,
+        tessera::audit::CheckpointPolicy {
+            every_records: 100,
+            every: Duration::from_secs(60),
+        },
+        None,
+    );
+    tessera::trust::publish(
+        &pool,
+        &audit,
+        "partner-d",
+        &tessera::trust::NewProfile {
+            issuers: vec![crate::partner::PARTNER_ISSUER.into()],
+            jwks_uri: Some(jwks_uri),
+            algorithms: vec!["ES256".into()],
+            max_assertion_lifetime_s: 300,
+            required_claims: serde_json::json!({}),
+            single_use: true,
+            audiences: vec!["https://ledger.test".into()],
+            scopes: vec!["ledger:read".into()],
+            region: "eu".into(),
+            active: true,
+            ..tessera::trust::NewProfile::default()
+        },
+        "admin",
+    )
+    .await
+    .unwrap();
+    writer.finish().await;
+    pool.close().await;
+
+    let endpoint = format!("http://127.0.0.1:{otlp_port}");
+    let server = ServerProcess::start_with(
+        &db.url,
+        &[
+            (
+                "TESSERA_LOG__OTLP_ENDPOINT",
+                std::path::Path::new(&endpoint),
+            ),
+            ("TESSERA_TRUST__JWKS_CA_FILE", &pki().ca_cert()),
+        ],
+    );
+    let mut trace_id = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut trace_id).unwrap();
+    let caller_span = "00f067aa0ba902b7";
+    let assertion = crate::partner::sign(&key, "d-1", &crate::partner::claims());
+    let response = client_with(Some("partner-a"), TLS13)
+        .post(server.url("/oauth2/token"))
+        .header(
+            "traceparent",
+            format!("00-{}-{caller_span}-01", hex(&trace_id)),
+        )
+        .form(&[
+            ("grant_type", EXCHANGE),
+            ("client_id", "partner-a-treasury"),
+            ("subject_token", assertion.as_str()),
+            ("subject_token_type", crate::partner::JWT_TYPE),
+            ("audience", "https://ledger.test"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    // No consent from partner D here: the exchange is refused, after the keys were fetched.
+    assert_eq!(response.status(), 400);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let traceparent = seen[0].clone().expect("the fetch carried no traceparent");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!(
+        parts[1],
+        hex(&trace_id),
+        "not the caller's trace: {traceparent}"
+    );
+    assert_ne!(
+        parts[2], caller_span,
+        "the fetch is a span of its own: {traceparent}"
+    );
+    stop(server).await;
+}
+
+#[test]
+fn a_start_up_error_is_printed_once_without_repeated_causes_or_colour() {
+    let pki = pki();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TESSERA_SERVER__BIND", "127.0.0.1:0")
+        .env("TESSERA_SERVER__CERT", pki.server_cert())
+        .env("TESSERA_SERVER__KEY", pki.server_key())
+        .env("TESSERA_SERVER__CLIENT_CA", pki.ca_cert())
+        .env("TESSERA_TOKENS__ISSUER", crate::helpers::ISSUER)
+        .env("TESSERA_KEYS__KEK_ID", "test")
+        .env("TESSERA_KEYS__KEK", crate::helpers::PROCESS_KEK)
+        .env("TESSERA_DATABASE__CONNECT_TIMEOUT_MS", "200")
+        // Nothing listens there.
+        .env(
+            "DATABASE_URL",
+            format!(
+                "postgres://postgres@127.0.0.1:{}/none",
+                crate::helpers::free_port()
+            ),
+        )
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes off a terminal: {stderr:?}"
+    );
+    let reported: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("tessera:"))
+        .collect();
+    assert_eq!(reported.len(), 1, "{stderr}");
+    let parts: Vec<&str> = reported[0].split(": ").collect();
+    for (index, part) in parts.iter().enumerate() {
+        assert!(
+            !parts[index + 1..].contains(part),
+            "`{part}` repeated: {}",
+            reported[0]
+        );
+    }
+}
