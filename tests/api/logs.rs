@@ -519,3 +519,23 @@ fn a_start_up_error_is_printed_once_without_repeated_causes_or_colour() {
         );
     }
 }
+
+#[test]
+fn an_otlp_endpoint_that_is_no_http_url_is_refused_naming_the_setting() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TESSERA_LOG__OTLP_ENDPOINT", "collector:4318")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains(
+            "setting `log.otlp_endpoint`: expected the http(s) URL of an OTLP collector, such \
+             as http://127.0.0.1:4318"
+        ),
+        "{stderr}"
+    );
+}
