@@ -2,6 +2,7 @@
 //! configured one, else the local default server, else a private cluster it starts itself),
 //! generates a dev PKI if there is none, migrates, and serves HTTPS.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -115,7 +116,19 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         .map(|addr| format!("http://{addr}/metrics, /healthz, /readyz"))
         .unwrap_or_default();
     let certs = pki.dir.display();
-    println!(
+    let tour = walkthrough::Tour {
+        issuer: url,
+        certs_dir: &pki.dir,
+        kek_file: &options.kek_file,
+        config: options.config.as_deref(),
+        database_url: tour_database.as_deref(),
+    };
+    let tour: String = tour
+        .lines()
+        .iter()
+        .map(|line| format!("    {line}\n"))
+        .collect();
+    let banner = format!(
         "Tessera dev server\n  \
          URL:       {url}\n  \
          Database:  {database_origin}\n  \
@@ -125,23 +138,20 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
          -d grant_type=client_credentials -d client_id=partner-a-treasury \\\n               \
          -d resource=https://ledger.tessera.test {url}/oauth2/token\n  \
          Identity:  curl --cacert {certs}/ca.pem --cert {certs}/partner-a.pem --key {certs}/partner-a.key {url}/mtls/identity\n  \
-         Ops:       {ops}\n  \
-         Stop:      Ctrl-C\n\n\
-         Walkthrough (run these lines in order in one bash shell):",
+         Ops:       {ops}\n\
+         Walkthrough (run these lines in order in one bash shell):\n\
+         {tour}\n  \
+         Stop:      Ctrl-C\n",
         clients = client_ids.join(", "),
         seed = options.seed.display(),
     );
-    let tour = walkthrough::Tour {
-        issuer: url,
-        certs_dir: &pki.dir,
-        kek_file: &options.kek_file,
-        config: options.config.as_deref(),
-        database_url: tour_database.as_deref(),
-    };
-    for line in tour.lines() {
-        println!("    {line}");
-    }
-    println!();
+    // Written in one piece, and a reader that stopped reading (a closed pipe) is no reason
+    // to stop the server, as `println!` would.
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(banner.as_bytes())
+        .and_then(|()| stdout.flush());
+    drop(stdout);
     let served = application.run().await;
     tracing.shutdown().await;
     if let Some(cluster) = cluster {
