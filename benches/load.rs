@@ -260,6 +260,7 @@ async fn prepare(database_url: &str) -> Result<Vec<u8>> {
                 ..ClientSeed::default()
             },
         ],
+        ..Seed::default()
     };
     seed.apply(&pool).await?;
     pool.close().await;

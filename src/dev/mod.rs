@@ -2,10 +2,13 @@
 //! configured one, else the local default server, else a private cluster it starts itself),
 //! generates a dev PKI if there is none, migrates, and serves HTTPS.
 
+pub mod partner_idp;
 pub mod pki;
 pub mod postgres;
 pub mod seed;
+pub mod walkthrough;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -49,15 +52,19 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     let (pki, generated) = DevPki::ensure(&options.certs_dir)?;
     let pki_origin = if generated { "generated" } else { "reused" };
 
-    let (database_url, database_origin, cluster) =
-        match Settings::configured_database_url(options.config.as_deref())? {
-            Some(url) => (
-                url,
-                "configured (DATABASE_URL or database.url)".to_owned(),
-                None,
-            ),
-            None => find_or_start_database(&options).await?,
-        };
+    let configured = Settings::configured_database_url(options.config.as_deref())?;
+    let database_configured = configured.is_some();
+    let (database_url, database_origin, cluster) = match configured {
+        Some(url) => (
+            url,
+            "configured (DATABASE_URL or database.url)".to_owned(),
+            None,
+        ),
+        None => find_or_start_database(&options).await?,
+    };
+    // The walkthrough's audit command names the database only when `dev` found or made it:
+    // a configured one is in the shell's environment or the settings file already.
+    let tour_database = (!database_configured).then(|| database_url.clone());
     // The issuer names the port, so an ephemeral port is chosen before the server binds.
     let port = match Settings::configured_port(options.config.as_deref())? {
         0 => std::net::TcpListener::bind(("127.0.0.1", 0))
@@ -98,6 +105,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         .context("migrating the dev database")?;
     let seed = Seed::from_file(&options.seed)?;
     seed.apply(&pool).await?;
+    walkthrough::seed_agreements(&seed, &pool, &settings, &pki.dir).await?;
     let client_ids: Vec<&str> = seed
         .clients
         .iter()
@@ -111,21 +119,42 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         .map(|addr| format!("http://{addr}/metrics, /healthz, /readyz"))
         .unwrap_or_default();
     let certs = pki.dir.display();
-    println!(
+    let tour = walkthrough::Tour {
+        issuer: url,
+        certs_dir: &pki.dir,
+        kek_file: &options.kek_file,
+        config: options.config.as_deref(),
+        database_url: tour_database.as_deref(),
+    };
+    let tour: String = tour
+        .lines()
+        .iter()
+        .map(|line| format!("    {line}\n"))
+        .collect();
+    let banner = format!(
         "Tessera dev server\n  \
          URL:       {url}\n  \
          Database:  {database_origin}\n  \
-         Dev PKI:   {certs} ({pki_origin}; CA {certs}/ca.pem, clients partner-a, partner-b, admin)\n  \
+         Dev PKI:   {certs} ({pki_origin}; CA {certs}/ca.pem, clients partner-a, partner-b, admin, settlement; partner B's identity provider key)\n  \
          Clients:   {clients} (seeded from {seed})\n  \
          Try:       curl --cacert {certs}/ca.pem --cert {certs}/partner-a.pem --key {certs}/partner-a.key \\\n               \
          -d grant_type=client_credentials -d client_id=partner-a-treasury \\\n               \
          -d resource=https://ledger.tessera.test {url}/oauth2/token\n  \
          Identity:  curl --cacert {certs}/ca.pem --cert {certs}/partner-a.pem --key {certs}/partner-a.key {url}/mtls/identity\n  \
-         Ops:       {ops}\n  \
-         Stop:      Ctrl-C",
+         Ops:       {ops}\n\
+         Walkthrough (run these lines in order in one bash shell):\n\
+         {tour}\n  \
+         Stop:      Ctrl-C\n",
         clients = client_ids.join(", "),
         seed = options.seed.display(),
     );
+    // Written in one piece, and a reader that stopped reading (a closed pipe) is no reason
+    // to stop the server, as `println!` would.
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(banner.as_bytes())
+        .and_then(|()| stdout.flush());
+    drop(stdout);
     let served = application.run().await;
     tracing.shutdown().await;
     if let Some(cluster) = cluster {

@@ -16,6 +16,8 @@ use time::{Duration, OffsetDateTime};
 pub enum PkiError {
     #[error("generating the certificate for {name}: {source}")]
     Generate { name: String, source: rcgen::Error },
+    #[error("generating {name}: {reason}")]
+    Unusable { name: String, reason: &'static str },
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -24,7 +26,7 @@ pub enum PkiError {
 }
 
 /// The client identities the dev PKI issues, by file stem.
-pub const TRUSTED_CLIENTS: [&str; 3] = ["partner-a", "partner-b", "admin"];
+pub const TRUSTED_CLIENTS: [&str; 4] = ["partner-a", "partner-b", "admin", "settlement"];
 pub const UNTRUSTED_CLIENT: &str = "untrusted-partner-a";
 
 /// Paths of one generated (or reused) PKI directory.
@@ -64,6 +66,8 @@ impl DevPki {
             files.push(self.client_cert(name));
             files.push(self.client_key(name));
         }
+        files.push(crate::dev::partner_idp::key_path(self));
+        files.push(crate::dev::partner_idp::jwks_path(self));
         files
     }
 
@@ -116,17 +120,17 @@ impl DevPki {
         let (cert, key) = client("partner-a", &untrusted_ca)?;
         self.write(&self.client_cert(UNTRUSTED_CLIENT), &cert)?;
         self.write_key(&self.client_key(UNTRUSTED_CLIENT), &key)?;
-        Ok(())
+        crate::dev::partner_idp::generate(self)
     }
 
-    fn write(&self, path: &Path, contents: &str) -> Result<(), PkiError> {
+    pub(crate) fn write(&self, path: &Path, contents: &str) -> Result<(), PkiError> {
         std::fs::write(path, contents).map_err(|source| PkiError::Write {
             path: path.to_owned(),
             source,
         })
     }
 
-    fn write_key(&self, path: &Path, key: &KeyPair) -> Result<(), PkiError> {
+    pub(crate) fn write_key(&self, path: &Path, key: &KeyPair) -> Result<(), PkiError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()

@@ -7,6 +7,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
+pub mod agreements;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Seed {
     #[serde(default)]
@@ -15,6 +17,12 @@ pub struct Seed {
     pub audiences: Vec<AudienceSeed>,
     #[serde(default)]
     pub clients: Vec<ClientSeed>,
+    /// Partners' trust profiles (applied by [`Seed::apply_agreements`]).
+    #[serde(default)]
+    pub trust_profiles: Vec<agreements::TrustProfileSeed>,
+    /// Consents between partners (applied by [`Seed::apply_agreements`]).
+    #[serde(default)]
+    pub consents: Vec<agreements::ConsentSeed>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -17,6 +17,11 @@ impl PublicKeys {
             .then(|| Self(keys.clone()))
     }
 
+    /// The key set as a JWKS document.
+    pub fn document(&self) -> Value {
+        serde_json::json!({ "keys": self.0 })
+    }
+
     pub fn keys(&self) -> &[Value] {
         &self.0
     }
