@@ -17,7 +17,6 @@ pub mod crypto;
 pub mod dev;
 pub mod domain;
 pub mod http;
-pub mod metrics;
 pub mod policy;
 pub mod service;
 pub mod startup;

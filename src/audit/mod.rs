@@ -23,8 +23,8 @@ use sqlx::PgPool;
 
 use crate::config::KeySettings;
 use crate::crypto::keys::KeyError;
-use crate::metrics::Metrics;
 use crate::storage::audit::{ChainedRecord, LineageEntry, insert_lineage};
+use crate::telemetry::metrics::Metrics;
 use futures_util::TryStreamExt;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};

@@ -20,8 +20,8 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use futures_util::StreamExt;
 use tracing::Instrument;
 
-use crate::metrics::Metrics;
 use crate::service::RequestFacts;
+use crate::telemetry::metrics::Metrics;
 use crate::tls::{ClientCertificate, ClientTrust};
 
 pub mod facts;
@@ -135,7 +135,7 @@ pub async fn request_context(
     let span = tracing::info_span!(
         "request",
         request_id = %request_id.0,
-        method = crate::metrics::method_label(&method),
+        method = crate::telemetry::metrics::method_label(&method),
         %route
     );
     crate::telemetry::set_incoming_parent(&span, req.headers());

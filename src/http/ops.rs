@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use crate::audit::AuditLog;
 use crate::http::PeerCertificate;
 use crate::http::problem::Problem;
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// What the main port serves: liveness and readiness (load balancers in front of it check
 /// them there), the certificate identity and the audit key set.

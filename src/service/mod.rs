@@ -24,12 +24,12 @@ use crate::audit::AuditLog;
 use crate::config::TokenSettings;
 use crate::crypto::jwks::JwksCache;
 use crate::crypto::keys::KeyRing;
-use crate::metrics::Metrics;
 use crate::policy::PolicyEngine;
 use crate::service::issue::Issuer;
 use crate::storage::clients::UsageTracker;
 use crate::storage::registry::Registry;
 use crate::storage::revocations::RevocationCache;
+use crate::telemetry::metrics::Metrics;
 use crate::tls::ClientCertificate;
 
 /// The running server's shared parts, handed to every handler.

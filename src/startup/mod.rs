@@ -18,7 +18,6 @@ use crate::config::Settings;
 use crate::crypto::jwks::JwksCache;
 use crate::crypto::keys::{KeyError, KeyRing};
 use crate::http::{BodyDeadline, request_context};
-use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, PolicyError};
 use crate::service::Services;
 use crate::startup::listeners::ConnectionCounts;
@@ -26,6 +25,7 @@ use crate::startup::scheduler::{JobError, Scheduler};
 use crate::storage::StorageError;
 use crate::storage::clients::{RegistryError, UsageTracker};
 use crate::storage::registry::Registry;
+use crate::telemetry::metrics::Metrics;
 use crate::tls::{ClientTrust, TlsError};
 
 #[derive(Debug, thiserror::Error)]

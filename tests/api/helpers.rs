@@ -382,6 +382,17 @@ pub struct ServerProcess {
     pub log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+/// A test that fails before it stops its server must not leave the process running (and holding
+/// the output pipe of `cargo test` open).
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl ServerProcess {
     pub fn start(database_url: &str) -> Self {
         Self::start_with(database_url, &[])

@@ -1,6 +1,8 @@
-//! Structured logs: human-readable on a terminal, JSON lines when configured; OpenTelemetry
-//! traces exported over OTLP when an endpoint is configured.
+//! Telemetry: structured logs (human-readable on a terminal, JSON lines when configured),
+//! OpenTelemetry traces exported over OTLP when an endpoint is configured, and Prometheus
+//! metrics.
 
+pub mod metrics;
 mod otlp;
 mod propagation;
 
