@@ -103,6 +103,12 @@ impl Application {
             crate::tls::read_certificates("server.client_ca", &settings.server.tls.client_ca)?;
         let client_trust = ClientTrust::new(&client_roots)?;
         client_trust.replace_crls(crate::tls::read_crls(&settings.server.client_crls)?)?;
+        if let Some(admin_ca) = &settings.admin_client_ca {
+            client_trust.replace_admin_roots(&crate::tls::read_certificates(
+                "admin.client_ca",
+                admin_ca,
+            )?)?;
+        }
         let tls = crate::tls::server_config(
             &settings.server.tls,
             settings.server.tls_min_version,
@@ -210,6 +216,7 @@ impl Application {
                     })
                     .configure(crate::ops::routes)
                     .configure(crate::oauth::routes)
+                    .configure(crate::http::admin::routes)
             }
         };
         let builder = crate::listeners::builder(&settings.server);

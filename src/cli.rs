@@ -1,5 +1,7 @@
 //! Command-line interface: one subcommand per operation.
 
+pub mod admin;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -53,6 +55,11 @@ pub enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Admins: register the first ones (`bootstrap`).
+    Admin {
+        #[command(subcommand)]
+        command: admin::AdminCommand,
     },
     /// Certificate utilities.
     Certs {
@@ -170,6 +177,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys { command } => keys(command).await,
         Command::Audit { command } => audit(command).await,
         Command::Policy { command } => policy(command),
+        Command::Admin { command } => admin::run(command).await,
         Command::Certs {
             command: CertsCommand::Dev { out },
         } => {
@@ -193,18 +201,7 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 crate::keys::rotate(&pool, &settings.keys, settings.max_token_lifetime, false)
                     .await?
                     .context("no key was rotated")?;
-            let signer = crate::audit::AuditSigner::load(&pool, &settings.keys).await?;
-            let (audit, writer) = crate::audit::AuditLog::start(
-                pool.clone(),
-                format!("cli/{}", std::process::id()),
-                1,
-                signer,
-                crate::audit::CheckpointPolicy {
-                    every_records: 1,
-                    every: std::time::Duration::from_secs(60),
-                },
-                None,
-            );
+            let (audit, writer) = operator_audit(&pool, &settings.keys).await?;
             rotation.audit(&audit, "operator").await?;
             writer.finish().await;
             println!(
@@ -228,6 +225,25 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An audit writer for one command-line operation, checkpointing every record it writes.
+pub async fn operator_audit(
+    pool: &sqlx::PgPool,
+    keys: &crate::config::KeySettings,
+) -> anyhow::Result<(crate::audit::AuditLog, crate::audit::WriterHandle)> {
+    let signer = crate::audit::AuditSigner::load(pool, keys).await?;
+    Ok(crate::audit::AuditLog::start(
+        pool.clone(),
+        format!("cli/{}", std::process::id()),
+        1,
+        signer,
+        crate::audit::CheckpointPolicy {
+            every_records: 1,
+            every: std::time::Duration::from_secs(60),
+        },
+        None,
+    ))
 }
 
 fn policy(command: PolicyCommand) -> anyhow::Result<()> {

@@ -15,6 +15,8 @@ use crate::local_postgres::LocalCluster;
 use crate::pki::DevPki;
 use crate::seed::Seed;
 
+mod admins;
+
 const DEV_DATABASE: &str = "tessera_dev";
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +88,8 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             0,
         ))));
     settings.server.bind.set_port(port);
+    // In dev the dev CA is the admin trust anchor too.
+    settings.admin_client_ca = settings.admin_client_ca.or(Some(pki.ca_cert()));
     crate::telemetry::init(&settings.log);
 
     let pool = crate::storage::pool(&settings.database)?;
@@ -94,6 +98,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         .context("migrating the dev database")?;
     let seed = Seed::from_file(&options.seed)?;
     seed.apply(&pool).await?;
+    admins::register(&pool, &settings, &pki).await?;
     let client_ids: Vec<&str> = seed
         .clients
         .iter()
@@ -111,7 +116,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         "Tessera dev server\n  \
          URL:       {url}\n  \
          Database:  {database_origin}\n  \
-         Dev PKI:   {certs} ({pki_origin}; CA {certs}/ca.pem, clients partner-a, partner-b, admin)\n  \
+         Dev PKI:   {certs} ({pki_origin}; CA {certs}/ca.pem, clients partner-a, partner-b, resource-server; admins admin, admin-2)\n  \
          Clients:   {clients} (seeded from {seed})\n  \
          Try:       curl --cacert {certs}/ca.pem --cert {certs}/partner-a.pem --key {certs}/partner-a.key \\\n               \
          -d grant_type=client_credentials -d client_id=partner-a-treasury \\\n               \

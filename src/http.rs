@@ -1,6 +1,8 @@
 //! HTTP plumbing shared by every route: the request context middleware (request id, one log
 //! line per request, Prometheus metrics) and the extractor for the client certificate.
 
+pub mod admin;
+
 use std::future::{Ready, ready};
 use std::time::{Duration, Instant};
 

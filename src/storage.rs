@@ -1,5 +1,7 @@
 //! The PostgreSQL pool and the embedded migrations.
 
+pub mod admin;
+
 use std::str::FromStr;
 
 use secrecy::ExposeSecret;

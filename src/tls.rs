@@ -111,6 +111,8 @@ pub enum TrustAnchor {
     Partner(String),
     /// A registered self-signed certificate, accepted by thumbprint without a chain.
     Pinned,
+    /// The operator's admin CA (`admin.client_ca`): the only anchor that identifies admins.
+    Admin,
 }
 
 impl fmt::Display for TrustAnchor {
@@ -119,6 +121,7 @@ impl fmt::Display for TrustAnchor {
             Self::Server => f.write_str("server"),
             Self::Partner(partner) => write!(f, "partner:{partner}"),
             Self::Pinned => f.write_str("pinned"),
+            Self::Admin => f.write_str("admin"),
         }
     }
 }
@@ -130,6 +133,8 @@ struct Anchors {
     server: Arc<dyn ClientCertVerifier>,
     partner_roots: Vec<(String, Vec<CertificateDer<'static>>)>,
     partners: Vec<(String, Arc<dyn ClientCertVerifier>)>,
+    admin_roots: Vec<CertificateDer<'static>>,
+    admin: Option<Arc<dyn ClientCertVerifier>>,
     crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
@@ -139,9 +144,15 @@ impl Anchors {
     fn build(
         server_roots: Vec<CertificateDer<'static>>,
         partner_roots: Vec<(String, Vec<CertificateDer<'static>>)>,
+        admin_roots: Vec<CertificateDer<'static>>,
         crls: Vec<CertificateRevocationListDer<'static>>,
     ) -> Result<Self, TlsError> {
         let server = verifier("server.client_ca", &server_roots, &crls)?;
+        let admin = if admin_roots.is_empty() {
+            None
+        } else {
+            Some(verifier("admin.client_ca", &admin_roots, &crls)?)
+        };
         let partners = partner_roots
             .iter()
             .filter_map(|(partner, roots)| {
@@ -159,6 +170,8 @@ impl Anchors {
             server,
             partner_roots,
             partners,
+            admin_roots,
+            admin,
             crls,
         })
     }
@@ -229,6 +242,7 @@ impl ClientTrust {
                 roots.to_vec(),
                 Vec::new(),
                 Vec::new(),
+                Vec::new(),
             )?)),
             pinned: RwLock::default(),
             generation: AtomicU64::new(0),
@@ -241,6 +255,19 @@ impl ClientTrust {
             Anchors::build(
                 roots.to_vec(),
                 current.partner_roots.clone(),
+                current.admin_roots.clone(),
+                current.crls.clone(),
+            )
+        })
+    }
+
+    /// Replaces the operator's admin CAs; with none, no certificate identifies an admin.
+    pub fn replace_admin_roots(&self, roots: &[CertificateDer<'static>]) -> Result<(), TlsError> {
+        self.update(|current| {
+            Anchors::build(
+                current.server_roots.clone(),
+                current.partner_roots.clone(),
+                roots.to_vec(),
                 current.crls.clone(),
             )
         })
@@ -253,6 +280,7 @@ impl ClientTrust {
             Anchors::build(
                 current.server_roots.clone(),
                 partners.to_vec(),
+                current.admin_roots.clone(),
                 current.crls.clone(),
             )
         });
@@ -274,6 +302,7 @@ impl ClientTrust {
             Anchors::build(
                 current.server_roots.clone(),
                 current.partner_roots.clone(),
+                current.admin_roots.clone(),
                 crls,
             )
         })
@@ -355,6 +384,13 @@ impl ClientTrust {
         if self.is_pinned(end_entity, intermediates) {
             verified.push(TrustAnchor::Pinned);
         }
+        if anchors.admin.as_ref().is_some_and(|admin| {
+            admin
+                .verify_client_cert(end_entity, intermediates, now)
+                .is_ok()
+        }) {
+            verified.push(TrustAnchor::Admin);
+        }
         verified
     }
 
@@ -432,11 +468,16 @@ impl ClientCertVerifier for ClientTrust {
         if server.is_ok() {
             return server;
         }
-        let partner = anchors.partners.iter().find_map(|(_, verifier)| {
-            verifier
-                .verify_client_cert(end_entity, intermediates, now)
-                .ok()
-        });
+        let partner = anchors
+            .partners
+            .iter()
+            .map(|(_, verifier)| verifier)
+            .chain(&anchors.admin)
+            .find_map(|verifier| {
+                verifier
+                    .verify_client_cert(end_entity, intermediates, now)
+                    .ok()
+            });
         match partner {
             Some(verified) => Ok(verified),
             None if self.is_pinned(end_entity, intermediates) => {

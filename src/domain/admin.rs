@@ -1,0 +1,468 @@
+//! Admins, their roles, the resources they edit and the rules for editing them: what is
+//! valid, and which changes widen reach (and so wait for a second admin's approval).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// What an admin may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Read the registry.
+    Viewer,
+    /// Propose changes; make narrowing changes at once.
+    Editor,
+    /// Approve or reject other admins' proposals.
+    Approver,
+    /// Read the audit trail.
+    Auditor,
+}
+
+impl Role {
+    pub const ALL: [Self; 4] = [Self::Viewer, Self::Editor, Self::Approver, Self::Auditor];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Editor => "editor",
+            Self::Approver => "approver",
+            Self::Auditor => "auditor",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|role| role.as_str() == value)
+    }
+
+    /// Parses a comma-separated list; at least one role, each known, none twice.
+    pub fn parse_list(value: &str) -> Result<Vec<Self>, String> {
+        let mut roles = Vec::new();
+        for name in value.split(',').map(str::trim) {
+            let role = Self::parse(name).ok_or_else(|| {
+                format!("unknown role `{name}` (viewer, editor, approver or auditor)")
+            })?;
+            if roles.contains(&role) {
+                return Err(format!("role `{name}` given twice"));
+            }
+            roles.push(role);
+        }
+        if roles.is_empty() {
+            return Err("at least one role is needed".to_owned());
+        }
+        roles.sort();
+        Ok(roles)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An admin as registered: a certificate identity under the admin trust anchor, with roles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Admin {
+    pub id: String,
+    pub subject_dn: String,
+    pub roles: Vec<Role>,
+    pub active: bool,
+    pub version: i32,
+}
+
+impl Admin {
+    /// Every role but `viewer` includes reading the registry.
+    pub fn may(&self, role: Role) -> bool {
+        self.active
+            && (self.roles.contains(&role) || (role == Role::Viewer && !self.roles.is_empty()))
+    }
+}
+
+/// Admin and partner ids: lowercase letters, digits, `.`, `_` and `-`, at most 64.
+pub fn is_plain_id(value: &str) -> bool {
+    let mut chars = value.chars();
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_lowercase() || first.is_ascii_digit())
+        && value.len() <= 64
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Which input was refused and by which rule; the admin API names both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub rule: &'static str,
+    pub detail: String,
+}
+
+impl FieldError {
+    pub fn new(field: &str, rule: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            rule,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A JSON object body, read field by field so that every refusal names its field.
+pub struct Body(Map<String, Value>);
+
+impl Body {
+    pub fn parse(bytes: &[u8], allowed: &[&str]) -> Result<Self, FieldError> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|error| FieldError::new("", "json", format!("not JSON: {error}")))?;
+        let Value::Object(map) = value else {
+            return Err(FieldError::new(
+                "",
+                "object",
+                "the body must be a JSON object",
+            ));
+        };
+        if let Some(unknown) = map.keys().find(|key| !allowed.contains(&key.as_str())) {
+            return Err(FieldError::new(
+                unknown,
+                "known_field",
+                format!("unknown field (allowed: {})", allowed.join(", ")),
+            ));
+        }
+        Ok(Self(map))
+    }
+
+    pub fn text(&self, field: &str) -> Result<Option<String>, FieldError> {
+        match self.0.get(field) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(_) => Err(FieldError::new(field, "string", "must be a string")),
+        }
+    }
+
+    pub fn required_text(&self, field: &str) -> Result<String, FieldError> {
+        self.text(field)?
+            .ok_or_else(|| FieldError::new(field, "required", "is required"))
+    }
+}
+
+/// A partner's registry entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Partner {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+    pub status: PartnerStatus,
+    pub version: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartnerStatus {
+    Active,
+    Suspended,
+}
+
+impl PartnerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+        }
+    }
+
+    pub fn parse(field: &str, value: &str) -> Result<Self, FieldError> {
+        match value {
+            "active" => Ok(Self::Active),
+            "suspended" => Ok(Self::Suspended),
+            _ => Err(FieldError::new(
+                field,
+                "enum",
+                "must be `active` or `suspended`",
+            )),
+        }
+    }
+}
+
+pub fn validate_name(field: &str, name: &str) -> Result<(), FieldError> {
+    let length = name.chars().count();
+    if !(1..=200).contains(&length) || name.trim() != name || name.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            "name",
+            "1 to 200 characters, no control characters or surrounding spaces",
+        ));
+    }
+    Ok(())
+}
+
+/// Regions are short lowercase codes (`eu`, `us`, `eu-west`).
+pub fn validate_region(field: &str, region: &str) -> Result<(), FieldError> {
+    let valid = (2..=32).contains(&region.len())
+        && region.starts_with(|c: char| c.is_ascii_lowercase())
+        && region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        return Err(FieldError::new(
+            field,
+            "region",
+            "2 to 32 lowercase letters, digits or `-`, starting with a letter",
+        ));
+    }
+    Ok(())
+}
+
+/// A new partner: it reaches nothing until a trust profile or a client is added (each of
+/// which is reviewed), so creating it takes effect at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPartner {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+}
+
+impl NewPartner {
+    pub const FIELDS: [&'static str; 3] = ["id", "name", "region"];
+
+    pub fn from_body(body: &Body) -> Result<Self, FieldError> {
+        let id = body.required_text("id")?;
+        if !is_plain_id(&id) {
+            return Err(FieldError::new(
+                "id",
+                "plain_id",
+                "lowercase letters, digits, `.`, `_` or `-`, at most 64, starting with a letter or digit",
+            ));
+        }
+        let name = body.required_text("name")?;
+        validate_name("name", &name)?;
+        let region = body.required_text("region")?;
+        validate_region("region", &region)?;
+        Ok(Self { id, name, region })
+    }
+}
+
+/// Changes to a partner; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartnerUpdate {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<PartnerStatus>,
+}
+
+/// Whether a change takes effect at once or waits for a second admin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Nothing anybody may do grows: applied at once.
+    Narrows,
+    /// Somebody may do more afterwards (or somewhere else): a proposal.
+    Widens,
+}
+
+impl PartnerUpdate {
+    pub const FIELDS: [&'static str; 3] = ["name", "region", "status"];
+
+    pub fn from_body(body: &Body) -> Result<Self, FieldError> {
+        let name = body.text("name")?;
+        if let Some(name) = &name {
+            validate_name("name", name)?;
+        }
+        let region = body.text("region")?;
+        if let Some(region) = &region {
+            validate_region("region", region)?;
+        }
+        let status = body
+            .text("status")?
+            .map(|status| PartnerStatus::parse("status", &status))
+            .transpose()?;
+        if name.is_none() && region.is_none() && status.is_none() {
+            return Err(FieldError::new(
+                "",
+                "non_empty",
+                "name, region or status must be given",
+            ));
+        }
+        Ok(Self {
+            name,
+            region,
+            status,
+        })
+    }
+
+    pub fn applied_to(&self, partner: &Partner) -> Partner {
+        Partner {
+            name: self.name.clone().unwrap_or_else(|| partner.name.clone()),
+            region: self
+                .region
+                .clone()
+                .unwrap_or_else(|| partner.region.clone()),
+            status: self.status.unwrap_or(partner.status),
+            version: partner.version.saturating_add(1),
+            id: partner.id.clone(),
+        }
+    }
+
+    /// Reactivating a suspended partner restores its reach, and moving it to another region
+    /// changes where its data may go: both wait for approval. Suspending and renaming do not.
+    pub fn reach(&self, partner: &Partner) -> Reach {
+        let reactivates = self.status == Some(PartnerStatus::Active)
+            && partner.status == PartnerStatus::Suspended;
+        let moves = self
+            .region
+            .as_ref()
+            .is_some_and(|region| *region != partner.region);
+        if reactivates || moves {
+            Reach::Widens
+        } else {
+            Reach::Narrows
+        }
+    }
+}
+
+/// Before and after, field by field, of what differs.
+pub fn diff(before: &Value, after: &Value) -> Value {
+    let (Value::Object(before), Value::Object(after)) = (before, after) else {
+        return serde_json::json!({ "before": before, "after": after });
+    };
+    let mut changed = Map::new();
+    for (key, new) in after {
+        let old = before.get(key).unwrap_or(&Value::Null);
+        if old != new && key != "version" {
+            changed.insert(
+                key.clone(),
+                serde_json::json!({ "before": old, "after": new }),
+            );
+        }
+    }
+    for (key, old) in before {
+        if !after.contains_key(key) {
+            changed.insert(
+                key.clone(),
+                serde_json::json!({ "before": old, "after": null }),
+            );
+        }
+    }
+    Value::Object(changed)
+}
+
+/// What a proposal would do, as stored until it is decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "body", rename_all = "snake_case")]
+pub enum ProposedChange {
+    PartnerUpdate(PartnerUpdate),
+}
+
+impl ProposedChange {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::PartnerUpdate(_) => "partner_update",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProposalStatus {
+    Pending,
+    Approved,
+    Rejected,
+}
+
+impl ProposalStatus {
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "pending" => Some(Self::Pending),
+            "approved" => Some(Self::Approved),
+            "rejected" => Some(Self::Rejected),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// A widening change waiting for (or decided by) an approver other than its author.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Proposal {
+    pub id: uuid::Uuid,
+    pub target: String,
+    #[serde(flatten)]
+    pub change: ProposedChange,
+    pub base_version: Option<i32>,
+    pub diff: Value,
+    pub author: String,
+    pub status: ProposalStatus,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+    pub version: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partner(status: PartnerStatus) -> Partner {
+        Partner {
+            id: "p".into(),
+            name: "P".into(),
+            region: "eu".into(),
+            status,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn roles_parse_as_a_list_of_known_names() {
+        assert_eq!(
+            Role::parse_list("approver, editor").unwrap(),
+            [Role::Editor, Role::Approver]
+        );
+        assert!(Role::parse_list("root").is_err());
+        assert!(Role::parse_list("editor,editor").is_err());
+    }
+
+    #[test]
+    fn reactivating_or_moving_a_partner_widens_and_suspending_narrows() {
+        let suspend = PartnerUpdate {
+            status: Some(PartnerStatus::Suspended),
+            ..PartnerUpdate::default()
+        };
+        assert_eq!(
+            suspend.reach(&partner(PartnerStatus::Active)),
+            Reach::Narrows
+        );
+        let reactivate = PartnerUpdate {
+            status: Some(PartnerStatus::Active),
+            ..PartnerUpdate::default()
+        };
+        assert_eq!(
+            reactivate.reach(&partner(PartnerStatus::Suspended)),
+            Reach::Widens
+        );
+        let moving = PartnerUpdate {
+            region: Some("us".into()),
+            ..PartnerUpdate::default()
+        };
+        assert_eq!(moving.reach(&partner(PartnerStatus::Active)), Reach::Widens);
+    }
+
+    #[test]
+    fn the_diff_names_only_what_changed() {
+        let before = serde_json::json!({"name": "a", "region": "eu", "version": 1});
+        let after = serde_json::json!({"name": "b", "region": "eu", "version": 2});
+        assert_eq!(
+            diff(&before, &after),
+            serde_json::json!({"name": {"before": "a", "after": "b"}})
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! `/admin/v1`: JSON over mTLS for admins. Handlers parse, call one service, map the result;
+//! errors are RFC 9457 problem documents naming the field and rule where input was refused.
+
+mod problem;
+
+use actix_web::http::header::{AUTHORIZATION, ETAG, IF_MATCH, LOCATION};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Serialize;
+
+use crate::app::Services;
+use crate::domain::admin::FieldError;
+use crate::http::{PeerCertificate, RequestId};
+use crate::service::admin::auth::{Presented, authenticate};
+use crate::service::admin::partners::Updated;
+use crate::service::admin::{AdminError, Caller, auth, partners, proposals};
+
+pub use problem::AdminProblem;
+
+type Reply = Result<HttpResponse, AdminProblem>;
+
+pub fn routes(config: &mut web::ServiceConfig) {
+    config.service(
+        web::scope("/admin/v1")
+            .route("/whoami", web::get().to(whoami))
+            .route("/token", web::post().to(token))
+            .route("/partners", web::get().to(list_partners))
+            .route("/partners", web::post().to(create_partner))
+            .route("/partners/{id}", web::get().to(get_partner))
+            .route("/partners/{id}", web::patch().to(update_partner))
+            .route("/proposals", web::get().to(list_proposals))
+            .route("/proposals/{id}", web::get().to(get_proposal))
+            .route("/proposals/{id}/approve", web::post().to(approve))
+            .route("/proposals/{id}/reject", web::post().to(reject)),
+    );
+}
+
+async fn caller(
+    req: &HttpRequest,
+    services: &Services,
+    certificate: &PeerCertificate,
+    request_id: RequestId,
+) -> Result<Caller, AdminProblem> {
+    let bearer = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.strip_prefix("Bearer ").unwrap_or(""));
+    Ok(authenticate(
+        services,
+        Presented {
+            certificate: certificate.0.as_ref(),
+            bearer,
+            request_id: request_id.0.to_string(),
+        },
+    )
+    .await?)
+}
+
+fn with_etag<T: Serialize>(
+    mut response: actix_web::HttpResponseBuilder,
+    version: i32,
+    body: &T,
+) -> HttpResponse {
+    response
+        .insert_header((ETAG, format!("\"{version}\"")))
+        .json(body)
+}
+
+/// The version an update was made against: `If-Match: "N"`.
+fn if_match(req: &HttpRequest) -> Result<Option<i32>, AdminProblem> {
+    let Some(value) = req.headers().get(IF_MATCH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|value| {
+            value
+                .trim()
+                .strip_prefix('"')?
+                .strip_suffix('"')?
+                .parse()
+                .ok()
+        })
+        .map(Some)
+        .ok_or_else(|| {
+            AdminError::Invalid(FieldError::new(
+                "If-Match",
+                "etag",
+                "must be one strong ETag as returned by the server, e.g. \"3\"",
+            ))
+            .into()
+        })
+}
+
+async fn whoami(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    Ok(with_etag(
+        HttpResponse::Ok(),
+        caller.admin.version,
+        &caller.admin,
+    ))
+}
+
+async fn token(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let Some(presented) = certificate.0.as_ref() else {
+        return Err(AdminError::Unauthenticated("a client certificate is required").into());
+    };
+    let issued = auth::issue_token(&services, &caller, presented).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .json(issued))
+}
+
+async fn list_partners(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    Ok(HttpResponse::Ok().json(partners::list(&services, &caller).await?))
+}
+
+async fn create_partner(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    body: web::Bytes,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let partner = partners::create(&services, &caller, &body).await?;
+    let mut response = HttpResponse::Created();
+    response.insert_header((LOCATION, format!("/admin/v1/partners/{}", partner.id)));
+    Ok(with_etag(response, partner.version, &partner))
+}
+
+async fn get_partner(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    id: web::Path<String>,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let partner = partners::get(&services, &caller, &id).await?;
+    Ok(with_etag(HttpResponse::Ok(), partner.version, &partner))
+}
+
+async fn update_partner(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let expected = if_match(&req)?;
+    match partners::update(&services, &caller, &id, expected, &body).await? {
+        Updated::Applied(partner) => Ok(with_etag(HttpResponse::Ok(), partner.version, &partner)),
+        Updated::Proposed(proposal) => Ok(proposed(&proposal)),
+    }
+}
+
+/// 202: the change waits for an approver; where to follow it.
+fn proposed(proposal: &crate::domain::admin::Proposal) -> HttpResponse {
+    let mut response = HttpResponse::Accepted();
+    response.insert_header((LOCATION, format!("/admin/v1/proposals/{}", proposal.id)));
+    with_etag(response, proposal.version, proposal)
+}
+
+#[derive(serde::Deserialize)]
+struct ProposalQuery {
+    status: Option<String>,
+}
+
+async fn list_proposals(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    query: web::Query<ProposalQuery>,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let listed = proposals::list(&services, &caller, query.status.as_deref()).await?;
+    Ok(HttpResponse::Ok().json(listed))
+}
+
+fn proposal_id(id: &str) -> Result<uuid::Uuid, AdminProblem> {
+    uuid::Uuid::parse_str(id).map_err(|_| AdminError::NotFound(format!("proposal `{id}`")).into())
+}
+
+async fn get_proposal(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    id: web::Path<String>,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let proposal = proposals::get(&services, &caller, proposal_id(&id)?).await?;
+    Ok(with_etag(HttpResponse::Ok(), proposal.version, &proposal))
+}
+
+async fn approve(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    id: web::Path<String>,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let decided = proposals::decide(&services, &caller, proposal_id(&id)?, true, None).await?;
+    Ok(with_etag(HttpResponse::Ok(), decided.version, &decided))
+}
+
+async fn reject(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let body = crate::domain::admin::Body::parse(&body, &["reason"]).map_err(AdminError::from)?;
+    let reason = body.required_text("reason").map_err(AdminError::from)?;
+    let decided =
+        proposals::decide(&services, &caller, proposal_id(&id)?, false, Some(reason)).await?;
+    Ok(with_etag(HttpResponse::Ok(), decided.version, &decided))
+}

@@ -1,0 +1,3 @@
+//! Use cases: each authorizes, opens its transaction and audits.
+
+pub mod admin;

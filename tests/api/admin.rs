@@ -1,0 +1,744 @@
+//! Issue 11: the admin API. Admins are certificate identities under the admin trust anchor
+//! with roles; every change is committed with its audit record; widening changes wait for a
+//! second admin.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tessera::domain::admin::Role;
+
+use crate::boundaries::{TestCa, publish_ca, until_trusted};
+use crate::helpers::{TestApp, TestDatabase, spawn_app, spawn_app_on};
+
+/// Registers a dev-PKI certificate as an admin, as `tessera admin bootstrap` does.
+async fn register_admin(app: &TestApp, name: &str, roles: &[Role]) {
+    let (audit, writer) = crate::helpers::admin_audit_with_handle(app).await;
+    let identity =
+        tessera::cli::admin::certificate_identity(&crate::helpers::pki().client_cert(name))
+            .unwrap();
+    tessera::service::admin::bootstrap::register(&audit, name, identity, roles.to_vec(), "test")
+        .await
+        .unwrap();
+    writer.finish().await;
+}
+
+/// The dev setup: `admin` edits, approves and audits; `admin-2` approves.
+async fn admin_app() -> TestApp {
+    let app = spawn_app().await;
+    register_admin(
+        &app,
+        "admin",
+        &[Role::Editor, Role::Approver, Role::Auditor],
+    )
+    .await;
+    register_admin(&app, "admin-2", &[Role::Approver]).await;
+    app
+}
+
+struct Reply {
+    status: u16,
+    etag: Option<String>,
+    content_type: Option<String>,
+    body: Value,
+}
+
+async fn call(
+    app: &TestApp,
+    http: &reqwest::Client,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Reply {
+    let mut request = http.request(method, app.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (status, etag, content_type) = (
+        response.status().as_u16(),
+        header("etag"),
+        header("content-type"),
+    );
+    let text = response.text().await.unwrap();
+    Reply {
+        status,
+        etag,
+        content_type,
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+    }
+}
+
+/// A request as the named dev-PKI identity.
+async fn as_(
+    app: &TestApp,
+    identity: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Reply {
+    call(
+        app,
+        &app.client(Some(identity)),
+        method,
+        path,
+        headers,
+        body,
+    )
+    .await
+}
+
+async fn admin_records(app: &TestApp, action: &str) -> Vec<Value> {
+    sqlx::query_scalar::<_, String>(
+        "SELECT record FROM audit_events WHERE kind = 'admin_change'
+            AND record::jsonb ->> 'reason' = $1 ORDER BY recorded_at, seq",
+    )
+    .bind(action)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|record| serde_json::from_str(record).unwrap())
+    .collect()
+}
+
+async fn denials(app: &TestApp) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT record::jsonb ->> 'reason' FROM audit_events WHERE kind = 'admin_denied'
+          ORDER BY recorded_at, seq",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
+async fn partner_row(app: &TestApp, id: &str) -> Option<(String, String, String, i32)> {
+    sqlx::query_as("SELECT name, region, status, version FROM partners WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap()
+}
+
+fn assert_problem(reply: &Reply, status: u16, kind: &str) {
+    assert_eq!(reply.status, status, "{}", reply.body);
+    assert_eq!(
+        reply.content_type.as_deref(),
+        Some("application/problem+json")
+    );
+    assert_eq!(reply.body["type"], kind, "{}", reply.body);
+    assert_eq!(reply.body["status"], status);
+}
+
+#[tokio::test]
+async fn an_admin_is_identified_by_its_certificate_under_the_admin_anchor_only() {
+    let app = admin_app().await;
+    let me = as_(&app, "admin", Method::GET, "/admin/v1/whoami", &[], None).await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(me.body["id"], "admin");
+    assert_eq!(me.body["roles"], json!(["editor", "approver", "auditor"]));
+    assert_eq!(me.etag.as_deref(), Some("\"1\""));
+
+    // A partner's certificate from the operator's CA is no admin; nor is no certificate.
+    for identity in [Some("partner-a"), Some("resource-server"), None] {
+        let reply = call(
+            &app,
+            &app.client(identity),
+            Method::GET,
+            "/admin/v1/partners",
+            &[],
+            None,
+        )
+        .await;
+        assert_problem(&reply, 401, "urn:tessera:problem:unauthenticated");
+    }
+    assert_eq!(
+        denials(&app).await,
+        [
+            "no admin is registered with this certificate identity",
+            "no admin is registered with this certificate identity",
+            "a client certificate is required",
+        ]
+    );
+}
+
+/// A partner's CA that issues a certificate with the admin's exact subject and names
+/// authenticates no admin: the identity counts only under the admin trust anchor.
+#[tokio::test]
+async fn a_partners_ca_cannot_issue_an_admin_identity() {
+    let app = spawn_app_on(TestDatabase::create().await, |settings| {
+        settings.registry.cache_ttl = std::time::Duration::from_millis(200);
+    })
+    .await;
+    register_admin(&app, "admin", &[Role::Editor]).await;
+    let ca = TestCa::new("Partner B CA");
+    publish_ca(&app, "partner-b", &ca).await;
+    let forged = ca.client(
+        "admin",
+        vec![rcgen::SanType::DnsName(
+            "admin.tessera.test".try_into().unwrap(),
+        )],
+    );
+    until_trusted(&app, &forged).await;
+    let reply = call(
+        &app,
+        &forged.http(),
+        Method::POST,
+        "/admin/v1/partners",
+        &[],
+        Some(json!({"id": "forged", "name": "Forged", "region": "eu"})),
+    )
+    .await;
+    assert_problem(&reply, 401, "urn:tessera:problem:unauthenticated");
+    assert_eq!(partner_row(&app, "forged").await, None);
+    assert_eq!(
+        denials(&app).await,
+        ["the certificate does not chain to the admin trust anchor"]
+    );
+}
+
+/// An identity is an admin or an OAuth client, never both, whichever is registered first.
+#[tokio::test]
+async fn an_admin_identity_is_never_an_oauth_client() {
+    let app = admin_app().await;
+    // The resource servers' certificate belongs to OAuth clients: it cannot become an admin.
+    let (audit, writer) = crate::helpers::admin_audit_with_handle(&app).await;
+    let identity = tessera::cli::admin::certificate_identity(
+        &crate::helpers::pki().client_cert("resource-server"),
+    )
+    .unwrap();
+    let refused = tessera::service::admin::bootstrap::register(
+        &audit,
+        "resource-server",
+        identity,
+        vec![Role::Viewer],
+        "test",
+    )
+    .await;
+    writer.finish().await;
+    assert!(
+        matches!(
+            refused,
+            Err(tessera::service::admin::AdminError::Conflict(_))
+        ),
+        "{refused:?}"
+    );
+    let admins: i64 = sqlx::query_scalar("SELECT count(*) FROM admins")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(admins, 2);
+    assert!(admin_records(&app, "admin_registered").await.len() == 2);
+
+    // And an admin's certificate cannot be registered for a client, by DN or by SAN.
+    for (dn, dns) in [
+        (Some("CN=admin,O=Tessera Dev"), None),
+        (None, Some("ADMIN-2.tessera.test")),
+    ] {
+        let mut client = crate::boundaries::client("sneaky", "partner-a");
+        client.tls_subject_dn = dn.map(str::to_owned);
+        client.tls_san_dns = dns.map(str::to_owned);
+        client.tls_anchor = Some("server".into());
+        let seeded = tessera::seed::Seed {
+            clients: vec![client],
+            ..tessera::seed::Seed::default()
+        }
+        .apply(&app.pool)
+        .await;
+        assert!(seeded.is_err(), "{dn:?} {dns:?}");
+    }
+}
+
+/// Admin tokens are for the admin audience and bound to the certificate they were issued to.
+#[tokio::test]
+async fn an_admin_token_works_only_with_its_certificate_and_audience() {
+    let app = admin_app().await;
+    let issued = as_(&app, "admin", Method::POST, "/admin/v1/token", &[], None).await;
+    assert_eq!(issued.status, 200, "{}", issued.body);
+    let token = issued.body["access_token"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {token}");
+    let me = as_(
+        &app,
+        "admin",
+        Method::GET,
+        "/admin/v1/whoami",
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(me.body["id"], "admin");
+
+    // Presented with another admin's certificate: refused.
+    let stolen = as_(
+        &app,
+        "admin-2",
+        Method::GET,
+        "/admin/v1/partners",
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert_problem(&stolen, 401, "urn:tessera:problem:unauthenticated");
+
+    // A token of ours for another audience, bound to the admin's certificate: refused.
+    let keys = tessera::keys::KeyRing::load(&app.pool, app.settings.keys.clone())
+        .await
+        .unwrap();
+    let thumbprint = tessera::tls::Thumbprint::of(
+        crate::helpers::certificates(&crate::helpers::pki().client_cert("admin"))[0].as_ref(),
+    )
+    .to_base64url();
+    let now = tessera::keys::unix_now();
+    let other_audience = tessera::tokens::mint(
+        &keys.current(),
+        &tessera::tokens::AccessTokenClaims {
+            iss: crate::helpers::ISSUER.into(),
+            sub: "admin".into(),
+            aud: "https://ledger.test".into(),
+            exp: now + 60,
+            iat: now,
+            nbf: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            client_id: "admin:admin".into(),
+            scope: String::new(),
+            cnf: Some(tessera::tokens::Confirmation {
+                x5t_s256: thumbprint,
+            }),
+            act: None,
+            consent_id: None,
+            txn: None,
+            trust_profile_version: None,
+            owner_partner: None,
+            owner_region: None,
+            may_act: None,
+        },
+    )
+    .unwrap();
+    let wrong_audience = as_(
+        &app,
+        "admin",
+        Method::GET,
+        "/admin/v1/partners",
+        &[("authorization", &format!("Bearer {other_audience}"))],
+        None,
+    )
+    .await;
+    assert_problem(&wrong_audience, 401, "urn:tessera:problem:unauthenticated");
+
+    // A valid token does not lend roles: admin-2's own token cannot create a partner.
+    let second = as_(&app, "admin-2", Method::POST, "/admin/v1/token", &[], None).await;
+    let second = format!("Bearer {}", second.body["access_token"].as_str().unwrap());
+    let create = as_(
+        &app,
+        "admin-2",
+        Method::POST,
+        "/admin/v1/partners",
+        &[("authorization", &second)],
+        Some(json!({"id": "partner-x", "name": "X", "region": "eu"})),
+    )
+    .await;
+    assert_problem(&create, 403, "urn:tessera:problem:forbidden");
+    assert_eq!(partner_row(&app, "partner-x").await, None);
+    assert_eq!(
+        denials(&app).await,
+        [
+            "the access token is bound to another certificate",
+            "the access token is not for the admin audience",
+            "the `editor` role is required",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn partners_are_created_read_and_updated_with_if_match() {
+    let app = admin_app().await;
+    let created = as_(
+        &app,
+        "admin",
+        Method::POST,
+        "/admin/v1/partners",
+        &[],
+        Some(json!({"id": "partner-x", "name": "Partner X", "region": "eu"})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.etag.as_deref(), Some("\"1\""));
+    assert_eq!(created.body["status"], "active");
+
+    let read = as_(
+        &app,
+        "admin-2",
+        Method::GET,
+        "/admin/v1/partners/partner-x",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(read.status, 200);
+    assert_eq!(read.body, created.body);
+
+    let path = "/admin/v1/partners/partner-x";
+    let renamed = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        path,
+        &[("if-match", "\"1\"")],
+        Some(json!({"name": "Partner X Ltd"})),
+    )
+    .await;
+    assert_eq!(renamed.status, 200, "{}", renamed.body);
+    assert_eq!(renamed.etag.as_deref(), Some("\"2\""));
+    assert_eq!(renamed.body["name"], "Partner X Ltd");
+
+    let stale = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        path,
+        &[("if-match", "\"1\"")],
+        Some(json!({"name": "Lost update"})),
+    )
+    .await;
+    assert_problem(&stale, 412, "urn:tessera:problem:stale-version");
+    assert_eq!(stale.etag.as_deref(), Some("\"2\""));
+
+    let unconditional = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        path,
+        &[],
+        Some(json!({"name": "Lost update"})),
+    )
+    .await;
+    assert_problem(
+        &unconditional,
+        428,
+        "urn:tessera:problem:precondition-required",
+    );
+    assert_eq!(unconditional.body["field"], "If-Match");
+
+    let records_before = admin_records(&app, "partner_updated").await.len();
+    for (body, field, rule) in [
+        (json!({"name": "Fine", "region": "EU!"}), "region", "region"),
+        (json!({"name": ""}), "name", "name"),
+        (json!({"status": "gone"}), "status", "enum"),
+        (json!({"colour": "red"}), "colour", "known_field"),
+        (json!({"name": 7}), "name", "string"),
+    ] {
+        let invalid = as_(
+            &app,
+            "admin",
+            Method::PATCH,
+            path,
+            &[("if-match", "\"2\"")],
+            Some(body.clone()),
+        )
+        .await;
+        assert_problem(&invalid, 422, "urn:tessera:problem:invalid-field");
+        assert_eq!(
+            (
+                invalid.body["field"].as_str(),
+                invalid.body["rule"].as_str()
+            ),
+            (Some(field), Some(rule)),
+            "{body}"
+        );
+    }
+    let invalid_create = as_(
+        &app,
+        "admin",
+        Method::POST,
+        "/admin/v1/partners",
+        &[],
+        Some(json!({"id": "Partner Y", "name": "Y", "region": "eu"})),
+    )
+    .await;
+    assert_problem(&invalid_create, 422, "urn:tessera:problem:invalid-field");
+    assert_eq!(invalid_create.body["field"], "id");
+
+    // Nothing partial: the refused requests changed nothing and recorded no change.
+    assert_eq!(
+        partner_row(&app, "partner-x").await,
+        Some(("Partner X Ltd".into(), "eu".into(), "active".into(), 2))
+    );
+    assert_eq!(partner_row(&app, "Partner Y").await, None);
+    assert_eq!(
+        admin_records(&app, "partner_updated").await.len(),
+        records_before
+    );
+
+    // Each change is in the trail with who made it, before and after.
+    let created = &admin_records(&app, "partner_created").await[0];
+    assert_eq!(created["subject"], "admin");
+    assert_eq!(created["partner"], "partner-x");
+    assert_eq!(created["changes"]["before"], Value::Null);
+    assert_eq!(created["changes"]["after"]["name"], "Partner X");
+    let updated = &admin_records(&app, "partner_updated").await[0];
+    assert_eq!(
+        updated["changes"]["diff"],
+        json!({"name": {"before": "Partner X", "after": "Partner X Ltd"}})
+    );
+    assert_eq!(updated["changes"]["before"]["version"], 1);
+    assert_eq!(updated["changes"]["after"]["version"], 2);
+}
+
+/// Suspending narrows and is immediate; reactivating widens and waits for an approver who
+/// is not its author.
+#[tokio::test]
+async fn widening_waits_for_a_second_admin_and_narrowing_is_immediate() {
+    let app = admin_app().await;
+    let path = "/admin/v1/partners/partner-b";
+    let current = as_(&app, "admin", Method::GET, path, &[], None).await;
+    let etag = current.etag.unwrap();
+    let suspended = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        path,
+        &[("if-match", &etag)],
+        Some(json!({"status": "suspended"})),
+    )
+    .await;
+    assert_eq!(suspended.status, 200, "{}", suspended.body);
+    assert_eq!(partner_row(&app, "partner-b").await.unwrap().2, "suspended");
+
+    let proposed = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        path,
+        &[("if-match", suspended.etag.as_deref().unwrap())],
+        Some(json!({"status": "active"})),
+    )
+    .await;
+    assert_eq!(proposed.status, 202, "{}", proposed.body);
+    assert_eq!(proposed.body["status"], "pending");
+    assert_eq!(proposed.body["author"], "admin");
+    assert_eq!(
+        proposed.body["diff"],
+        json!({"status": {"before": "suspended", "after": "active"}})
+    );
+    assert_eq!(
+        partner_row(&app, "partner-b").await.unwrap().2,
+        "suspended",
+        "a proposal changes nothing"
+    );
+    let id = proposed.body["id"].as_str().unwrap();
+    let approve = format!("/admin/v1/proposals/{id}/approve");
+
+    let own = as_(&app, "admin", Method::POST, &approve, &[], None).await;
+    assert_problem(&own, 403, "urn:tessera:problem:forbidden");
+    assert_eq!(partner_row(&app, "partner-b").await.unwrap().2, "suspended");
+    assert_eq!(
+        denials(&app).await,
+        ["the author of a proposal cannot decide it"]
+    );
+
+    let approved = as_(&app, "admin-2", Method::POST, &approve, &[], None).await;
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    assert_eq!(approved.body["status"], "approved");
+    assert_eq!(approved.body["decided_by"], "admin-2");
+    let (_, _, status, version) = partner_row(&app, "partner-b").await.unwrap();
+    assert_eq!((status.as_str(), version), ("active", 3));
+
+    let again = as_(&app, "admin-2", Method::POST, &approve, &[], None).await;
+    assert_problem(&again, 409, "urn:tessera:problem:conflict");
+
+    let proposal_record = &admin_records(&app, "proposal_created").await[0];
+    assert_eq!(proposal_record["subject"], "admin");
+    assert_eq!(proposal_record["changes"]["after"]["status"], "active");
+    let approval = &admin_records(&app, "proposal_approved").await[0];
+    assert_eq!(approval["subject"], "admin-2");
+    assert_eq!(approval["changes"]["author"], "admin");
+    assert_eq!(
+        approval["changes"]["applied"]["diff"],
+        json!({"status": {"before": "suspended", "after": "active"}})
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_proposal_changes_nothing_and_an_approval_of_a_stale_one_is_refused() {
+    let app = admin_app().await;
+    let path = "/admin/v1/partners/partner-a";
+    let propose = |region: &'static str, etag: String| {
+        let app = &app;
+        async move {
+            as_(
+                app,
+                "admin",
+                Method::PATCH,
+                path,
+                &[("if-match", &etag)],
+                Some(json!({ "region": region })),
+            )
+            .await
+        }
+    };
+    let first = propose("us", "\"1\"".into()).await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let second = propose("ap", "\"1\"".into()).await;
+    assert_eq!(second.status, 202, "{}", second.body);
+    let reject = format!(
+        "/admin/v1/proposals/{}/reject",
+        first.body["id"].as_str().unwrap()
+    );
+    let no_reason = as_(&app, "admin-2", Method::POST, &reject, &[], Some(json!({}))).await;
+    assert_problem(&no_reason, 422, "urn:tessera:problem:invalid-field");
+    assert_eq!(no_reason.body["field"], "reason");
+    let rejected = as_(
+        &app,
+        "admin-2",
+        Method::POST,
+        &reject,
+        &[],
+        Some(json!({"reason": "residency stays in the EU"})),
+    )
+    .await;
+    assert_eq!(rejected.status, 200, "{}", rejected.body);
+    assert_eq!(rejected.body["status"], "rejected");
+    assert_eq!(partner_row(&app, "partner-a").await.unwrap().1, "eu");
+
+    // The partner changes after the second proposal was made: approving it would apply
+    // something nobody reviewed.
+    let renamed = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        path,
+        &[("if-match", "\"1\"")],
+        Some(json!({"name": "Partner A plc"})),
+    )
+    .await;
+    assert_eq!(renamed.status, 200, "{}", renamed.body);
+    let approve = format!(
+        "/admin/v1/proposals/{}/approve",
+        second.body["id"].as_str().unwrap()
+    );
+    let stale = as_(&app, "admin-2", Method::POST, &approve, &[], None).await;
+    assert_problem(&stale, 409, "urn:tessera:problem:conflict");
+    assert_eq!(partner_row(&app, "partner-a").await.unwrap().1, "eu");
+    let pending = as_(
+        &app,
+        "admin-2",
+        Method::GET,
+        "/admin/v1/proposals?status=pending",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(pending.body.as_array().unwrap().len(), 1);
+    assert_eq!(admin_records(&app, "proposal_rejected").await.len(), 1);
+    assert_eq!(admin_records(&app, "proposal_approved").await.len(), 0);
+}
+
+#[tokio::test]
+async fn a_viewer_can_read_but_not_change() {
+    let app = spawn_app().await;
+    register_admin(&app, "admin-2", &[Role::Viewer]).await;
+    let listed = as_(
+        &app,
+        "admin-2",
+        Method::GET,
+        "/admin/v1/partners",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(listed.status, 200);
+    assert!(
+        listed
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == "partner-a"),
+        "{}",
+        listed.body
+    );
+    let created = as_(
+        &app,
+        "admin-2",
+        Method::POST,
+        "/admin/v1/partners",
+        &[],
+        Some(json!({"id": "partner-x", "name": "X", "region": "eu"})),
+    )
+    .await;
+    assert_problem(&created, 403, "urn:tessera:problem:forbidden");
+    let suspended = as_(
+        &app,
+        "admin-2",
+        Method::PATCH,
+        "/admin/v1/partners/partner-a",
+        &[("if-match", "\"1\"")],
+        Some(json!({"status": "suspended"})),
+    )
+    .await;
+    assert_problem(&suspended, 403, "urn:tessera:problem:forbidden");
+    assert_eq!(partner_row(&app, "partner-x").await, None);
+    assert_eq!(partner_row(&app, "partner-a").await.unwrap().2, "active");
+    assert_eq!(
+        denials(&app).await,
+        [
+            "the `editor` role is required",
+            "the `editor` role is required"
+        ]
+    );
+}
+
+/// The change and its audit record are one transaction: when the record cannot be stored,
+/// the change is not stored either.
+#[tokio::test]
+async fn an_audit_failure_leaves_nothing_changed() {
+    let app = admin_app().await;
+    // The database refuses this one record (as a full disk or a broken trail would).
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.partner = 'poison' THEN RAISE EXCEPTION 'audit store refuses'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_poison BEFORE INSERT ON audit_events
+             FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let reply = as_(
+        &app,
+        "admin",
+        Method::POST,
+        "/admin/v1/partners",
+        &[],
+        Some(json!({"id": "poison", "name": "Poison", "region": "eu"})),
+    )
+    .await;
+    assert_problem(&reply, 503, "urn:tessera:problem:unavailable");
+    assert_eq!(partner_row(&app, "poison").await, None);
+
+    // The trail goes on for everyone else.
+    let fine = as_(
+        &app,
+        "admin",
+        Method::POST,
+        "/admin/v1/partners",
+        &[],
+        Some(json!({"id": "fine", "name": "Fine", "region": "eu"})),
+    )
+    .await;
+    assert_eq!(fine.status, 201, "{}", fine.body);
+    assert_eq!(admin_records(&app, "partner_created").await.len(), 1);
+}
