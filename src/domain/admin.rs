@@ -354,12 +354,17 @@ pub fn diff(before: &Value, after: &Value) -> Value {
 #[serde(tag = "kind", content = "body", rename_all = "snake_case")]
 pub enum ProposedChange {
     PartnerUpdate(PartnerUpdate),
+    /// Make this stored version the partner's active trust profile (a roll-back included).
+    ActivateTrustProfile {
+        version: i32,
+    },
 }
 
 impl ProposedChange {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::PartnerUpdate(_) => "partner_update",
+            Self::ActivateTrustProfile { .. } => "activate_trust_profile",
         }
     }
 }
@@ -465,4 +470,226 @@ mod tests {
             serde_json::json!({"name": {"before": "a", "after": "b"}})
         );
     }
+}
+
+/// Algorithms a trust profile may allow: asymmetric only, never `none` or HMAC.
+pub const PROFILE_ALGORITHMS: [&str; 6] = ["ES256", "ES384", "EdDSA", "PS256", "PS384", "RS256"];
+
+/// Longest assertion lifetime a profile may allow.
+pub const MAX_ASSERTION_LIFETIME_S: i32 = 86_400;
+
+/// One version of a partner's trust profile as the admin API reads and writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustProfileDoc {
+    pub issuers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    pub algorithms: Vec<String>,
+    pub max_assertion_lifetime_s: i32,
+    #[serde(default)]
+    pub required_claims: Map<String, Value>,
+    #[serde(default = "single_use_default")]
+    pub single_use: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_pem: Option<String>,
+    pub audiences: Vec<String>,
+    pub scopes: Vec<String>,
+    pub region: String,
+    #[serde(default = "active_default")]
+    pub status: PartnerStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_typ: Option<String>,
+}
+
+fn single_use_default() -> bool {
+    true
+}
+
+fn active_default() -> PartnerStatus {
+    PartnerStatus::Active
+}
+
+impl TrustProfileDoc {
+    pub const FIELDS: [&'static str; 13] = [
+        "issuers",
+        "jwks",
+        "jwks_uri",
+        "algorithms",
+        "max_assertion_lifetime_s",
+        "required_claims",
+        "single_use",
+        "client_ca_pem",
+        "audiences",
+        "scopes",
+        "region",
+        "status",
+        "required_typ",
+    ];
+
+    /// Reads and checks a profile; PEM and key-set contents are checked by the service, which
+    /// has the parsers.
+    pub fn from_body(bytes: &[u8]) -> Result<Self, FieldError> {
+        let body = Body::parse(bytes, &Self::FIELDS)?;
+        for required in [
+            "issuers",
+            "algorithms",
+            "max_assertion_lifetime_s",
+            "audiences",
+            "scopes",
+            "region",
+        ] {
+            if !body.0.contains_key(required) {
+                return Err(FieldError::new(required, "required", "is required"));
+            }
+        }
+        let doc: Self = serde_json::from_value(Value::Object(body.0)).map_err(|error| {
+            FieldError::new("", "type", format!("a field has the wrong type: {error}"))
+        })?;
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.issuers.is_empty() {
+            return Err(FieldError::new(
+                "issuers",
+                "non_empty",
+                "at least one issuer",
+            ));
+        }
+        if let Some(issuer) = self.issuers.iter().find(|issuer| !is_https_url(issuer)) {
+            return Err(FieldError::new(
+                "issuers",
+                "https_url",
+                format!("`{issuer}` is not an https URL"),
+            ));
+        }
+        match (&self.jwks, &self.jwks_uri) {
+            (Some(jwks), None) => {
+                if !jwks.get("keys").is_some_and(Value::is_array) {
+                    return Err(FieldError::new(
+                        "jwks",
+                        "jwk_set",
+                        "must be a JWK set with `keys`",
+                    ));
+                }
+            }
+            (None, Some(uri)) => {
+                if !is_https_url(uri) {
+                    return Err(FieldError::new(
+                        "jwks_uri",
+                        "https_url",
+                        "must be an https URL",
+                    ));
+                }
+            }
+            _ => {
+                return Err(FieldError::new(
+                    "jwks",
+                    "one_key_source",
+                    "exactly one of `jwks` and `jwks_uri`",
+                ));
+            }
+        }
+        if self.algorithms.is_empty()
+            || self
+                .algorithms
+                .iter()
+                .any(|algorithm| !PROFILE_ALGORITHMS.contains(&algorithm.as_str()))
+        {
+            return Err(FieldError::new(
+                "algorithms",
+                "asymmetric_algorithms",
+                format!("one or more of {}", PROFILE_ALGORITHMS.join(", ")),
+            ));
+        }
+        if !(1..=MAX_ASSERTION_LIFETIME_S).contains(&self.max_assertion_lifetime_s) {
+            return Err(FieldError::new(
+                "max_assertion_lifetime_s",
+                "range",
+                format!("1 to {MAX_ASSERTION_LIFETIME_S} seconds"),
+            ));
+        }
+        if let Some(scope) = self.scopes.iter().find(|scope| {
+            scope.is_empty() || scope.chars().any(|c| c.is_whitespace() || c.is_control())
+        }) {
+            return Err(FieldError::new(
+                "scopes",
+                "scope_token",
+                format!("`{scope}` is not a scope token"),
+            ));
+        }
+        validate_region("region", &self.region)?;
+        Ok(())
+    }
+
+    /// Why activating `self` in place of `active` widens reach; empty when it only narrows.
+    pub fn widens(&self, active: Option<&Self>) -> Vec<&'static str> {
+        let Some(active) = active else {
+            return vec!["first trust profile of the partner"];
+        };
+        let not_within =
+            |next: &[String], current: &[String]| next.iter().any(|item| !current.contains(item));
+        let mut reasons = Vec::new();
+        if self.status == PartnerStatus::Active && active.status == PartnerStatus::Suspended {
+            reasons.push("reactivates the profile");
+        }
+        if not_within(&self.issuers, &active.issuers) {
+            reasons.push("new issuer");
+        }
+        if self.jwks != active.jwks || self.jwks_uri != active.jwks_uri {
+            reasons.push("new key source");
+        }
+        if not_within(&self.algorithms, &active.algorithms) {
+            reasons.push("more algorithms");
+        }
+        if self.max_assertion_lifetime_s > active.max_assertion_lifetime_s {
+            reasons.push("longer assertion lifetime");
+        }
+        if active
+            .required_claims
+            .iter()
+            .any(|(claim, value)| self.required_claims.get(claim) != Some(value))
+        {
+            reasons.push("fewer required claims");
+        }
+        if active.single_use && !self.single_use {
+            reasons.push("assertions no longer single-use");
+        }
+        if self.client_ca_pem.is_some() && self.client_ca_pem != active.client_ca_pem {
+            reasons.push("new client CA");
+        }
+        if not_within(&self.audiences, &active.audiences) {
+            reasons.push("more audiences");
+        }
+        if not_within(&self.scopes, &active.scopes) {
+            reasons.push("more scopes");
+        }
+        if self.region != active.region {
+            reasons.push("another region");
+        }
+        if active.required_typ.is_some() && self.required_typ != active.required_typ {
+            reasons.push("required typ dropped or changed");
+        }
+        reasons
+    }
+}
+
+fn is_https_url(value: &str) -> bool {
+    value.strip_prefix("https://").is_some_and(|rest| {
+        !rest.is_empty() && !rest.chars().any(|c| c.is_whitespace() || c.is_control())
+    })
+}
+
+/// A stored version with who made it and whether it is the partner's active one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrustProfileVersion {
+    pub partner: String,
+    pub version: i32,
+    pub active: bool,
+    pub created_by: String,
+    #[serde(flatten)]
+    pub profile: TrustProfileDoc,
 }

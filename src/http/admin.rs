@@ -12,6 +12,7 @@ use crate::domain::admin::FieldError;
 use crate::http::{PeerCertificate, RequestId};
 use crate::service::admin::auth::{Presented, authenticate};
 use crate::service::admin::partners::Updated;
+use crate::service::admin::trust_profiles::{self, Activated};
 use crate::service::admin::{AdminError, Caller, auth, partners, proposals};
 
 pub use problem::AdminProblem;
@@ -27,6 +28,30 @@ pub fn routes(config: &mut web::ServiceConfig) {
             .route("/partners", web::post().to(create_partner))
             .route("/partners/{id}", web::get().to(get_partner))
             .route("/partners/{id}", web::patch().to(update_partner))
+            .route(
+                "/partners/{id}/trust-profiles",
+                web::get().to(list_profiles),
+            )
+            .route(
+                "/partners/{id}/trust-profiles",
+                web::post().to(create_profile),
+            )
+            .route(
+                "/partners/{id}/trust-profiles/diff",
+                web::get().to(diff_profiles),
+            )
+            .route(
+                "/partners/{id}/trust-profiles/suspend",
+                web::post().to(suspend_profile),
+            )
+            .route(
+                "/partners/{id}/trust-profiles/{version}",
+                web::get().to(get_profile),
+            )
+            .route(
+                "/partners/{id}/trust-profiles/{version}/activate",
+                web::post().to(activate_profile),
+            )
             .route("/proposals", web::get().to(list_proposals))
             .route("/proposals/{id}", web::get().to(get_proposal))
             .route("/proposals/{id}/approve", web::post().to(approve))
@@ -241,4 +266,117 @@ async fn reject(
     let decided =
         proposals::decide(&services, &caller, proposal_id(&id)?, false, Some(reason)).await?;
     Ok(with_etag(HttpResponse::Ok(), decided.version, &decided))
+}
+
+fn profile_version(version: &str) -> Result<i32, AdminProblem> {
+    version
+        .parse()
+        .map_err(|_| AdminError::NotFound(format!("profile version `{version}`")).into())
+}
+
+#[derive(Serialize)]
+struct ProfileVersions {
+    active_version: i32,
+    versions: Vec<crate::domain::admin::TrustProfileVersion>,
+}
+
+async fn list_profiles(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    partner: web::Path<String>,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let (active_version, versions) = trust_profiles::list(&services, &caller, &partner).await?;
+    let listed = ProfileVersions {
+        active_version,
+        versions,
+    };
+    Ok(with_etag(HttpResponse::Ok(), active_version, &listed))
+}
+
+async fn create_profile(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    partner: web::Path<String>,
+    body: web::Bytes,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let created = trust_profiles::create(&services, &caller, &partner, &body).await?;
+    let mut response = HttpResponse::Created();
+    response.insert_header((
+        LOCATION,
+        format!(
+            "/admin/v1/partners/{partner}/trust-profiles/{}",
+            created.version
+        ),
+    ));
+    Ok(with_etag(response, created.version, &created))
+}
+
+async fn get_profile(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    path: web::Path<(String, String)>,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let (partner, version) = path.into_inner();
+    let found =
+        trust_profiles::get(&services, &caller, &partner, profile_version(&version)?).await?;
+    Ok(with_etag(HttpResponse::Ok(), found.version, &found))
+}
+
+#[derive(serde::Deserialize)]
+struct DiffQuery {
+    from: i32,
+    to: i32,
+}
+
+async fn diff_profiles(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    partner: web::Path<String>,
+    query: web::Query<DiffQuery>,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let compared =
+        trust_profiles::compare(&services, &caller, &partner, query.from, query.to).await?;
+    Ok(HttpResponse::Ok().json(compared))
+}
+
+async fn activate_profile(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    path: web::Path<(String, String)>,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let (partner, version) = path.into_inner();
+    let version = profile_version(&version)?;
+    let expected = if_match(&req)?;
+    match trust_profiles::activate(&services, &caller, &partner, version, expected).await? {
+        Activated::Applied(active) => Ok(with_etag(HttpResponse::Ok(), active.version, &active)),
+        Activated::Proposed(proposal) => Ok(proposed(&proposal)),
+    }
+}
+
+async fn suspend_profile(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    partner: web::Path<String>,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let expected = if_match(&req)?;
+    let suspended = trust_profiles::suspend(&services, &caller, &partner, expected).await?;
+    Ok(with_etag(HttpResponse::Ok(), suspended.version, &suspended))
 }

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod partners;
 pub mod proposals;
+pub mod trust_profiles;
 
 use crate::audit::{AuditLog, ChangeFailed, EventDetails, EventKind, Outcome};
 use crate::domain::admin::{Admin, FieldError, Role};

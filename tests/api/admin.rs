@@ -742,3 +742,169 @@ async fn an_audit_failure_leaves_nothing_changed() {
     assert_eq!(fine.status, 201, "{}", fine.body);
     assert_eq!(admin_records(&app, "partner_created").await.len(), 1);
 }
+
+async fn exchange_status(setup: &crate::partner::Setup) -> u16 {
+    let subject = crate::partner::sign(&setup.key, "d-1", &crate::partner::claims());
+    crate::partner::exchange(&setup.app, &subject).await.0
+}
+
+/// Versions are stored, compared and activated; activation changes what token exchange
+/// accepts at once; a roll-back that widens waits for a second admin; suspension is immediate.
+#[tokio::test]
+async fn trust_profile_versions_are_activated_rolled_back_and_suspended() {
+    let setup = crate::partner::setup().await;
+    let app = &setup.app;
+    register_admin(app, "admin", &[Role::Editor, Role::Approver]).await;
+    register_admin(app, "admin-2", &[Role::Approver]).await;
+    assert_eq!(exchange_status(&setup).await, 200);
+    let base = "/admin/v1/partners/partner-d/trust-profiles";
+    let listed = as_(app, "admin", Method::GET, base, &[], None).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.body["active_version"], 1);
+    assert_eq!(listed.etag.as_deref(), Some("\"1\""));
+    let mut profile = listed.body["versions"][0].clone();
+    for key in ["partner", "version", "active", "created_by"] {
+        profile.as_object_mut().unwrap().remove(key);
+    }
+
+    // Invalid versions are refused, naming the field, and nothing is stored.
+    for (change, field, rule) in [
+        (
+            json!({"algorithms": ["HS256"]}),
+            "algorithms",
+            "asymmetric_algorithms",
+        ),
+        (
+            json!({"audiences": ["https://nowhere.test"]}),
+            "audiences",
+            "registered_audience",
+        ),
+        (
+            json!({"jwks_uri": "http://idp.test/jwks"}),
+            "jwks_uri",
+            "https_url",
+        ),
+    ] {
+        let mut invalid = profile.clone();
+        for (key, value) in change.as_object().unwrap() {
+            invalid[key] = value.clone();
+        }
+        let reply = as_(app, "admin", Method::POST, base, &[], Some(invalid)).await;
+        assert_problem(&reply, 422, "urn:tessera:problem:invalid-field");
+        assert_eq!(
+            (reply.body["field"].as_str(), reply.body["rule"].as_str()),
+            (Some(field), Some(rule))
+        );
+    }
+    let mut shorter = profile.clone();
+    shorter["max_assertion_lifetime_s"] = json!(60);
+    let created = as_(app, "admin", Method::POST, base, &[], Some(shorter)).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(
+        (
+            created.body["version"].as_i64(),
+            created.body["active"].as_bool()
+        ),
+        (Some(2), Some(false))
+    );
+
+    let compared = as_(
+        app,
+        "admin-2",
+        Method::GET,
+        &format!("{base}/diff?from=2&to=1"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(
+        compared.body,
+        json!({
+            "from": 2, "to": 1,
+            "diff": {"max_assertion_lifetime_s": {"before": 60, "after": 300}},
+            "widens": ["longer assertion lifetime"],
+        })
+    );
+
+    // Narrowing: immediate, and the exchange refuses what the new version refuses (the
+    // test's assertions live 120 s).
+    let activate_2 = format!("{base}/2/activate");
+    let stale = as_(
+        app,
+        "admin",
+        Method::POST,
+        &activate_2,
+        &[("if-match", "\"0\"")],
+        None,
+    )
+    .await;
+    assert_problem(&stale, 412, "urn:tessera:problem:stale-version");
+    let activated = as_(
+        app,
+        "admin",
+        Method::POST,
+        &activate_2,
+        &[("if-match", "\"1\"")],
+        None,
+    )
+    .await;
+    assert_eq!(activated.status, 200, "{}", activated.body);
+    assert_eq!(exchange_status(&setup).await, 400);
+
+    // Rolling back to version 1 widens: a proposal until admin-2 approves.
+    let rollback = as_(
+        app,
+        "admin",
+        Method::POST,
+        &format!("{base}/1/activate"),
+        &[("if-match", "\"2\"")],
+        None,
+    )
+    .await;
+    assert_eq!(rollback.status, 202, "{}", rollback.body);
+    assert_eq!(
+        rollback.body["diff"]["widens"],
+        json!(["longer assertion lifetime"])
+    );
+    assert_eq!(exchange_status(&setup).await, 400);
+    let approve = format!(
+        "/admin/v1/proposals/{}/approve",
+        rollback.body["id"].as_str().unwrap()
+    );
+    let approved = as_(app, "admin-2", Method::POST, &approve, &[], None).await;
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    assert_eq!(exchange_status(&setup).await, 200);
+
+    // Suspension: immediate, as a new version.
+    let suspended = as_(
+        app,
+        "admin",
+        Method::POST,
+        &format!("{base}/suspend"),
+        &[("if-match", "\"1\"")],
+        None,
+    )
+    .await;
+    assert_eq!(suspended.status, 200, "{}", suspended.body);
+    assert_eq!(suspended.body["version"], 3);
+    assert_eq!(suspended.body["status"], "suspended");
+    assert_eq!(exchange_status(&setup).await, 400);
+
+    let versions = as_(app, "admin", Method::GET, base, &[], None).await;
+    assert_eq!(versions.body["active_version"], 3);
+    assert_eq!(versions.body["versions"].as_array().unwrap().len(), 3);
+    for action in [
+        "trust_profile_version_created",
+        "trust_profile_activated",
+        "proposal_created",
+        "proposal_approved",
+        "trust_profile_suspended",
+    ] {
+        assert_eq!(admin_records(app, action).await.len(), 1, "{action}");
+    }
+    let activated = &admin_records(app, "trust_profile_activated").await[0];
+    assert_eq!(
+        activated["changes"]["diff"],
+        json!({"max_assertion_lifetime_s": {"before": 300, "after": 60}})
+    );
+}

@@ -191,5 +191,14 @@ async fn apply(
                 "diff": diff(&before, &after),
             }))
         }
+        ProposedChange::ActivateTrustProfile { version } => {
+            super::trust_profiles::apply_approved(
+                conn,
+                &proposal.target,
+                *version,
+                proposal.base_version,
+            )
+            .await
+        }
     }
 }
