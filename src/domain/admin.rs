@@ -358,6 +358,7 @@ pub enum ProposedChange {
     ActivateTrustProfile {
         version: i32,
     },
+    GrantConsent(ConsentGrant),
 }
 
 impl ProposedChange {
@@ -365,6 +366,7 @@ impl ProposedChange {
         match self {
             Self::PartnerUpdate(_) => "partner_update",
             Self::ActivateTrustProfile { .. } => "activate_trust_profile",
+            Self::GrantConsent(_) => "grant_consent",
         }
     }
 }
@@ -692,4 +694,115 @@ pub struct TrustProfileVersion {
     pub created_by: String,
     #[serde(flatten)]
     pub profile: TrustProfileDoc,
+}
+
+/// A consent to grant, as the admin API receives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentGrant {
+    pub grantor: String,
+    pub grantee_partner: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grantee_client: Option<String>,
+    pub scopes: Vec<String>,
+    pub audiences: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub effective_from: time::OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub effective_until: time::OffsetDateTime,
+    pub legal_basis: String,
+    #[serde(default)]
+    pub constraints: Map<String, Value>,
+}
+
+impl ConsentGrant {
+    pub const FIELDS: [&'static str; 9] = [
+        "grantor",
+        "grantee_partner",
+        "grantee_client",
+        "scopes",
+        "audiences",
+        "effective_from",
+        "effective_until",
+        "legal_basis",
+        "constraints",
+    ];
+
+    pub fn from_body(bytes: &[u8]) -> Result<Self, FieldError> {
+        let body = Body::parse(bytes, &Self::FIELDS)?;
+        for required in [
+            "grantor",
+            "grantee_partner",
+            "scopes",
+            "audiences",
+            "effective_from",
+            "effective_until",
+            "legal_basis",
+        ] {
+            if !body.0.contains_key(required) {
+                return Err(FieldError::new(required, "required", "is required"));
+            }
+        }
+        for field in ["effective_from", "effective_until"] {
+            let valid = body.text(field)?.is_some_and(|text| {
+                time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+                    .is_ok()
+            });
+            if !valid {
+                return Err(FieldError::new(field, "rfc3339", "an RFC 3339 time"));
+            }
+        }
+        let grant: Self = serde_json::from_value(Value::Object(body.0)).map_err(|error| {
+            FieldError::new("", "type", format!("a field has the wrong type: {error}"))
+        })?;
+        if grant.effective_until <= grant.effective_from {
+            return Err(FieldError::new(
+                "effective_until",
+                "after_effective_from",
+                "must be later than effective_from",
+            ));
+        }
+        if grant.scopes.is_empty()
+            || grant
+                .scopes
+                .iter()
+                .any(|scope| scope.is_empty() || scope.chars().any(char::is_whitespace))
+        {
+            return Err(FieldError::new(
+                "scopes",
+                "scope_tokens",
+                "one or more scope tokens",
+            ));
+        }
+        if grant.audiences.is_empty() {
+            return Err(FieldError::new(
+                "audiences",
+                "non_empty",
+                "one or more audiences",
+            ));
+        }
+        validate_name("legal_basis", &grant.legal_basis)?;
+        Ok(grant)
+    }
+}
+
+/// A consent's current version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsentRecord {
+    pub id: uuid::Uuid,
+    pub version: i32,
+    #[serde(flatten)]
+    pub grant: ConsentGrant,
+    pub status: String,
+    pub changed_by: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation_reason: Option<String>,
+}
+
+/// Which consents to list; every filter given must match.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ConsentFilter {
+    pub grantor: Option<String>,
+    pub grantee: Option<String>,
+    pub audience: Option<String>,
+    pub status: Option<String>,
 }

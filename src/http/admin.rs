@@ -13,7 +13,7 @@ use crate::http::{PeerCertificate, RequestId};
 use crate::service::admin::auth::{Presented, authenticate};
 use crate::service::admin::partners::Updated;
 use crate::service::admin::trust_profiles::{self, Activated};
-use crate::service::admin::{AdminError, Caller, auth, partners, proposals};
+use crate::service::admin::{AdminError, Caller, auth, consents, partners, proposals};
 
 pub use problem::AdminProblem;
 
@@ -52,6 +52,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
                 "/partners/{id}/trust-profiles/{version}/activate",
                 web::post().to(activate_profile),
             )
+            .route("/consents", web::get().to(list_consents))
+            .route("/consents", web::post().to(grant_consent))
+            .route("/consents/{id}", web::get().to(get_consent))
+            .route("/consents/{id}/revoke", web::post().to(revoke_consent))
             .route("/proposals", web::get().to(list_proposals))
             .route("/proposals/{id}", web::get().to(get_proposal))
             .route("/proposals/{id}/approve", web::post().to(approve))
@@ -379,4 +383,56 @@ async fn suspend_profile(
     let expected = if_match(&req)?;
     let suspended = trust_profiles::suspend(&services, &caller, &partner, expected).await?;
     Ok(with_etag(HttpResponse::Ok(), suspended.version, &suspended))
+}
+
+fn consent_id(id: &str) -> Result<uuid::Uuid, AdminProblem> {
+    uuid::Uuid::parse_str(id).map_err(|_| AdminError::NotFound(format!("consent `{id}`")).into())
+}
+
+async fn list_consents(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    filter: web::Query<crate::domain::admin::ConsentFilter>,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    Ok(HttpResponse::Ok().json(consents::list(&services, &caller, &filter).await?))
+}
+
+async fn grant_consent(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    body: web::Bytes,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    Ok(proposed(&consents::grant(&services, &caller, &body).await?))
+}
+
+async fn get_consent(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    id: web::Path<String>,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let consent = consents::get(&services, &caller, consent_id(&id)?).await?;
+    Ok(with_etag(HttpResponse::Ok(), consent.version, &consent))
+}
+
+async fn revoke_consent(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let expected = if_match(&req)?;
+    let revoked = consents::revoke(&services, &caller, consent_id(&id)?, expected, &body).await?;
+    Ok(with_etag(HttpResponse::Ok(), revoked.version, &revoked))
 }

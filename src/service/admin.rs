@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod bootstrap;
+pub mod consents;
 pub mod partners;
 pub mod proposals;
 pub mod trust_profiles;

@@ -908,3 +908,178 @@ async fn trust_profile_versions_are_activated_rolled_back_and_suspended() {
         json!({"max_assertion_lifetime_s": {"before": 300, "after": 60}})
     );
 }
+
+async fn introspected_active(app: &TestApp, token: &str) -> bool {
+    let (status, body) = app
+        .post_form(
+            Some("resource-server"),
+            "/oauth2/introspect",
+            &[("client_id", "ledger-rs"), ("token", token)],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["active"].as_bool().unwrap()
+}
+
+async fn count(app: &TestApp, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// Revoking a consent is immediate and makes its tokens inactive; granting one waits for a
+/// second admin.
+#[tokio::test]
+async fn consents_are_listed_revoked_at_once_and_granted_with_four_eyes() {
+    let setup = crate::partner::setup().await;
+    let app = &setup.app;
+    register_admin(app, "admin", &[Role::Editor, Role::Approver]).await;
+    register_admin(app, "admin-2", &[Role::Approver]).await;
+    let subject = crate::partner::sign(&setup.key, "d-1", &crate::partner::claims());
+    let (status, issued) = crate::partner::exchange(app, &subject).await;
+    assert_eq!(status, 200, "{issued}");
+    let token = issued["access_token"].as_str().unwrap();
+    assert!(introspected_active(app, token).await);
+
+    for (query, expected) in [
+        ("grantor=partner-d", 1),
+        ("grantee=partner-a&audience=https://ledger.test", 1),
+        ("grantee=partner-b", 0),
+        ("status=revoked", 0),
+    ] {
+        let listed = as_(
+            app,
+            "admin",
+            Method::GET,
+            &format!("/admin/v1/consents?{query}"),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(
+            listed.body.as_array().map(Vec::len),
+            Some(expected),
+            "{query}: {}",
+            listed.body
+        );
+    }
+    let listed = as_(app, "admin", Method::GET, "/admin/v1/consents", &[], None).await;
+    let id = listed.body[0]["id"].as_str().unwrap().to_owned();
+    let revoke = format!("/admin/v1/consents/{id}/revoke");
+    let no_reason = as_(
+        app,
+        "admin",
+        Method::POST,
+        &revoke,
+        &[("if-match", "\"1\"")],
+        Some(json!({})),
+    )
+    .await;
+    assert_problem(&no_reason, 422, "urn:tessera:problem:invalid-field");
+    assert_eq!(no_reason.body["field"], "reason");
+    let unconditional = as_(
+        app,
+        "admin",
+        Method::POST,
+        &revoke,
+        &[],
+        Some(json!({"reason": "contract ended"})),
+    )
+    .await;
+    assert_problem(
+        &unconditional,
+        428,
+        "urn:tessera:problem:precondition-required",
+    );
+    assert!(introspected_active(app, token).await, "nothing changed yet");
+    let revoked = as_(
+        app,
+        "admin",
+        Method::POST,
+        &revoke,
+        &[("if-match", "\"1\"")],
+        Some(json!({"reason": "contract ended"})),
+    )
+    .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    assert_eq!(revoked.etag.as_deref(), Some("\"2\""));
+    assert_eq!(revoked.body["status"], "revoked");
+    assert_eq!(revoked.body["revocation_reason"], "contract ended");
+    assert!(!introspected_active(app, token).await);
+    let record = &admin_records(app, "consent_revoked").await[0];
+    assert_eq!(record["consent_id"], id);
+    assert_eq!(record["changes"]["before"]["status"], "active");
+    assert_eq!(record["changes"]["after"]["status"], "revoked");
+    assert_eq!(record["changes"]["reason"], "contract ended");
+
+    // A grant waits for a second admin; invalid grants store nothing.
+    let now = time::OffsetDateTime::now_utc();
+    let at = |offset: time::Duration| {
+        (now + offset)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let grant = json!({
+        "grantor": "partner-d",
+        "grantee_partner": "partner-b",
+        "scopes": ["ledger:read"],
+        "audiences": ["https://ledger.test"],
+        "effective_from": at(time::Duration::ZERO),
+        "effective_until": at(time::Duration::days(30)),
+        "legal_basis": "contract",
+    });
+    let proposals_before = count(app, "proposals").await;
+    for (change, field) in [
+        (
+            json!({"effective_until": at(-time::Duration::days(1))}),
+            "effective_until",
+        ),
+        (json!({"grantor": "nobody"}), "grantor"),
+        (
+            json!({"grantee_client": "partner-a-treasury"}),
+            "grantee_client",
+        ),
+        (json!({"effective_from": "yesterday"}), "effective_from"),
+    ] {
+        let mut invalid = grant.clone();
+        for (key, value) in change.as_object().unwrap() {
+            invalid[key] = value.clone();
+        }
+        let reply = as_(
+            app,
+            "admin",
+            Method::POST,
+            "/admin/v1/consents",
+            &[],
+            Some(invalid),
+        )
+        .await;
+        assert_problem(&reply, 422, "urn:tessera:problem:invalid-field");
+        assert_eq!(reply.body["field"], field);
+    }
+    assert_eq!(count(app, "proposals").await, proposals_before);
+    let proposed = as_(
+        app,
+        "admin",
+        Method::POST,
+        "/admin/v1/consents",
+        &[],
+        Some(grant),
+    )
+    .await;
+    assert_eq!(proposed.status, 202, "{}", proposed.body);
+    let for_b = "/admin/v1/consents?grantee=partner-b";
+    let none = as_(app, "admin", Method::GET, for_b, &[], None).await;
+    assert_eq!(none.body, json!([]));
+    let approve = format!(
+        "/admin/v1/proposals/{}/approve",
+        proposed.body["id"].as_str().unwrap()
+    );
+    let approved = as_(app, "admin-2", Method::POST, &approve, &[], None).await;
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    let granted = as_(app, "admin", Method::GET, for_b, &[], None).await;
+    assert_eq!(granted.body.as_array().unwrap().len(), 1);
+    assert_eq!(granted.body[0]["status"], "active");
+    assert_eq!(granted.body[0]["changed_by"], "admin-2");
+}

@@ -120,7 +120,7 @@ impl Change for Decide {
                 (ProposalStatus::Rejected, "proposal_rejected")
             };
             let applied = if self.approve {
-                Some(apply(conn, &proposal).await?)
+                Some(apply(conn, &proposal, &self.caller.admin.id).await?)
             } else {
                 None
             };
@@ -164,6 +164,7 @@ impl Change for Decide {
 async fn apply(
     conn: &mut PgConnection,
     proposal: &Proposal,
+    approver: &str,
 ) -> Result<serde_json::Value, AdminError> {
     match &proposal.change {
         ProposedChange::PartnerUpdate(update) => {
@@ -190,6 +191,9 @@ async fn apply(
                 "after": after,
                 "diff": diff(&before, &after),
             }))
+        }
+        ProposedChange::GrantConsent(grant) => {
+            super::consents::apply_approved(conn, grant, approver).await
         }
         ProposedChange::ActivateTrustProfile { version } => {
             super::trust_profiles::apply_approved(
