@@ -77,7 +77,7 @@ impl Change for Create {
 #[derive(Debug)]
 pub enum Updated {
     Applied(Partner),
-    Proposed(Proposal),
+    Proposed(Box<Proposal>),
 }
 
 pub async fn update(
@@ -165,7 +165,7 @@ impl Change for Update {
                         "after": after,
                         "diff": changes,
                     }));
-                    Ok((details, Updated::Proposed(proposal)))
+                    Ok((details, Updated::Proposed(Box::new(proposal))))
                 }
             }
         })

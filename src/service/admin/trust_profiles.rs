@@ -174,7 +174,7 @@ impl Change for Create {
 #[derive(Debug)]
 pub enum Activated {
     Applied(TrustProfileVersion),
-    Proposed(Proposal),
+    Proposed(Box<Proposal>),
 }
 
 /// Activates `version` (an earlier one for a roll-back) against the active version named by
@@ -274,7 +274,7 @@ impl Change for Activate {
                 "proposal": proposal.id, "kind": proposal.change.kind(),
                 "before": before, "after": after, "diff": changes, "widens": widens,
             }));
-            Ok((details, Activated::Proposed(proposal)))
+            Ok((details, Activated::Proposed(Box::new(proposal))))
         })
     }
 }
