@@ -173,7 +173,7 @@ impl Change for Create {
 /// What an activation did.
 #[derive(Debug)]
 pub enum Activated {
-    Applied(TrustProfileVersion),
+    Applied(Box<TrustProfileVersion>),
     Proposed(Box<Proposal>),
 }
 
@@ -251,7 +251,7 @@ impl Change for Activate {
                     active: true,
                     ..target
                 };
-                return Ok((details, Activated::Applied(activated)));
+                return Ok((details, Activated::Applied(Box::new(activated))));
             }
             let proposal = Proposal {
                 id: uuid::Uuid::new_v4(),
