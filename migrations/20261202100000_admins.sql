@@ -97,3 +97,6 @@ CREATE TABLE proposals (
 CREATE INDEX proposals_pending ON proposals (created_at) WHERE status = 'pending';
 
 GRANT SELECT, INSERT, UPDATE ON admins, proposals TO tessera_app;
+
+ALTER TABLE clients ADD COLUMN version INTEGER NOT NULL DEFAULT 1 CHECK (version > 0);
+ALTER TABLE audiences ADD COLUMN version INTEGER NOT NULL DEFAULT 1 CHECK (version > 0);

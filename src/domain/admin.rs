@@ -359,6 +359,10 @@ pub enum ProposedChange {
         version: i32,
     },
     GrantConsent(ConsentGrant),
+    CreateClient(ClientDoc),
+    /// Replace the client (at `base_version`) with this state.
+    UpdateClient(ClientDoc),
+    UpdateAudience(AudienceDoc),
 }
 
 impl ProposedChange {
@@ -367,6 +371,9 @@ impl ProposedChange {
             Self::PartnerUpdate(_) => "partner_update",
             Self::ActivateTrustProfile { .. } => "activate_trust_profile",
             Self::GrantConsent(_) => "grant_consent",
+            Self::CreateClient(_) => "create_client",
+            Self::UpdateClient(_) => "update_client",
+            Self::UpdateAudience(_) => "update_audience",
         }
     }
 }
@@ -805,4 +812,427 @@ pub struct ConsentFilter {
     pub grantee: Option<String>,
     pub audience: Option<String>,
     pub status: Option<String>,
+}
+
+/// Grant types a client may be registered for.
+pub const GRANT_TYPES: [&str; 2] = [
+    "client_credentials",
+    "urn:ietf:params:oauth:grant-type:token-exchange",
+];
+
+/// Longest token lifetime a client or audience may cap at.
+pub const MAX_TOKEN_LIFETIME_S: i32 = 86_400;
+
+/// An OAuth client as the admin API registers it: its certificate identity and the anchor
+/// that identity must chain to, or its keys; grants, per-audience scopes, lifetime cap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientDoc {
+    pub id: String,
+    pub partner: String,
+    pub name: String,
+    pub auth_method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_subject_dn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_san_dns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_san_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_san_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_san_email: Option<String>,
+    /// `server` (the operator's client CA) or `partner` (the partner's own CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_anchor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<Value>,
+    pub grant_types: Vec<String>,
+    pub max_lifetime_s: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_audience: Option<String>,
+    #[serde(default)]
+    pub audiences: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default = "active_default")]
+    pub status: PartnerStatus,
+}
+
+impl ClientDoc {
+    pub const FIELDS: [&'static str; 16] = [
+        "id",
+        "partner",
+        "name",
+        "auth_method",
+        "tls_subject_dn",
+        "tls_san_dns",
+        "tls_san_uri",
+        "tls_san_ip",
+        "tls_san_email",
+        "tls_anchor",
+        "jwks",
+        "grant_types",
+        "max_lifetime_s",
+        "resource_audience",
+        "audiences",
+        "status",
+    ];
+
+    pub fn from_body(bytes: &[u8]) -> Result<Self, FieldError> {
+        let body = Body::parse(bytes, &Self::FIELDS)?;
+        for required in [
+            "id",
+            "partner",
+            "name",
+            "auth_method",
+            "grant_types",
+            "max_lifetime_s",
+        ] {
+            if !body.0.contains_key(required) {
+                return Err(FieldError::new(required, "required", "is required"));
+            }
+        }
+        let doc: Self = serde_json::from_value(Value::Object(body.0)).map_err(|error| {
+            FieldError::new("", "type", format!("a field has the wrong type: {error}"))
+        })?;
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+        if self.id.is_empty()
+            || self.id.len() > 128
+            || !self.id.starts_with(|c: char| c.is_ascii_alphanumeric())
+            || !self.id.chars().all(plain)
+        {
+            return Err(FieldError::new(
+                "id",
+                "client_id",
+                "letters, digits, `.`, `_`, `:` or `-`, at most 128",
+            ));
+        }
+        validate_name("name", &self.name)?;
+        let identities = [
+            &self.tls_subject_dn,
+            &self.tls_san_dns,
+            &self.tls_san_uri,
+            &self.tls_san_ip,
+            &self.tls_san_email,
+        ]
+        .iter()
+        .filter(|identity| identity.is_some())
+        .count();
+        match self.auth_method.as_str() {
+            "tls_client_auth" => {
+                if identities != 1 || self.jwks.is_some() {
+                    return Err(FieldError::new(
+                        "tls_subject_dn",
+                        "one_certificate_identity",
+                        "exactly one of tls_subject_dn, tls_san_dns, tls_san_uri, tls_san_ip, \
+                         tls_san_email, and no jwks",
+                    ));
+                }
+                if !matches!(self.tls_anchor.as_deref(), Some("server" | "partner")) {
+                    return Err(FieldError::new(
+                        "tls_anchor",
+                        "enum",
+                        "`server` or `partner`: the CA the certificate must chain to",
+                    ));
+                }
+            }
+            "self_signed_tls_client_auth" | "private_key_jwt" => {
+                if identities != 0 || self.tls_anchor.is_some() {
+                    return Err(FieldError::new(
+                        "tls_anchor",
+                        "no_certificate_identity",
+                        "only tls_client_auth clients name a certificate identity",
+                    ));
+                }
+                if !self
+                    .jwks
+                    .as_ref()
+                    .is_some_and(|jwks| jwks.get("keys").is_some_and(Value::is_array))
+                {
+                    return Err(FieldError::new("jwks", "jwk_set", "a JWK set with `keys`"));
+                }
+            }
+            _ => {
+                return Err(FieldError::new(
+                    "auth_method",
+                    "enum",
+                    "tls_client_auth, self_signed_tls_client_auth or private_key_jwt",
+                ));
+            }
+        }
+        if let Some(grant) = self
+            .grant_types
+            .iter()
+            .find(|grant| !GRANT_TYPES.contains(&grant.as_str()))
+        {
+            return Err(FieldError::new(
+                "grant_types",
+                "enum",
+                format!("`{grant}` is not a supported grant type"),
+            ));
+        }
+        validate_lifetime("max_lifetime_s", self.max_lifetime_s)?;
+        validate_scope_map(&self.audiences)
+    }
+
+    /// Why `self` reaches further than `current`; empty when it does not.
+    pub fn widens(&self, current: &Self) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        if self.status == PartnerStatus::Active && current.status == PartnerStatus::Suspended {
+            reasons.push("reactivates the client");
+        }
+        if self.max_lifetime_s > current.max_lifetime_s {
+            reasons.push("longer lifetime cap");
+        }
+        if self
+            .grant_types
+            .iter()
+            .any(|grant| !current.grant_types.contains(grant))
+        {
+            reasons.push("more grant types");
+        }
+        for (audience, scopes) in &self.audiences {
+            match current.audiences.get(audience) {
+                None => {
+                    reasons.push("more audiences");
+                }
+                Some(granted) if scopes.iter().any(|scope| !granted.contains(scope)) => {
+                    reasons.push("more scopes");
+                }
+                Some(_) => {}
+            }
+        }
+        reasons.dedup();
+        reasons
+    }
+}
+
+/// Changes to a client; absent fields stay as they are. Identity and partner never change:
+/// that is another client.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PartnerStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime_s: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_types: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audiences: Option<std::collections::BTreeMap<String, Vec<String>>>,
+}
+
+impl ClientUpdate {
+    pub const FIELDS: [&'static str; 5] = [
+        "name",
+        "status",
+        "max_lifetime_s",
+        "grant_types",
+        "audiences",
+    ];
+
+    pub fn from_body(bytes: &[u8]) -> Result<Self, FieldError> {
+        let body = Body::parse(bytes, &Self::FIELDS)?;
+        if body.0.is_empty() {
+            return Err(FieldError::new("", "non_empty", "nothing to change"));
+        }
+        let update: Self = serde_json::from_value(Value::Object(body.0)).map_err(|error| {
+            FieldError::new("", "type", format!("a field has the wrong type: {error}"))
+        })?;
+        Ok(update)
+    }
+
+    /// The client after the update, validated as a whole.
+    pub fn applied_to(&self, client: &ClientDoc) -> Result<ClientDoc, FieldError> {
+        let updated = ClientDoc {
+            name: self.name.clone().unwrap_or_else(|| client.name.clone()),
+            status: self.status.unwrap_or(client.status),
+            max_lifetime_s: self.max_lifetime_s.unwrap_or(client.max_lifetime_s),
+            grant_types: self
+                .grant_types
+                .clone()
+                .unwrap_or_else(|| client.grant_types.clone()),
+            audiences: self
+                .audiences
+                .clone()
+                .unwrap_or_else(|| client.audiences.clone()),
+            ..client.clone()
+        };
+        updated.validate()?;
+        Ok(updated)
+    }
+}
+
+fn validate_lifetime(field: &str, seconds: i32) -> Result<(), FieldError> {
+    if !(1..=MAX_TOKEN_LIFETIME_S).contains(&seconds) {
+        return Err(FieldError::new(
+            field,
+            "range",
+            format!("1 to {MAX_TOKEN_LIFETIME_S} seconds"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_scope_map(
+    audiences: &std::collections::BTreeMap<String, Vec<String>>,
+) -> Result<(), FieldError> {
+    let bad = audiences.values().flatten().find(|scope| {
+        scope.is_empty() || scope.chars().any(|c| c.is_whitespace() || c.is_control())
+    });
+    match bad {
+        Some(scope) => Err(FieldError::new(
+            "audiences",
+            "scope_token",
+            format!("`{scope}` is not a scope token"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A resource server's audience.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudienceDoc {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub max_lifetime_s: i32,
+    #[serde(default = "single_use_default")]
+    pub require_certificate_bound: bool,
+    pub region: String,
+    #[serde(default = "standard_kind")]
+    pub kind: String,
+    #[serde(default)]
+    pub cross_region_allowed: bool,
+}
+
+fn standard_kind() -> String {
+    "standard".to_owned()
+}
+
+impl AudienceDoc {
+    pub const FIELDS: [&'static str; 8] = [
+        "id",
+        "name",
+        "scopes",
+        "max_lifetime_s",
+        "require_certificate_bound",
+        "region",
+        "kind",
+        "cross_region_allowed",
+    ];
+    pub const UPDATABLE: [&'static str; 5] = [
+        "name",
+        "scopes",
+        "max_lifetime_s",
+        "require_certificate_bound",
+        "cross_region_allowed",
+    ];
+
+    pub fn from_body(bytes: &[u8]) -> Result<Self, FieldError> {
+        let body = Body::parse(bytes, &Self::FIELDS)?;
+        for required in ["id", "name", "scopes", "max_lifetime_s", "region"] {
+            if !body.0.contains_key(required) {
+                return Err(FieldError::new(required, "required", "is required"));
+            }
+        }
+        let doc: Self = serde_json::from_value(Value::Object(body.0)).map_err(|error| {
+            FieldError::new("", "type", format!("a field has the wrong type: {error}"))
+        })?;
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    /// The audience with the fields of `body` replaced (only the updatable ones).
+    pub fn updated(&self, bytes: &[u8]) -> Result<Self, FieldError> {
+        let body = Body::parse(bytes, &Self::UPDATABLE)?;
+        if body.0.is_empty() {
+            return Err(FieldError::new("", "non_empty", "nothing to change"));
+        }
+        let mut merged = match serde_json::to_value(self) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        merged.extend(body.0);
+        let doc: Self = serde_json::from_value(Value::Object(merged)).map_err(|error| {
+            FieldError::new("", "type", format!("a field has the wrong type: {error}"))
+        })?;
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let valid_id = self.id.split_once(':').is_some_and(|(scheme, rest)| {
+            scheme.starts_with(|c: char| c.is_ascii_lowercase())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+.-".contains(c))
+                && !rest.is_empty()
+                && !rest.chars().any(char::is_whitespace)
+        });
+        if !valid_id {
+            return Err(FieldError::new(
+                "id",
+                "uri",
+                "an absolute URI, e.g. https://ledger.example",
+            ));
+        }
+        validate_name("name", &self.name)?;
+        if self.scopes.is_empty()
+            || self
+                .scopes
+                .iter()
+                .any(|scope| scope.is_empty() || scope.chars().any(char::is_whitespace))
+        {
+            return Err(FieldError::new(
+                "scopes",
+                "scope_tokens",
+                "one or more scope tokens",
+            ));
+        }
+        validate_lifetime("max_lifetime_s", self.max_lifetime_s)?;
+        validate_region("region", &self.region)?;
+        if !matches!(self.kind.as_str(), "standard" | "settlement") {
+            return Err(FieldError::new(
+                "kind",
+                "enum",
+                "`standard` or `settlement`",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Why `self` lets tokens for this audience do more than `current`; empty when not.
+    pub fn widens(&self, current: &Self) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        if self
+            .scopes
+            .iter()
+            .any(|scope| !current.scopes.contains(scope))
+        {
+            reasons.push("more scopes");
+        }
+        if self.max_lifetime_s > current.max_lifetime_s {
+            reasons.push("longer lifetime cap");
+        }
+        if current.require_certificate_bound && !self.require_certificate_bound {
+            reasons.push("bearer tokens accepted");
+        }
+        if self.cross_region_allowed && !current.cross_region_allowed {
+            reasons.push("cross-region use allowed");
+        }
+        reasons
+    }
+}
+
+/// A resource with its version (the `ETag`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Versioned<T> {
+    #[serde(flatten)]
+    pub doc: T,
+    pub version: i32,
 }

@@ -12,6 +12,7 @@ use crate::domain::admin::FieldError;
 use crate::http::{PeerCertificate, RequestId};
 use crate::service::admin::auth::{Presented, authenticate};
 use crate::service::admin::partners::Updated;
+use crate::service::admin::registry::{self, Outcome};
 use crate::service::admin::trust_profiles::{self, Activated};
 use crate::service::admin::{AdminError, Caller, auth, consents, partners, proposals};
 
@@ -52,6 +53,15 @@ pub fn routes(config: &mut web::ServiceConfig) {
                 "/partners/{id}/trust-profiles/{version}/activate",
                 web::post().to(activate_profile),
             )
+            .route("/clients", web::get().to(list_clients))
+            .route("/clients", web::post().to(create_client))
+            .route("/clients/{id}", web::get().to(get_client))
+            .route("/clients/{id}", web::patch().to(update_client))
+            .route("/audiences", web::get().to(list_audiences))
+            .route("/audiences", web::post().to(create_audience))
+            // Audience ids are URIs: the rest of the path, slashes included.
+            .route("/audiences/{id:.+}", web::get().to(get_audience))
+            .route("/audiences/{id:.+}", web::patch().to(update_audience))
             .route("/consents", web::get().to(list_consents))
             .route("/consents", web::post().to(grant_consent))
             .route("/consents/{id}", web::get().to(get_consent))
@@ -435,4 +445,112 @@ async fn revoke_consent(
     let expected = if_match(&req)?;
     let revoked = consents::revoke(&services, &caller, consent_id(&id)?, expected, &body).await?;
     Ok(with_etag(HttpResponse::Ok(), revoked.version, &revoked))
+}
+
+fn outcome<T: Serialize>(outcome: Outcome<T>) -> HttpResponse {
+    match outcome {
+        Outcome::Applied(stored) => with_etag(HttpResponse::Ok(), stored.version, &stored),
+        Outcome::Proposed(proposal) => proposed(&proposal),
+    }
+}
+
+async fn list_clients(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    Ok(HttpResponse::Ok().json(registry::clients(&services, &caller).await?))
+}
+
+async fn create_client(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    body: web::Bytes,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    Ok(proposed(
+        &registry::create_client(&services, &caller, &body).await?,
+    ))
+}
+
+async fn get_client(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    id: web::Path<String>,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let client = registry::client(&services, &caller, &id).await?;
+    Ok(with_etag(HttpResponse::Ok(), client.version, &client))
+}
+
+async fn update_client(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let expected = if_match(&req)?;
+    Ok(outcome(
+        registry::update_client(&services, &caller, &id, expected, &body).await?,
+    ))
+}
+
+async fn list_audiences(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    Ok(HttpResponse::Ok().json(registry::audiences(&services, &caller).await?))
+}
+
+async fn create_audience(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    body: web::Bytes,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let created = registry::create_audience(&services, &caller, &body).await?;
+    let mut response = HttpResponse::Created();
+    response.insert_header((LOCATION, format!("/admin/v1/audiences/{}", created.doc.id)));
+    Ok(with_etag(response, created.version, &created))
+}
+
+async fn get_audience(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    id: web::Path<String>,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let audience = registry::audience(&services, &caller, &id).await?;
+    Ok(with_etag(HttpResponse::Ok(), audience.version, &audience))
+}
+
+async fn update_audience(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let expected = if_match(&req)?;
+    Ok(outcome(
+        registry::update_audience(&services, &caller, &id, expected, &body).await?,
+    ))
 }

@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod consents;
 pub mod partners;
 pub mod proposals;
+pub mod registry;
 pub mod trust_profiles;
 
 use crate::audit::{AuditLog, ChangeFailed, EventDetails, EventKind, Outcome};

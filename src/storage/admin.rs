@@ -3,8 +3,9 @@
 use sqlx::PgConnection;
 
 use crate::domain::admin::{
-    Admin, ConsentFilter, ConsentGrant, ConsentRecord, NewPartner, Partner, PartnerStatus,
-    Proposal, ProposalStatus, ProposedChange, Role, TrustProfileDoc, TrustProfileVersion,
+    Admin, AudienceDoc, ClientDoc, ConsentFilter, ConsentGrant, ConsentRecord, NewPartner, Partner,
+    PartnerStatus, Proposal, ProposalStatus, ProposedChange, Role, TrustProfileDoc,
+    TrustProfileVersion, Versioned,
 };
 
 /// The channel on which every registry change is announced to every node, on commit.
@@ -680,4 +681,251 @@ pub async fn partner_and_client_exist(
     .bind(client)
     .fetch_one(conn)
     .await
+}
+
+#[derive(sqlx::FromRow)]
+struct ClientRow {
+    id: String,
+    partner_id: String,
+    name: String,
+    auth_method: String,
+    tls_subject_dn: Option<String>,
+    tls_san_dns: Option<String>,
+    tls_san_uri: Option<String>,
+    tls_san_ip: Option<String>,
+    tls_san_email: Option<String>,
+    tls_anchor: Option<String>,
+    jwks: Option<serde_json::Value>,
+    grant_types: Vec<String>,
+    max_lifetime_s: i32,
+    resource_audience: Option<String>,
+    audiences: serde_json::Value,
+    status: String,
+    version: i32,
+}
+
+impl From<ClientRow> for Versioned<ClientDoc> {
+    fn from(row: ClientRow) -> Self {
+        Self {
+            doc: ClientDoc {
+                id: row.id,
+                partner: row.partner_id,
+                name: row.name,
+                auth_method: row.auth_method,
+                tls_subject_dn: row.tls_subject_dn,
+                tls_san_dns: row.tls_san_dns,
+                tls_san_uri: row.tls_san_uri,
+                tls_san_ip: row.tls_san_ip,
+                tls_san_email: row.tls_san_email,
+                tls_anchor: row.tls_anchor,
+                jwks: row.jwks,
+                grant_types: row.grant_types,
+                max_lifetime_s: row.max_lifetime_s,
+                resource_audience: row.resource_audience,
+                audiences: serde_json::from_value(row.audiences).unwrap_or_default(),
+                status: if row.status == "active" {
+                    PartnerStatus::Active
+                } else {
+                    PartnerStatus::Suspended
+                },
+            },
+            version: row.version,
+        }
+    }
+}
+
+const CLIENT_SELECT: &str = "SELECT c.id, c.partner_id, c.name, c.auth_method, c.tls_subject_dn,
+        c.tls_san_dns, c.tls_san_uri, host(c.tls_san_ip) AS tls_san_ip, c.tls_san_email,
+        c.tls_anchor, c.jwks, c.grant_types, c.max_lifetime_s, c.resource_audience, c.status,
+        c.version,
+        COALESCE((SELECT jsonb_object_agg(ca.audience_id, to_jsonb(ca.scopes))
+                    FROM client_audiences ca WHERE ca.client_id = c.id), '{}') AS audiences
+   FROM clients c";
+
+pub async fn clients(conn: &mut PgConnection) -> Result<Vec<Versioned<ClientDoc>>, sqlx::Error> {
+    let rows: Vec<ClientRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{CLIENT_SELECT} ORDER BY c.id"
+    )))
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(Versioned::from).collect())
+}
+
+pub async fn client(
+    conn: &mut PgConnection,
+    id: &str,
+    for_update: bool,
+) -> Result<Option<Versioned<ClientDoc>>, sqlx::Error> {
+    let lock = if for_update { " FOR UPDATE OF c" } else { "" };
+    let row: Option<ClientRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{CLIENT_SELECT} WHERE c.id = $1{lock}"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(Versioned::from))
+}
+
+/// Inserts the client (version 1) or, with `version`, replaces the one at `version - 1`;
+/// false when that version is gone. Refused by the database when the identity is taken
+/// (by another client or an admin) or the row breaks a rule of the table.
+pub async fn store_client(
+    conn: &mut PgConnection,
+    client: &ClientDoc,
+    version: i32,
+) -> Result<bool, sqlx::Error> {
+    let written = if version == 1 {
+        sqlx::query(
+            "INSERT INTO clients
+                (id, partner_id, name, auth_method, tls_subject_dn, tls_san_dns, tls_san_uri,
+                 tls_san_ip, tls_san_email, tls_anchor, jwks, grant_types, max_lifetime_s,
+                 resource_audience, status)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::inet, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(&client.id)
+        .bind(&client.partner)
+        .bind(&client.name)
+        .bind(&client.auth_method)
+        .bind(&client.tls_subject_dn)
+        .bind(&client.tls_san_dns)
+        .bind(&client.tls_san_uri)
+        .bind(&client.tls_san_ip)
+        .bind(&client.tls_san_email)
+        .bind(&client.tls_anchor)
+        .bind(&client.jwks)
+        .bind(&client.grant_types)
+        .bind(client.max_lifetime_s)
+        .bind(&client.resource_audience)
+        .bind(client.status.as_str())
+        .execute(&mut *conn)
+        .await?
+    } else {
+        sqlx::query(
+            "UPDATE clients SET name = $2, status = $3, max_lifetime_s = $4, grant_types = $5,
+                    version = $6
+              WHERE id = $1 AND version = $6 - 1",
+        )
+        .bind(&client.id)
+        .bind(&client.name)
+        .bind(client.status.as_str())
+        .bind(client.max_lifetime_s)
+        .bind(&client.grant_types)
+        .bind(version)
+        .execute(&mut *conn)
+        .await?
+    };
+    if written.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query("DELETE FROM client_audiences WHERE client_id = $1")
+        .bind(&client.id)
+        .execute(&mut *conn)
+        .await?;
+    let (audiences, scopes): (Vec<&String>, Vec<serde_json::Value>) = client
+        .audiences
+        .iter()
+        .map(|(audience, scopes)| (audience, serde_json::json!(scopes)))
+        .unzip();
+    sqlx::query(
+        "INSERT INTO client_audiences (client_id, audience_id, scopes)
+         SELECT $1, a, ARRAY(SELECT jsonb_array_elements_text(s))
+           FROM UNNEST($2::text[], $3::jsonb[]) AS batch (a, s)",
+    )
+    .bind(&client.id)
+    .bind(audiences)
+    .bind(scopes)
+    .execute(conn)
+    .await?;
+    Ok(true)
+}
+
+#[derive(sqlx::FromRow)]
+struct AudienceRow {
+    id: String,
+    name: String,
+    scopes: Vec<String>,
+    max_lifetime_s: i32,
+    require_certificate_bound: bool,
+    region: String,
+    kind: String,
+    cross_region_allowed: bool,
+    version: i32,
+}
+
+impl From<AudienceRow> for Versioned<AudienceDoc> {
+    fn from(row: AudienceRow) -> Self {
+        Self {
+            doc: AudienceDoc {
+                id: row.id,
+                name: row.name,
+                scopes: row.scopes,
+                max_lifetime_s: row.max_lifetime_s,
+                require_certificate_bound: row.require_certificate_bound,
+                region: row.region,
+                kind: row.kind,
+                cross_region_allowed: row.cross_region_allowed,
+            },
+            version: row.version,
+        }
+    }
+}
+
+const AUDIENCE_SELECT: &str = "SELECT id, name, scopes, max_lifetime_s,
+        require_certificate_bound, region, kind, cross_region_allowed, version FROM audiences";
+
+pub async fn audiences(
+    conn: &mut PgConnection,
+) -> Result<Vec<Versioned<AudienceDoc>>, sqlx::Error> {
+    let rows: Vec<AudienceRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{AUDIENCE_SELECT} ORDER BY id"
+    )))
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(Versioned::from).collect())
+}
+
+pub async fn audience(
+    conn: &mut PgConnection,
+    id: &str,
+    for_update: bool,
+) -> Result<Option<Versioned<AudienceDoc>>, sqlx::Error> {
+    let lock = if for_update { " FOR UPDATE" } else { "" };
+    let row: Option<AudienceRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{AUDIENCE_SELECT} WHERE id = $1{lock}"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(Versioned::from))
+}
+
+/// Inserts the audience (version 1; false when the id is taken) or replaces the one at
+/// `version - 1` (false when that version is gone).
+pub async fn store_audience(
+    conn: &mut PgConnection,
+    audience: &AudienceDoc,
+    version: i32,
+) -> Result<bool, sqlx::Error> {
+    let statement = if version == 1 {
+        "INSERT INTO audiences (id, name, scopes, max_lifetime_s, require_certificate_bound,
+                                region, kind, cross_region_allowed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
+    } else {
+        "UPDATE audiences SET name = $2, scopes = $3, max_lifetime_s = $4,
+                require_certificate_bound = $5, cross_region_allowed = $8, version = $9
+          WHERE id = $1 AND version = $9 - 1 AND region = $6 AND kind = $7"
+    };
+    let written = sqlx::query(statement)
+        .bind(&audience.id)
+        .bind(&audience.name)
+        .bind(&audience.scopes)
+        .bind(audience.max_lifetime_s)
+        .bind(audience.require_certificate_bound)
+        .bind(&audience.region)
+        .bind(&audience.kind)
+        .bind(audience.cross_region_allowed)
+        .bind(version)
+        .execute(conn)
+        .await?;
+    Ok(written.rows_affected() == 1)
 }

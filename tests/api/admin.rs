@@ -1083,3 +1083,232 @@ async fn consents_are_listed_revoked_at_once_and_granted_with_four_eyes() {
     assert_eq!(granted.body[0]["status"], "active");
     assert_eq!(granted.body[0]["changed_by"], "admin-2");
 }
+
+/// A new client waits for a second admin; an identity that is an admin's is refused at once;
+/// narrowing a client is immediate and widening it a proposal.
+#[tokio::test]
+async fn clients_are_proposed_approved_narrowed_and_widened() {
+    let app = admin_app().await;
+    let current = as_(
+        &app,
+        "admin",
+        Method::GET,
+        "/admin/v1/clients/partner-a-treasury",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(current.status, 200, "{}", current.body);
+    assert_eq!(current.etag.as_deref(), Some("\"1\""));
+    let lifetime = current.body["max_lifetime_s"].as_i64().unwrap();
+
+    let new_client = json!({
+        "id": "partner-a-new",
+        "partner": "partner-a",
+        "name": "Partner A, new system",
+        "auth_method": "tls_client_auth",
+        "tls_subject_dn": "CN=partner-a-new,O=Tessera Dev",
+        "tls_anchor": "server",
+        "grant_types": ["client_credentials"],
+        "max_lifetime_s": 300,
+        "audiences": {"https://ledger.test": ["ledger:read"]},
+    });
+    let proposals_before = count(&app, "proposals").await;
+    for (change, status, field) in [
+        (
+            json!({"tls_subject_dn": "CN=admin,O=Tessera Dev"}),
+            409,
+            None,
+        ),
+        (json!({"auth_method": "password"}), 422, Some("auth_method")),
+        (
+            json!({"audiences": {"https://nowhere.test": ["x"]}}),
+            422,
+            Some("audiences"),
+        ),
+        (
+            json!({"grant_types": ["implicit"]}),
+            422,
+            Some("grant_types"),
+        ),
+        (json!({"tls_anchor": null}), 422, Some("tls_anchor")),
+    ] {
+        let mut invalid = new_client.clone();
+        for (key, value) in change.as_object().unwrap() {
+            invalid[key] = value.clone();
+        }
+        let reply = as_(
+            &app,
+            "admin",
+            Method::POST,
+            "/admin/v1/clients",
+            &[],
+            Some(invalid),
+        )
+        .await;
+        assert_eq!(reply.status, status, "{change}: {}", reply.body);
+        if let Some(field) = field {
+            assert_eq!(reply.body["field"], field, "{change}");
+        }
+    }
+    assert_eq!(count(&app, "proposals").await, proposals_before);
+
+    let proposed = as_(
+        &app,
+        "admin",
+        Method::POST,
+        "/admin/v1/clients",
+        &[],
+        Some(new_client),
+    )
+    .await;
+    assert_eq!(proposed.status, 202, "{}", proposed.body);
+    let path = "/admin/v1/clients/partner-a-new";
+    assert_eq!(
+        as_(&app, "admin", Method::GET, path, &[], None)
+            .await
+            .status,
+        404
+    );
+    let approve = format!(
+        "/admin/v1/proposals/{}/approve",
+        proposed.body["id"].as_str().unwrap()
+    );
+    let approved = as_(&app, "admin-2", Method::POST, &approve, &[], None).await;
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    let created = as_(&app, "admin", Method::GET, path, &[], None).await;
+    assert_eq!(created.status, 200);
+    assert_eq!(
+        created.body["audiences"],
+        json!({"https://ledger.test": ["ledger:read"]})
+    );
+
+    let treasury = "/admin/v1/clients/partner-a-treasury";
+    let shorter = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        treasury,
+        &[("if-match", "\"1\"")],
+        Some(json!({"max_lifetime_s": lifetime - 60})),
+    )
+    .await;
+    assert_eq!(shorter.status, 200, "{}", shorter.body);
+    assert_eq!(shorter.etag.as_deref(), Some("\"2\""));
+    let stale = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        treasury,
+        &[("if-match", "\"1\"")],
+        Some(json!({"max_lifetime_s": 60})),
+    )
+    .await;
+    assert_problem(&stale, 412, "urn:tessera:problem:stale-version");
+    let longer = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        treasury,
+        &[("if-match", "\"2\"")],
+        Some(json!({"max_lifetime_s": lifetime})),
+    )
+    .await;
+    assert_eq!(longer.status, 202, "{}", longer.body);
+    assert_eq!(
+        longer.body["diff"]["widens"],
+        json!(["longer lifetime cap"])
+    );
+    let unchanged = as_(&app, "admin", Method::GET, treasury, &[], None).await;
+    assert_eq!(unchanged.body["max_lifetime_s"], lifetime - 60);
+    assert_eq!(admin_records(&app, "client_updated").await.len(), 1);
+    assert_eq!(admin_records(&app, "proposal_created").await.len(), 2);
+}
+
+#[tokio::test]
+async fn audiences_are_created_narrowed_at_once_and_widened_by_proposal() {
+    let app = admin_app().await;
+    let created = as_(
+        &app,
+        "admin",
+        Method::POST,
+        "/admin/v1/audiences",
+        &[],
+        Some(json!({
+            "id": "https://analytics.test",
+            "name": "Analytics",
+            "scopes": ["analytics:read"],
+            "max_lifetime_s": 300,
+            "region": "eu",
+        })),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let path = "/admin/v1/audiences/https://analytics.test";
+    let read = as_(&app, "admin-2", Method::GET, path, &[], None).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.body["require_certificate_bound"], true);
+    for (body, field) in [
+        (json!({"kind": "settlement"}), "kind"),
+        (json!({"max_lifetime_s": 0}), "max_lifetime_s"),
+        (json!({"scopes": []}), "scopes"),
+    ] {
+        let invalid = as_(
+            &app,
+            "admin",
+            Method::PATCH,
+            path,
+            &[("if-match", "\"1\"")],
+            Some(body),
+        )
+        .await;
+        assert_problem(&invalid, 422, "urn:tessera:problem:invalid-field");
+        assert_eq!(invalid.body["field"], field);
+    }
+    let narrowed = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        path,
+        &[("if-match", "\"1\"")],
+        Some(json!({"max_lifetime_s": 120})),
+    )
+    .await;
+    assert_eq!(narrowed.status, 200, "{}", narrowed.body);
+    assert_eq!(narrowed.body["version"], 2);
+    let widened = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        path,
+        &[("if-match", "\"2\"")],
+        Some(json!({"require_certificate_bound": false})),
+    )
+    .await;
+    assert_eq!(widened.status, 202, "{}", widened.body);
+    assert_eq!(
+        widened.body["diff"]["widens"],
+        json!(["bearer tokens accepted"])
+    );
+    let approve = format!(
+        "/admin/v1/proposals/{}/approve",
+        widened.body["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        as_(&app, "admin-2", Method::POST, &approve, &[], None)
+            .await
+            .status,
+        200
+    );
+    let after = as_(&app, "admin", Method::GET, path, &[], None).await;
+    assert_eq!(
+        (
+            after.body["require_certificate_bound"].as_bool(),
+            after.etag.as_deref()
+        ),
+        (Some(false), Some("\"3\""))
+    );
+    let created_record = &admin_records(&app, "audience_created").await[0];
+    assert_eq!(created_record["audience"], "https://analytics.test");
+    assert_eq!(admin_records(&app, "audience_updated").await.len(), 1);
+}

@@ -192,6 +192,11 @@ async fn apply(
                 "diff": diff(&before, &after),
             }))
         }
+        ProposedChange::CreateClient(_)
+        | ProposedChange::UpdateClient(_)
+        | ProposedChange::UpdateAudience(_) => {
+            super::registry::apply_approved(conn, proposal).await
+        }
         ProposedChange::GrantConsent(grant) => {
             super::consents::apply_approved(conn, grant, approver).await
         }
