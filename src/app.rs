@@ -152,7 +152,8 @@ impl Application {
         };
         let usage = Arc::new(UsageTracker::default());
         let policy = Arc::new(PolicyEngine::load(&settings.policy_dir)?);
-        let background = vec![
+        let trust_changed = Arc::new(tokio::sync::Notify::new());
+        let mut background = vec![
             spawn_usage_flush(usage.clone(), pool.clone()),
             spawn_expiry(pool.clone()),
             spawn_governance_refresh(metrics.clone(), pool.clone()),
@@ -163,6 +164,7 @@ impl Application {
                 settings.server.client_crls.clone(),
                 pool.clone(),
                 settings.registry.cache_ttl,
+                trust_changed.clone(),
             ),
         ];
         let services = web::Data::new(Services {
@@ -178,6 +180,13 @@ impl Application {
             max_delegation_depth: settings.max_delegation_depth,
             jwks: JwksCache::new(jwks_client(settings.jwks_ca_file.as_deref())?),
             revocations: crate::tokens::RevocationCache::new(settings.registry.cache_ttl),
+        });
+        background.push({
+            let services = services.clone();
+            crate::service::admin::propagation::spawn(pool.clone(), move || {
+                services.registry.forget_all();
+                trust_changed.notify_one();
+            })
         });
         let metrics = web::Data::new(metrics);
         let pool_data = web::Data::new(pool.clone());
@@ -363,13 +372,18 @@ fn spawn_trust_refresh(
     crl_files: Vec<std::path::PathBuf>,
     pool: PgPool,
     interval: Duration,
+    changed: Arc<tokio::sync::Notify>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(500)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut current_partner_cas = Vec::new();
         loop {
-            ticker.tick().await;
+            // A registry change (a new partner CA, a pinned certificate) is read at once.
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = changed.notified() => {}
+            }
             match crate::clients::self_signed_certificates(&pool).await {
                 Ok(certificates) => trust.replace_pinned(certificates),
                 Err(error) => {

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod consents;
 pub mod partners;
+pub mod propagation;
 pub mod proposals;
 pub mod registry;
 pub mod trust_profiles;

@@ -929,3 +929,12 @@ pub async fn store_audience(
         .await?;
     Ok(written.rows_affected() == 1)
 }
+
+/// A connection listening on [`REGISTRY_CHANNEL`]; it reconnects by itself after a drop.
+pub async fn registry_listener(
+    pool: &sqlx::PgPool,
+) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen(REGISTRY_CHANNEL).await?;
+    Ok(listener)
+}

@@ -1312,3 +1312,63 @@ async fn audiences_are_created_narrowed_at_once_and_widened_by_proposal() {
     assert_eq!(created_record["audience"], "https://analytics.test");
     assert_eq!(admin_records(&app, "audience_updated").await.len(), 1);
 }
+
+/// Another node on the same database, as a second server process would be.
+async fn second_node(app: &TestApp) -> std::net::SocketAddr {
+    let pool = tessera::storage::pool(&app.settings.database).unwrap();
+    let node = tessera::app::Application::build(&app.settings, pool)
+        .await
+        .unwrap();
+    let addr = node.local_addr();
+    tokio::spawn(node.run());
+    addr
+}
+
+/// A change made on one node reaches the other within 2 s, although registry entries are
+/// cached for a minute: the change's commit notifies every node.
+#[tokio::test]
+async fn a_change_reaches_every_node_within_two_seconds() {
+    let app = spawn_app_on(TestDatabase::create().await, |settings| {
+        settings.registry.cache_ttl = std::time::Duration::from_secs(60);
+    })
+    .await;
+    register_admin(&app, "admin", &[Role::Editor]).await;
+    let other = second_node(&app).await;
+    let token_on_other = || async {
+        app.client(Some("partner-a"))
+            .post(format!("https://localhost:{}/oauth2/token", other.port()))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", "partner-a-treasury"),
+                ("resource", "https://ledger.test"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // The other node has the client cached now.
+    assert_eq!(token_on_other().await, 200);
+    let suspended = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        "/admin/v1/clients/partner-a-treasury",
+        &[("if-match", "\"1\"")],
+        Some(json!({"status": "suspended"})),
+    )
+    .await;
+    assert_eq!(suspended.status, 200, "{}", suspended.body);
+    let changed = std::time::Instant::now();
+    loop {
+        if token_on_other().await != 200 {
+            break;
+        }
+        assert!(
+            changed.elapsed() < std::time::Duration::from_secs(2),
+            "the other node still issues tokens to the suspended client"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
