@@ -100,3 +100,7 @@ GRANT SELECT, INSERT, UPDATE ON admins, proposals TO tessera_app;
 
 ALTER TABLE clients ADD COLUMN version INTEGER NOT NULL DEFAULT 1 CHECK (version > 0);
 ALTER TABLE audiences ADD COLUMN version INTEGER NOT NULL DEFAULT 1 CHECK (version > 0);
+
+-- "Why was I denied": the audit trail is looked up by the request id a response carried.
+CREATE INDEX audit_events_request_id ON audit_events ((record::jsonb ->> 'request_id'))
+    WHERE (record::jsonb ->> 'request_id') IS NOT NULL;

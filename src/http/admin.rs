@@ -66,6 +66,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
             .route("/consents", web::post().to(grant_consent))
             .route("/consents/{id}", web::get().to(get_consent))
             .route("/consents/{id}/revoke", web::post().to(revoke_consent))
+            .route("/audit", web::get().to(audit))
             .route("/proposals", web::get().to(list_proposals))
             .route("/proposals/{id}", web::get().to(get_proposal))
             .route("/proposals/{id}/approve", web::post().to(approve))
@@ -553,4 +554,17 @@ async fn update_audience(
     Ok(outcome(
         registry::update_audience(&services, &caller, &id, expected, &body).await?,
     ))
+}
+
+async fn audit(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    query: web::Query<crate::service::admin::audit_query::AuditQuery>,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let page =
+        crate::service::admin::audit_query::query(&services, &caller, query.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(page))
 }

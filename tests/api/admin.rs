@@ -1372,3 +1372,117 @@ async fn a_change_reaches_every_node_within_two_seconds() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// "Why was I denied": the token endpoint's refusal carries its request id, and an auditor
+/// reads the decision by it, with the reason, the policy set's hash and the determining
+/// policies; the trail pages by time, client and outcome.
+#[tokio::test]
+async fn an_auditor_finds_a_denial_by_its_request_id_and_pages_through_the_trail() {
+    let policies =
+        crate::helpers::scratch_dir().join(format!("policies-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&policies).unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for file in ["schema.cedarschema", "tessera.cedar"] {
+        std::fs::copy(shipped.join(file), policies.join(file)).unwrap();
+    }
+    std::fs::write(
+        policies.join("closed.cedar"),
+        r#"@id("settlement-closed") forbid (principal, action, resource) when { resource.kind == "settlement" };"#,
+    )
+    .unwrap();
+    let app = spawn_app_on(TestDatabase::create().await, |settings| {
+        settings.policy_dir = policies.clone();
+    })
+    .await;
+    register_admin(&app, "admin", &[Role::Auditor]).await;
+    register_admin(&app, "admin-2", &[Role::Approver]).await;
+    for _ in 0..3 {
+        app.token("partner-a", "partner-a-treasury", "https://ledger.test")
+            .await;
+    }
+    let refused = app
+        .client(Some("partner-a"))
+        .post(app.url("/oauth2/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "partner-a-treasury"),
+            ("resource", "https://settlement.test"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let request_id = refused.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let error: Value = refused.json().await.unwrap();
+    assert!(error["error"].is_string(), "RFC 6749 shape: {error}");
+
+    let why = as_(
+        &app,
+        "admin",
+        Method::GET,
+        &format!("/admin/v1/audit?request_id={request_id}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(why.status, 200, "{}", why.body);
+    let records = why.body["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{}", why.body);
+    let denial = &records[0];
+    assert_eq!(denial["outcome"], "deny");
+    assert_eq!(denial["request_id"], request_id.as_str());
+    assert!(
+        denial["reason"]
+            .as_str()
+            .is_some_and(|reason| !reason.is_empty())
+    );
+    assert!(
+        denial["policy_set_hash"]
+            .as_str()
+            .is_some_and(|hash| !hash.is_empty())
+    );
+    assert_eq!(denial["policies"], json!(["settlement-closed"]));
+
+    // Only auditors read the trail.
+    let not_auditor = as_(&app, "admin-2", Method::GET, "/admin/v1/audit", &[], None).await;
+    assert_problem(&not_auditor, 403, "urn:tessera:problem:forbidden");
+
+    // Page through the client's allowed issuances one by one.
+    let mut seen = Vec::new();
+    let mut path =
+        "/admin/v1/audit?client=partner-a-treasury&outcome=allow&kind=token_issued&limit=1"
+            .to_owned();
+    loop {
+        let page = as_(&app, "admin", Method::GET, &path, &[], None).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        for record in page.body["records"].as_array().unwrap() {
+            seen.push(record["jti"].as_str().unwrap().to_owned());
+        }
+        match page.body["next"].as_str() {
+            Some(next) => {
+                path = format!(
+                    "/admin/v1/audit?client=partner-a-treasury&outcome=allow&kind=token_issued&limit=1&after={next}"
+                )
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    seen.dedup();
+    assert_eq!(seen.len(), 3);
+
+    let invalid = as_(
+        &app,
+        "admin",
+        Method::GET,
+        "/admin/v1/audit?since=yesterday",
+        &[],
+        None,
+    )
+    .await;
+    assert_problem(&invalid, 422, "urn:tessera:problem:invalid-field");
+    assert_eq!(invalid.body["field"], "since");
+}
