@@ -183,7 +183,13 @@ impl Application {
         });
         background.push({
             let services = services.clone();
-            crate::service::admin::propagation::spawn(pool.clone(), move || {
+            // Its own connection: listening holds one for good, which must not be one that
+            // requests wait for.
+            let listener_pool = crate::storage::pool(&crate::config::DatabaseSettings {
+                max_connections: 1,
+                ..settings.database.clone()
+            })?;
+            crate::service::admin::propagation::spawn(listener_pool, move || {
                 services.registry.forget_all();
                 trust_changed.notify_one();
             })

@@ -14,7 +14,7 @@ use crate::service::admin::auth::{Presented, authenticate};
 use crate::service::admin::partners::Updated;
 use crate::service::admin::registry::{self, Outcome};
 use crate::service::admin::trust_profiles::{self, Activated};
-use crate::service::admin::{AdminError, Caller, auth, consents, partners, proposals};
+use crate::service::admin::{AdminError, Caller, auth, consents, operations, partners, proposals};
 
 pub use problem::AdminProblem;
 
@@ -67,6 +67,11 @@ pub fn routes(config: &mut web::ServiceConfig) {
             .route("/consents/{id}", web::get().to(get_consent))
             .route("/consents/{id}/revoke", web::post().to(revoke_consent))
             .route("/audit", web::get().to(audit))
+            .route("/keys", web::get().to(keys))
+            .route("/keys/rotate", web::post().to(rotate_keys))
+            .route("/policy", web::get().to(policy))
+            .route("/policy/reload", web::post().to(reload_policy))
+            .route("/policy/decide", web::post().to(decide))
             .route("/proposals", web::get().to(list_proposals))
             .route("/proposals/{id}", web::get().to(get_proposal))
             .route("/proposals/{id}/approve", web::post().to(approve))
@@ -567,4 +572,67 @@ async fn audit(
     let page =
         crate::service::admin::audit_query::query(&services, &caller, query.into_inner()).await?;
     Ok(HttpResponse::Ok().json(page))
+}
+
+async fn keys(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    Ok(HttpResponse::Ok().json(operations::keys(&services, &caller).await?))
+}
+
+#[derive(Serialize)]
+struct RotationBody {
+    retired: String,
+    activated: String,
+    next: String,
+}
+
+async fn rotate_keys(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let rotation = operations::rotate(&services, &caller).await?;
+    Ok(HttpResponse::Ok().json(RotationBody {
+        retired: rotation.retired,
+        activated: rotation.activated,
+        next: rotation.next,
+    }))
+}
+
+async fn policy(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    Ok(HttpResponse::Ok().json(operations::policy(&services, &caller).await?))
+}
+
+async fn reload_policy(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    Ok(HttpResponse::Ok().json(operations::reload(&services, &caller).await?))
+}
+
+async fn decide(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    body: web::Bytes,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    Ok(HttpResponse::Ok().json(operations::decide(&services, &caller, &body).await?))
 }

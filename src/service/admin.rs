@@ -5,6 +5,7 @@ pub mod audit_query;
 pub mod auth;
 pub mod bootstrap;
 pub mod consents;
+pub mod operations;
 pub mod partners;
 pub mod propagation;
 pub mod proposals;

@@ -9,8 +9,19 @@ use tessera::domain::admin::Role;
 use crate::boundaries::{TestCa, publish_ca, until_trusted};
 use crate::helpers::{TestApp, TestDatabase, spawn_app, spawn_app_on};
 
-/// Registers a dev-PKI certificate as an admin, as `tessera admin bootstrap` does.
+/// Registers a dev-PKI certificate as an admin, as `tessera admin bootstrap` does, and makes
+/// the dev CA the admin trust anchor (`admin.client_ca`), as `dev` does. The shared test
+/// settings leave it unset, so that other tests see the operator's anchor alone.
 async fn register_admin(app: &TestApp, name: &str, roles: &[Role]) {
+    app.client_trust
+        .replace_admin_roots(&crate::helpers::certificates(
+            &crate::helpers::pki().ca_cert(),
+        ))
+        .unwrap();
+    bootstrap_admin(app, name, roles).await;
+}
+
+async fn bootstrap_admin(app: &TestApp, name: &str, roles: &[Role]) {
     let (audit, writer) = crate::helpers::admin_audit_with_handle(app).await;
     let identity =
         tessera::cli::admin::certificate_identity(&crate::helpers::pki().client_cert(name))
@@ -1485,4 +1496,118 @@ async fn an_auditor_finds_a_denial_by_its_request_id_and_pages_through_the_trail
     .await;
     assert_problem(&invalid, 422, "urn:tessera:problem:invalid-field");
     assert_eq!(invalid.body["field"], "since");
+}
+
+#[tokio::test]
+async fn keys_are_listed_and_rotated_and_policy_decisions_are_dry_run() {
+    let app = admin_app().await;
+    let keys = as_(&app, "admin-2", Method::GET, "/admin/v1/keys", &[], None).await;
+    assert_eq!(keys.status, 200, "{}", keys.body);
+    let state_of = |keys: &Value, state: &str| {
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .find(|key| key["state"] == state)
+            .map(|key| key["kid"].as_str().unwrap().to_owned())
+    };
+    let next = state_of(&keys.body, "next").unwrap();
+    assert!(keys.body[0]["age_s"].as_i64().is_some());
+    assert!(keys.body[0].get("sealed_private_key").is_none());
+
+    let refused = as_(
+        &app,
+        "admin-2",
+        Method::POST,
+        "/admin/v1/keys/rotate",
+        &[],
+        None,
+    )
+    .await;
+    assert_problem(&refused, 403, "urn:tessera:problem:forbidden");
+    let rotated = as_(
+        &app,
+        "admin",
+        Method::POST,
+        "/admin/v1/keys/rotate",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    assert_eq!(rotated.body["activated"], next.as_str());
+    let after = as_(&app, "admin", Method::GET, "/admin/v1/keys", &[], None).await;
+    assert_eq!(state_of(&after.body, "active"), Some(next));
+    assert_eq!(app.audited("key_rotated").await, 1);
+
+    let policy = as_(&app, "admin-2", Method::GET, "/admin/v1/policy", &[], None).await;
+    let hash = policy.body["policy_set_hash"].as_str().unwrap().to_owned();
+    let decided = as_(
+        &app,
+        "admin-2",
+        Method::POST,
+        "/admin/v1/policy/decide",
+        &[],
+        Some(json!({
+            "action": "issue",
+            "client_id": "partner-a-treasury",
+            "audience": "https://ledger.test",
+            "scopes": ["ledger:read"],
+        })),
+    )
+    .await;
+    assert_eq!(decided.status, 200, "{}", decided.body);
+    assert_eq!(decided.body["decision"], "allow");
+    assert_eq!(decided.body["policy_set_hash"], hash.as_str());
+    assert!(
+        !decided.body["determining_policies"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        app.audited("token_issued").await,
+        0,
+        "a dry run issues nothing"
+    );
+    let unknown = as_(
+        &app,
+        "admin-2",
+        Method::POST,
+        "/admin/v1/policy/decide",
+        &[],
+        Some(json!({"action": "issue", "client_id": "nobody", "audience": "https://ledger.test"})),
+    )
+    .await;
+    assert_problem(&unknown, 422, "urn:tessera:problem:invalid-field");
+    assert_eq!(unknown.body["field"], "client_id");
+}
+
+/// The admin trust anchor is a setting: without it no certificate is an admin's, registered
+/// or not; with it (here the dev CA, as in `dev`) the registered ones are.
+#[tokio::test]
+async fn admins_are_accepted_only_under_the_configured_admin_anchor() {
+    let without = spawn_app().await;
+    bootstrap_admin(&without, "admin", &[Role::Viewer]).await;
+    let refused = as_(
+        &without,
+        "admin",
+        Method::GET,
+        "/admin/v1/whoami",
+        &[],
+        None,
+    )
+    .await;
+    assert_problem(&refused, 401, "urn:tessera:problem:unauthenticated");
+    assert_eq!(
+        denials(&without).await,
+        ["the certificate does not chain to the admin trust anchor"]
+    );
+
+    let with = spawn_app_on(TestDatabase::create().await, |settings| {
+        settings.admin_client_ca = Some(crate::helpers::pki().ca_cert());
+    })
+    .await;
+    bootstrap_admin(&with, "admin", &[Role::Viewer]).await;
+    let accepted = as_(&with, "admin", Method::GET, "/admin/v1/whoami", &[], None).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
 }

@@ -179,7 +179,6 @@ pub fn test_settings(database_url: &str) -> Settings {
     settings.server.bind = "127.0.0.1:0".parse().unwrap();
     settings.server.workers = 2;
     settings.server.shutdown_timeout = std::time::Duration::from_secs(10);
-    settings.admin_client_ca = Some(pki.ca_cert());
     settings
 }
 
