@@ -1131,6 +1131,17 @@ async fn clients_are_proposed_approved_narrowed_and_widened() {
             409,
             None,
         ),
+        // Another spelling of the admin's name is the same name.
+        (
+            json!({"tls_subject_dn": "cn = admin , o=Tessera Dev"}),
+            409,
+            None,
+        ),
+        (
+            json!({"tls_subject_dn": "not a name"}),
+            422,
+            Some("tls_subject_dn"),
+        ),
         (json!({"auth_method": "password"}), 422, Some("auth_method")),
         (
             json!({"audiences": {"https://nowhere.test": ["x"]}}),

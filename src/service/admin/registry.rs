@@ -81,7 +81,19 @@ pub async fn create_client(
     body: &[u8],
 ) -> Result<Proposal, AdminError> {
     caller.require(&services.audit, Role::Editor).await?;
-    let client = ClientDoc::from_body(body)?;
+    let mut client = ClientDoc::from_body(body)?;
+    // Stored in one spelling (as the seed does), so that identities compare structurally,
+    // with other clients' and with admins'.
+    if let Some(dn) = &client.tls_subject_dn {
+        let parsed = crate::tls::DistinguishedName::parse(dn).ok_or_else(|| {
+            FieldError::new(
+                "tls_subject_dn",
+                "rfc4514",
+                "an RFC 4514 distinguished name",
+            )
+        })?;
+        client.tls_subject_dn = Some(parsed.to_string());
+    }
     Ok(services
         .audit
         .commit_change(
