@@ -101,6 +101,12 @@ struct RawSettings {
     policy: RawPolicy,
     exchange: RawExchange,
     trust: RawTrust,
+    admin: RawAdmin,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct RawAdmin {
+    client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -255,6 +261,7 @@ impl Default for RawSettings {
                 max_delegation_depth: 3,
             },
             trust: RawTrust::default(),
+            admin: RawAdmin::default(),
             audit: RawAudit {
                 enabled: true,
                 batch_max: 512,
@@ -282,6 +289,9 @@ pub struct Settings {
     pub max_delegation_depth: u32,
     /// CA bundle for fetching partners' `jwks_uri` over HTTPS; the platform's roots when unset.
     pub jwks_ca_file: Option<PathBuf>,
+    /// The operator's admin trust anchor (`admin.client_ca`): the only CA whose certificates
+    /// may identify admins; without it the admin API accepts nobody.
+    pub admin_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -684,6 +694,7 @@ impl Settings {
             policy_dir: raw.policy.dir,
             max_delegation_depth: raw.exchange.max_delegation_depth,
             jwks_ca_file: raw.trust.jwks_ca_file,
+            admin_client_ca: raw.admin.client_ca,
             registry: RegistrySettings {
                 cache_ttl: Duration::from_millis(raw.registry.cache_ttl_ms),
             },

@@ -6,10 +6,12 @@
 //! intervals the writer signs its chain's head (a checkpoint), so that exported segments can
 //! be verified by someone who only has the published audit key.
 
+mod change;
 mod checkpoint;
 mod export;
 mod verify;
 
+pub use change::{Applied, Change, ChangeFailed};
 pub use checkpoint::{AuditSigner, audit_jwks};
 pub use export::{ExportFilter, ExportSummary, export, verify_export};
 pub use verify::{Broken, ChainReport, VerifySummary, verify_all, verify_pinned};
@@ -58,6 +60,10 @@ pub enum EventKind {
     PolicyReloaded,
     ConsentChanged,
     TrustProfileChanged,
+    /// A change made through the admin API (or `tessera admin`), with its before and after.
+    AdminChange,
+    /// An admin request refused: not authenticated, not allowed, or invalid.
+    AdminDenied,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,12 +138,17 @@ pub enum AuditError {
     Unavailable,
     #[error("the audit writer did not commit in time")]
     TimedOut,
+    /// The change that was to be committed with the record refused itself; nothing was written.
+    #[error("the change was refused")]
+    ChangeRefused,
 }
 
 struct Pending {
     kind: EventKind,
     outcome: Outcome,
     details: EventDetails,
+    /// A change to commit in the same transaction as this record, which it then describes.
+    change: Option<Arc<dyn change::ErasedChange>>,
     done: oneshot::Sender<Result<(), AuditError>>,
 }
 
@@ -306,9 +317,22 @@ impl AuditLog {
         outcome: Outcome,
         details: EventDetails,
     ) -> Result<(), AuditError> {
+        self.submit(kind, outcome, details, None).await
+    }
+
+    async fn submit(
+        &self,
+        kind: EventKind,
+        outcome: Outcome,
+        details: EventDetails,
+        change: Option<Arc<dyn change::ErasedChange>>,
+    ) -> Result<(), AuditError> {
         let sender = match &self.sink {
             Sink::Chain(sender, _) => sender,
             Sink::LineageOnly(pool) => {
+                if let Some(change) = change {
+                    return change::commit_alone(pool, change.as_ref()).await;
+                }
                 let entry = lineage_of(outcome, &details).map_err(|_| AuditError::Unavailable)?;
                 if let Some(entry) = entry {
                     insert_lineage(pool, &[entry])
@@ -325,6 +349,7 @@ impl AuditLog {
                     kind,
                     outcome,
                     details,
+                    change,
                     done,
                 })
                 .await
@@ -451,10 +476,14 @@ impl Writer {
         self.health
             .busy_since_ms
             .store(self.health.now_ms(), Ordering::Relaxed);
-        let mut groups = vec![Group {
-            pending: std::mem::take(batch),
-            retried: false,
-        }];
+        let mut groups = change::separated(std::mem::take(batch))
+            .into_iter()
+            .rev()
+            .map(|pending| Group {
+                pending,
+                retried: false,
+            })
+            .collect::<Vec<_>>();
         while let Some(mut group) = groups.pop() {
             let error = match self.commit(&group.pending).await {
                 Ok(()) => {
@@ -475,6 +504,10 @@ impl Writer {
                     AfterFailure::Moved | AfterFailure::Unchanged => error,
                 },
             };
+            if matches!(error, BatchError::Refused) {
+                answer(group.pending, Err(AuditError::ChangeRefused));
+                continue;
+            }
             if error.caused_by_records() && group.pending.len() > 1 {
                 let second = group.pending.split_off(group.pending.len() / 2);
                 groups.push(Group {
@@ -505,10 +538,27 @@ impl Writer {
     /// a failed group leaves no gap in the chain. A failure comes with the head the chain
     /// would have had.
     async fn commit(&mut self, group: &[Pending]) -> Result<(), (BatchError, Option<ChainHead>)> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|error| (error.into(), None))?;
+        // A change comes alone in its group (see `change::separated`); its record describes
+        // what it did, as read and written in this transaction.
+        let changed = match group {
+            [
+                Pending {
+                    change: Some(change),
+                    ..
+                },
+            ] => Some(change::apply(&mut tx, change.as_ref()).await?),
+            _ => None,
+        };
         let mut head = self.head;
         let mut seq = self.next_seq;
         let mut rows = Vec::with_capacity(group.len());
         for pending in group {
+            let details = changed.as_ref().unwrap_or(&pending.details);
             let recorded_at = OffsetDateTime::now_utc();
             let event = AuditRecord {
                 event_id: uuid::Uuid::new_v4().to_string(),
@@ -518,7 +568,7 @@ impl Writer {
                 node: self.node.clone(),
                 kind: pending.kind,
                 outcome: pending.outcome,
-                details: bounded(&pending.details),
+                details: bounded(details),
             };
             let record = event.canonical().map_err(|error| (error.into(), None))?;
             let hash = chained_hash(&head, &record);
@@ -536,9 +586,12 @@ impl Writer {
             seq: seq - 1,
             hash: head,
         };
-        insert(&self.pool, self.chain_id, self.next_seq, &rows)
+        insert(&mut tx, self.chain_id, self.next_seq, &rows)
             .await
             .map_err(|error| (error, Some(expected)))?;
+        tx.commit()
+            .await
+            .map_err(|error| (error.into(), Some(expected)))?;
         self.head = head;
         self.next_seq = seq;
         Ok(())
@@ -738,6 +791,8 @@ enum BatchError {
     Encoding(#[from] serde_json::Error),
     #[error("an exchanged token's lineage is incomplete (jti, parent or expiry)")]
     Lineage,
+    #[error("the change refused itself")]
+    Refused,
 }
 
 impl BatchError {
@@ -745,7 +800,10 @@ impl BatchError {
     /// than the database being unreachable, where splitting would only multiply the waiting.
     fn caused_by_records(&self) -> bool {
         match self {
-            Self::Database(sqlx::Error::Database(_)) | Self::Encoding(_) | Self::Lineage => true,
+            Self::Database(sqlx::Error::Database(_))
+            | Self::Encoding(_)
+            | Self::Lineage
+            | Self::Refused => true,
             Self::Database(_) => false,
         }
     }
@@ -759,22 +817,20 @@ pub(crate) fn label<T: Serialize>(value: &T) -> String {
         .unwrap_or_default()
 }
 
-/// One transaction for the batch: the records and, for exchanged tokens, their lineage, which
-/// must be as durable as the record before the token leaves.
+/// The batch's part of its transaction: the records and, for exchanged tokens, their lineage,
+/// which must be as durable as the record before the token leaves.
 async fn insert(
-    pool: &PgPool,
+    tx: &mut sqlx::PgConnection,
     chain_id: uuid::Uuid,
     first_seq: i64,
     rows: &[ChainedRecord],
 ) -> Result<(), BatchError> {
-    let mut tx = pool.begin().await?;
-    crate::storage::audit::insert_events(&mut tx, chain_id, first_seq, rows).await?;
+    crate::storage::audit::insert_events(&mut *tx, chain_id, first_seq, rows).await?;
     let mut lineage = Vec::new();
     for row in rows {
         lineage.extend(lineage_of(row.event.outcome, &row.event.details)?);
     }
     insert_lineage(&mut *tx, &lineage).await?;
-    tx.commit().await?;
     Ok(())
 }
 

@@ -40,18 +40,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             )
             .await?
             .context("no key was rotated")?;
-            let signer = crate::audit::AuditSigner::load(&pool, &settings.keys).await?;
-            let (audit, writer) = crate::audit::AuditLog::start(
-                pool.clone(),
-                format!("cli/{}", std::process::id()),
-                1,
-                signer,
-                crate::audit::CheckpointPolicy {
-                    every_records: 1,
-                    every: std::time::Duration::from_secs(60),
-                },
-                None,
-            );
+            let (audit, writer) = super::operator_audit(&pool, &settings.keys).await?;
             rotation.audit(&audit, "operator").await?;
             writer.finish().await;
             println!(

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::dev::DevOptions;
 
+pub mod admin;
 mod audit;
 mod certs;
 mod keys;
@@ -63,6 +64,11 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Admins: register the first ones (`bootstrap`).
+    Admin {
+        #[command(subcommand)]
+        command: admin::AdminCommand,
+    },
     /// Certificate utilities.
     Certs {
         #[command(subcommand)]
@@ -78,6 +84,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys { command } => keys::run(command).await,
         Command::Audit { command } => audit::run(command).await,
         Command::Policy { command } => policy::run(command),
+        Command::Admin { command } => admin::run(command).await,
         Command::Certs { command } => certs::run(command),
     }
+}
+
+/// An audit writer for one command-line operation, checkpointing every record it writes.
+pub(crate) async fn operator_audit(
+    pool: &sqlx::PgPool,
+    keys: &crate::config::KeySettings,
+) -> anyhow::Result<(crate::audit::AuditLog, crate::audit::WriterHandle)> {
+    let signer = crate::audit::AuditSigner::load(pool, keys).await?;
+    Ok(crate::audit::AuditLog::start(
+        pool.clone(),
+        format!("cli/{}", std::process::id()),
+        1,
+        signer,
+        crate::audit::CheckpointPolicy {
+            every_records: 1,
+            every: std::time::Duration::from_secs(60),
+        },
+        None,
+    ))
 }

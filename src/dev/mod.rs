@@ -22,6 +22,8 @@ use crate::dev::postgres::LocalCluster;
 use crate::dev::seed::Seed;
 use crate::startup::Application;
 
+mod admins;
+
 const DEV_DATABASE: &str = "tessera_dev";
 
 #[derive(Debug, clap::Args)]
@@ -97,6 +99,8 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             0,
         ))));
     settings.server.bind.set_port(port);
+    // In dev the dev CA is the admin trust anchor too.
+    settings.admin_client_ca = settings.admin_client_ca.or(Some(pki.ca_cert()));
     let tracing = crate::telemetry::init(&settings.log);
 
     let pool = crate::storage::pool(&settings.database)?;
@@ -106,6 +110,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     let seed = Seed::from_file(&options.seed)?;
     seed.apply(&pool).await?;
     walkthrough::seed_agreements(&seed, &pool, &settings, &pki.dir).await?;
+    admins::register(&pool, &settings, &pki).await?;
     let client_ids: Vec<&str> = seed
         .clients
         .iter()
@@ -135,7 +140,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         "Tessera dev server\n  \
          URL:       {url}\n  \
          Database:  {database_origin}\n  \
-         Dev PKI:   {certs} ({pki_origin}; CA {certs}/ca.pem, clients partner-a, partner-b, admin, settlement; partner B's identity provider key)\n  \
+         Dev PKI:   {certs} ({pki_origin}; CA {certs}/ca.pem, clients partner-a, partner-b, settlement, resource-server; admins admin, admin-2; partner B's identity provider key)\n  \
          Clients:   {clients} (seeded from {seed})\n  \
          Try:       curl --cacert {certs}/ca.pem --cert {certs}/partner-a.pem --key {certs}/partner-a.key \\\n               \
          -d grant_type=client_credentials -d client_id=partner-a-treasury \\\n               \

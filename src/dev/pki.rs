@@ -1,6 +1,6 @@
 //! The development PKI: one CA that partners' client certificates chain to, a server
-//! certificate for `localhost`/`127.0.0.1`, client certificates for the demo partners and an
-//! admin, and a second, untrusted CA whose client certificate copies partner A's subject so
+//! certificate for `localhost`/`127.0.0.1`, client certificates for the demo partners, the
+//! resource servers and two admins, and a second, untrusted CA whose client certificate copies partner A's subject so
 //! tests can prove that a matching name alone is worth nothing.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -25,8 +25,16 @@ pub enum PkiError {
     },
 }
 
-/// The client identities the dev PKI issues, by file stem.
-pub const TRUSTED_CLIENTS: [&str; 4] = ["partner-a", "partner-b", "admin", "settlement"];
+/// The client identities the dev PKI issues, by file stem: partners' systems, the settlement
+/// service, the resource servers' own identity, and two admins (who are never OAuth clients).
+pub const TRUSTED_CLIENTS: [&str; 6] = [
+    "partner-a",
+    "partner-b",
+    "settlement",
+    "resource-server",
+    "admin",
+    "admin-2",
+];
 pub const UNTRUSTED_CLIENT: &str = "untrusted-partner-a";
 
 /// Paths of one generated (or reused) PKI directory.

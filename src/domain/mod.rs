@@ -1,6 +1,7 @@
 //! The model, in plain Rust: no HTTP, SQL, TLS or JWT library types. Functions that depend on
 //! time take `now`.
 
+pub mod admin;
 pub mod audiences;
 pub mod clients;
 pub mod consents;

@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by every route: the request context middleware (request id, one log
 //! line per request, Prometheus metrics) and the extractor for the client certificate.
 
+pub mod admin;
 pub mod fallback;
 pub mod oauth;
 pub mod ops;

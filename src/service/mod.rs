@@ -2,6 +2,7 @@
 //! every outcome. A use case returns what the caller gets or an [`OAuthError`], which the HTTP
 //! layer maps to a response in one place.
 
+pub mod admin;
 pub mod authenticate;
 pub mod exchange;
 pub mod introspect;

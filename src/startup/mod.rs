@@ -83,6 +83,12 @@ impl Application {
             crate::tls::read_certificates("server.client_ca", &settings.server.tls.client_ca)?;
         let client_trust = ClientTrust::new(&client_roots)?;
         client_trust.replace_crls(crate::tls::read_crls(&settings.server.client_crls)?)?;
+        if let Some(admin_ca) = &settings.admin_client_ca {
+            client_trust.replace_admin_roots(&crate::tls::read_certificates(
+                "admin.client_ca",
+                admin_ca,
+            )?)?;
+        }
         let tls = crate::tls::server_config(
             &settings.server.tls,
             settings.server.tls_min_version,
@@ -139,12 +145,14 @@ impl Application {
             settings.tokens.max_lifetime,
             audit.clone(),
         );
+        let trust_changed = Arc::new(tokio::sync::Notify::new());
         schedule_trust_refresh(
             &mut scheduler,
             client_trust.clone(),
             settings.server.client_crls.clone(),
             pool.clone(),
             settings.registry.cache_ttl,
+            trust_changed.clone(),
         );
         let services = web::Data::new(Services {
             pool: pool.clone(),
@@ -162,6 +170,22 @@ impl Application {
                 settings.registry.cache_ttl,
             ),
         });
+        {
+            let services = services.clone();
+            // Its own connection: listening holds one for good, which must not be one that
+            // requests wait for.
+            let listener_pool = crate::storage::pool(&crate::config::DatabaseSettings {
+                max_connections: 1,
+                ..settings.database.clone()
+            })?;
+            scheduler.keep(crate::service::admin::propagation::listen(
+                listener_pool,
+                move || {
+                    services.registry.forget_all();
+                    trust_changed.notify_one();
+                },
+            ));
+        }
         let metrics = web::Data::new(metrics);
         let pool_data = web::Data::new(pool.clone());
         let audit_data = web::Data::new(services.audit.clone());
@@ -199,6 +223,7 @@ impl Application {
                     })
                     .configure(crate::http::ops::routes)
                     .configure(crate::http::oauth::routes)
+                    .configure(crate::http::admin::routes)
             }
         };
         let builder = crate::startup::listeners::builder(&settings.server);
@@ -345,11 +370,14 @@ fn schedule_trust_refresh(
     crl_files: Vec<std::path::PathBuf>,
     pool: PgPool,
     interval: Duration,
+    changed: Arc<tokio::sync::Notify>,
 ) {
     let current_partner_cas = Arc::new(std::sync::Mutex::new(Vec::new()));
-    scheduler.every(
+    // A registry change (a new partner CA, a pinned certificate) is read at once.
+    scheduler.every_or_when(
         "trust refresh",
         interval.max(Duration::from_millis(500)),
+        changed,
         move || {
             let (trust, crl_files, pool) = (trust.clone(), crl_files.clone(), pool.clone());
             let current_partner_cas = current_partner_cas.clone();

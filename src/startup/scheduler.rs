@@ -5,9 +5,11 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 /// Why one run of a job did not do its work.
@@ -81,6 +83,37 @@ impl Scheduler {
                 run(name, &mut job).await;
             }
         });
+    }
+
+    /// Like [`Self::every`], and also at once whenever `wake` is notified.
+    pub fn every_or_when<F, Fut>(
+        &mut self,
+        name: &'static str,
+        interval: Duration,
+        wake: Arc<Notify>,
+        mut job: F,
+    ) where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+    {
+        let period = interval.max(Duration::from_millis(1));
+        self.tasks.spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    () = wake.notified() => {}
+                }
+                run(name, &mut job).await;
+            }
+        });
+    }
+
+    /// Keeps `task` running for the life of the node: a listener rather than a periodic job,
+    /// stopped with the others.
+    pub fn keep(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
     }
 
     /// Runs `job` each time `signal` arrives.

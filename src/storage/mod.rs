@@ -1,5 +1,6 @@
 //! The PostgreSQL pool and the embedded migrations.
 
+pub mod admin;
 pub mod audiences;
 pub mod audit;
 pub mod audit_keys;

@@ -32,6 +32,12 @@ impl Registry {
         }
     }
 
+    /// Forgets every cached entry: the registry changed (see `service::admin::propagation`).
+    pub fn forget_all(&self) {
+        self.clients.clear();
+        self.audiences.clear();
+    }
+
     pub async fn client(&self, id: &ClientId) -> Result<Option<Arc<Client>>, RegistryError> {
         if let Some(client) = self.clients.get(id) {
             return Ok(Some(client));

@@ -24,6 +24,8 @@ struct Anchors {
     server: Arc<dyn ClientCertVerifier>,
     partner_roots: Vec<(String, Vec<CertificateDer<'static>>)>,
     partners: Vec<(String, Arc<dyn ClientCertVerifier>)>,
+    admin_roots: Vec<CertificateDer<'static>>,
+    admin: Option<Arc<dyn ClientCertVerifier>>,
     crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
@@ -33,9 +35,15 @@ impl Anchors {
     fn build(
         server_roots: Vec<CertificateDer<'static>>,
         partner_roots: Vec<(String, Vec<CertificateDer<'static>>)>,
+        admin_roots: Vec<CertificateDer<'static>>,
         crls: Vec<CertificateRevocationListDer<'static>>,
     ) -> Result<Self, TlsError> {
         let server = verifier("server.client_ca", &server_roots, &crls)?;
+        let admin = if admin_roots.is_empty() {
+            None
+        } else {
+            Some(verifier("admin.client_ca", &admin_roots, &crls)?)
+        };
         let partners = partner_roots
             .iter()
             .filter_map(|(partner, roots)| {
@@ -53,6 +61,8 @@ impl Anchors {
             server,
             partner_roots,
             partners,
+            admin_roots,
+            admin,
             crls,
         })
     }
@@ -123,6 +133,7 @@ impl ClientTrust {
                 roots.to_vec(),
                 Vec::new(),
                 Vec::new(),
+                Vec::new(),
             )?)),
             pinned: RwLock::default(),
             generation: AtomicU64::new(0),
@@ -135,14 +146,27 @@ impl ClientTrust {
             Anchors::build(
                 roots.to_vec(),
                 current.partner_roots.clone(),
+                current.admin_roots.clone(),
                 current.crls.clone(),
             )
         })
     }
 
-    /// Replaces the partners' client CAs (from their active trust profiles); each partner's
-    /// CAs form an anchor of their own.
-    /// Each partner's client CAs, as PEM; certificates that do not parse are skipped.
+    /// Replaces the operator's admin CAs; with none, no certificate identifies an admin.
+    pub fn replace_admin_roots(&self, roots: &[CertificateDer<'static>]) -> Result<(), TlsError> {
+        self.update(|current| {
+            Anchors::build(
+                current.server_roots.clone(),
+                current.partner_roots.clone(),
+                roots.to_vec(),
+                current.crls.clone(),
+            )
+        })
+    }
+
+    /// Replaces the partners' client CAs (PEM, from their active trust profiles); each
+    /// partner's CAs form an anchor of their own, and certificates that do not parse are
+    /// skipped.
     pub fn replace_partner_roots(&self, partners: &[(String, String)]) {
         let partners = partners
             .iter()
@@ -154,7 +178,12 @@ impl ClientTrust {
             })
             .collect();
         let updated = self.update(|current| {
-            Anchors::build(current.server_roots.clone(), partners, current.crls.clone())
+            Anchors::build(
+                current.server_roots.clone(),
+                partners,
+                current.admin_roots.clone(),
+                current.crls.clone(),
+            )
         });
         if let Err(error) = updated {
             tracing::error!(%error, "client trust unchanged");
@@ -174,6 +203,7 @@ impl ClientTrust {
             Anchors::build(
                 current.server_roots.clone(),
                 current.partner_roots.clone(),
+                current.admin_roots.clone(),
                 crls,
             )
         })
@@ -255,6 +285,13 @@ impl ClientTrust {
         if self.is_pinned(end_entity, intermediates) {
             verified.push(TrustAnchor::Pinned);
         }
+        if anchors.admin.as_ref().is_some_and(|admin| {
+            admin
+                .verify_client_cert(end_entity, intermediates, now)
+                .is_ok()
+        }) {
+            verified.push(TrustAnchor::Admin);
+        }
         verified
     }
 
@@ -332,11 +369,16 @@ impl ClientCertVerifier for ClientTrust {
         if server.is_ok() {
             return server;
         }
-        let partner = anchors.partners.iter().find_map(|(_, verifier)| {
-            verifier
-                .verify_client_cert(end_entity, intermediates, now)
-                .ok()
-        });
+        let partner = anchors
+            .partners
+            .iter()
+            .map(|(_, verifier)| verifier)
+            .chain(&anchors.admin)
+            .find_map(|verifier| {
+                verifier
+                    .verify_client_cert(end_entity, intermediates, now)
+                    .ok()
+            });
         match partner {
             Some(verified) => Ok(verified),
             None if self.is_pinned(end_entity, intermediates) => {

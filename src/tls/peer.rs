@@ -25,6 +25,8 @@ pub enum TrustAnchor {
     Partner(String),
     /// A registered self-signed certificate, accepted by thumbprint without a chain.
     Pinned,
+    /// The operator's admin CA (`admin.client_ca`): the only anchor that identifies admins.
+    Admin,
 }
 
 impl fmt::Display for TrustAnchor {
@@ -33,6 +35,7 @@ impl fmt::Display for TrustAnchor {
             Self::Server => f.write_str("server"),
             Self::Partner(partner) => write!(f, "partner:{partner}"),
             Self::Pinned => f.write_str("pinned"),
+            Self::Admin => f.write_str("admin"),
         }
     }
 }

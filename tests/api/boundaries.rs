@@ -246,7 +246,7 @@ async fn last_denial(app: &TestApp) -> String {
     app.denial_reasons().await.pop().unwrap_or_default()
 }
 
-/// Issue 9 item 1: partner E's CA issues certificates carrying partner A's DN and the admin's
+/// Issue 9 item 1: partner E's CA issues certificates carrying partner A's DN and the resource servers'
 /// identities; they authenticate nobody but partner E's own clients.
 #[tokio::test]
 async fn a_partners_ca_authenticates_only_that_partners_clients() {
@@ -269,18 +269,19 @@ async fn a_partners_ca_authenticates_only_that_partners_clients() {
         "partner-a",
         vec![
             dns("partner-a.tessera.test"),
-            uri("spiffe://tessera.test/admin"),
+            uri("spiffe://tessera.test/resource-server"),
         ],
     );
-    let forged_admin = ca.client("admin", vec![dns("admin.tessera.test")]);
+    let forged_resource_server =
+        ca.client("resource-server", vec![dns("resource-server.tessera.test")]);
     until_trusted(&app, &forged_a).await;
 
     for (identity, client_id, path) in [
         (&forged_a, "partner-a-treasury", "/oauth2/token"),
         (&forged_a, "partner-a-ops", "/oauth2/token"),
         (&forged_a, "ops-admin", "/oauth2/introspect"),
-        (&forged_admin, "ledger-rs", "/oauth2/introspect"),
-        (&forged_admin, "settlement-rs", "/oauth2/revoke"),
+        (&forged_resource_server, "ledger-rs", "/oauth2/introspect"),
+        (&forged_resource_server, "settlement-rs", "/oauth2/revoke"),
     ] {
         let (status, body) = post(
             &app,
@@ -720,7 +721,7 @@ async fn revoking_the_consent_deactivates_every_descendant() {
     for token in [&first, &second] {
         let (_, body) = app
             .post_form(
-                Some("admin"),
+                Some("resource-server"),
                 "/oauth2/introspect",
                 &[("client_id", "ops-admin"), ("token", token)],
             )

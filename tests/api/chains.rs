@@ -206,7 +206,7 @@ async fn exchange(
 async fn is_active(app: &TestApp, token: &str) -> bool {
     let (_, body) = app
         .post_form(
-            Some("admin"),
+            Some("resource-server"),
             "/oauth2/introspect",
             &[("client_id", "ops-admin"), ("token", token)],
         )

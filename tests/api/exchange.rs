@@ -511,7 +511,7 @@ impl Consents {
 
 async fn introspect_as_ledger(app: &TestApp, token: &str) -> Value {
     app.post_form(
-        Some("admin"),
+        Some("resource-server"),
         "/oauth2/introspect",
         &[("client_id", "ledger-rs"), ("token", token)],
     )

@@ -266,7 +266,7 @@ async fn a_signing_key_the_database_role_writes_is_neither_published_nor_accepte
         let forged = jsonwebtoken::encode(&header, &claims, &key).unwrap();
         let (status, body) = app
             .post_form(
-                Some("admin"),
+                Some("resource-server"),
                 "/oauth2/introspect",
                 &[("client_id", "ledger-rs"), ("token", &forged)],
             )

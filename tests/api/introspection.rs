@@ -25,7 +25,7 @@ async fn introspect(
 async fn the_audiences_resource_server_sees_the_token_active_with_its_claims() {
     let app = spawn_app().await;
     let token = ledger_token(&app).await;
-    let (status, body) = introspect(&app, Some("admin"), "ledger-rs", &token).await;
+    let (status, body) = introspect(&app, Some("resource-server"), "ledger-rs", &token).await;
     assert_eq!(status, 200);
     assert_eq!(body["active"], true);
     assert_eq!(body["client_id"], "partner-a-treasury");
@@ -41,7 +41,7 @@ async fn the_audiences_resource_server_sees_the_token_active_with_its_claims() {
 async fn another_audiences_resource_server_sees_inactive() {
     let app = spawn_app().await;
     let token = ledger_token(&app).await;
-    let (status, body) = introspect(&app, Some("admin"), "settlement-rs", &token).await;
+    let (status, body) = introspect(&app, Some("resource-server"), "settlement-rs", &token).await;
     assert_eq!(status, 200);
     assert_eq!(body, serde_json::json!({ "active": false }));
 }
@@ -72,7 +72,8 @@ async fn garbage_and_tampered_tokens_are_inactive() {
     tampered.pop();
     tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
     for candidate in ["garbage", "a.b.c", tampered.as_str()] {
-        let (status, body) = introspect(&app, Some("admin"), "ops-admin", candidate).await;
+        let (status, body) =
+            introspect(&app, Some("resource-server"), "ops-admin", candidate).await;
         assert_eq!(status, 200);
         assert_eq!(body["active"], false, "{candidate}");
     }
@@ -90,7 +91,7 @@ async fn a_revoked_token_reads_inactive() {
         )
         .await;
     assert_eq!(status, 200);
-    let (_, body) = introspect(&app, Some("admin"), "ledger-rs", &token).await;
+    let (_, body) = introspect(&app, Some("resource-server"), "ledger-rs", &token).await;
     assert_eq!(body["active"], false);
     assert_eq!(app.audited("token_revoked").await, 1);
 }
@@ -110,7 +111,7 @@ async fn nobody_revokes_someone_elses_token() {
         (status, body["error"].as_str()),
         (400, Some("unauthorized_client"))
     );
-    let (_, body) = introspect(&app, Some("admin"), "ledger-rs", &token).await;
+    let (_, body) = introspect(&app, Some("resource-server"), "ledger-rs", &token).await;
     assert_eq!(body["active"], true, "the token must still be active");
     let revoked: i64 = sqlx::query_scalar("SELECT count(*) FROM revoked_tokens")
         .fetch_one(&app.pool)
@@ -125,17 +126,17 @@ async fn an_admin_may_revoke_any_token_and_unknown_tokens_get_200() {
     let token = ledger_token(&app).await;
     let (status, _) = app
         .post_form(
-            Some("admin"),
+            Some("resource-server"),
             "/oauth2/revoke",
             &[("client_id", "ops-admin"), ("token", &token)],
         )
         .await;
     assert_eq!(status, 200);
-    let (_, body) = introspect(&app, Some("admin"), "ledger-rs", &token).await;
+    let (_, body) = introspect(&app, Some("resource-server"), "ledger-rs", &token).await;
     assert_eq!(body["active"], false);
     let (status, _) = app
         .post_form(
-            Some("admin"),
+            Some("resource-server"),
             "/oauth2/revoke",
             &[("client_id", "ops-admin"), ("token", "unknown")],
         )
@@ -174,7 +175,7 @@ async fn a_revocation_on_one_node_reaches_another_within_its_cache_ttl() {
         crate::helpers::ServerProcess::start_with(&db.url, &ttl),
     ];
     let partner = crate::helpers::client_with(Some("partner-a"), &[&rustls::version::TLS13]);
-    let admin = crate::helpers::client_with(Some("admin"), &[&rustls::version::TLS13]);
+    let admin = crate::helpers::client_with(Some("resource-server"), &[&rustls::version::TLS13]);
     let token: Value = partner
         .post(nodes[0].url("/oauth2/token"))
         .form(&[
@@ -229,7 +230,7 @@ async fn a_missing_token_parameter_is_refused_and_audited() {
     let app = spawn_app().await;
     for path in ["/oauth2/introspect", "/oauth2/revoke"] {
         let (status, body) = app
-            .post_form(Some("admin"), path, &[("client_id", "ledger-rs")])
+            .post_form(Some("resource-server"), path, &[("client_id", "ledger-rs")])
             .await;
         assert_eq!(
             (status, body["error"].as_str()),

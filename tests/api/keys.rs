@@ -72,7 +72,7 @@ async fn rotation_publishes_next_first_and_keeps_retired_keys_until_their_tokens
     verify_with_jwks(&app, &old_token, "https://ledger.test").await;
     let (_, body) = app
         .post_form(
-            Some("admin"),
+            Some("resource-server"),
             "/oauth2/introspect",
             &[("client_id", "ledger-rs"), ("token", &old_token)],
         )

@@ -5,6 +5,7 @@
     clippy::indexing_slicing
 )]
 
+mod admin;
 mod audit;
 mod availability;
 mod boundaries;
