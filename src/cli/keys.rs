@@ -31,8 +31,8 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
     let pool = crate::storage::pool(&settings.database)?;
     match command {
         KeysCommand::Rotate { .. } => {
-            crate::crypto::keys::ensure_keys(&pool, &settings.keys).await?;
-            let rotation = crate::crypto::keys::rotate(
+            crate::service::keys::ensure_keys(&pool, &settings.keys).await?;
+            let rotation = crate::service::keys::rotate(
                 &pool,
                 &settings.keys,
                 settings.max_token_lifetime,
@@ -49,7 +49,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             );
         }
         KeysCommand::Rewrap { .. } => {
-            let rewrapped = crate::crypto::keys::rewrap(&pool, &settings.keys).await?;
+            let rewrapped = crate::service::keys::rewrap(&pool, &settings.keys).await?;
             println!(
                 "re-wrapped {} signing key(s) and {} audit key(s) under key-encryption key `{}`",
                 rewrapped.signing_keys, rewrapped.audit_keys, settings.keys.kek.id

@@ -7,6 +7,7 @@ pub mod authenticate;
 pub mod exchange;
 pub mod introspect;
 pub mod issue;
+pub mod keys;
 pub mod live;
 pub mod partner_jwt;
 pub mod revoke;

@@ -100,7 +100,7 @@ impl Application {
         if !partner_cas.is_empty() {
             client_trust.replace_partner_roots(&partner_cas);
         }
-        crate::crypto::keys::ensure_keys(&pool, &settings.keys).await?;
+        crate::service::keys::ensure_keys(&pool, &settings.keys).await?;
         let keys = KeyRing::load(&pool, settings.keys.clone()).await?;
         let metrics = Metrics::new()?;
         let (audit, audit_writer) = if settings.audit.enabled {
@@ -431,7 +431,7 @@ fn schedule_key_maintenance(
     scheduler.every("key maintenance", interval, move || {
         let (keys, pool, audit) = (keys.clone(), pool.clone(), audit.clone());
         async move {
-            keys.maintain(&pool, max_token_lifetime, &audit)
+            crate::service::keys::maintain(&keys, &pool, max_token_lifetime, &audit)
                 .await
                 .map_err(|error| {
                     JobError::new(

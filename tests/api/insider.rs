@@ -295,7 +295,7 @@ async fn a_tampered_next_key_is_replaced_instead_of_promoted() {
         .await
         .unwrap();
     let max_lifetime = app.settings.tokens.max_lifetime;
-    let error = tessera::crypto::keys::rotate(&app.pool, &app.settings.keys, max_lifetime, false)
+    let error = tessera::service::keys::rotate(&app.pool, &app.settings.keys, max_lifetime, false)
         .await
         .unwrap_err();
     assert!(error.to_string().contains(&next), "{error}");
@@ -309,7 +309,7 @@ async fn a_tampered_next_key_is_replaced_instead_of_promoted() {
     assert_ne!(active, next);
 
     let rotation =
-        tessera::crypto::keys::rotate(&app.pool, &app.settings.keys, max_lifetime, false)
+        tessera::service::keys::rotate(&app.pool, &app.settings.keys, max_lifetime, false)
             .await
             .unwrap()
             .unwrap();
@@ -830,7 +830,7 @@ async fn rewrap_moves_the_audit_key_too_and_a_node_starts_without_the_old_kek() 
     let mut rotating = app.settings.keys.clone();
     rotating.previous_keks = vec![rotating.kek.clone()];
     rotating.kek = new_kek.clone();
-    let rewrapped = tessera::crypto::keys::rewrap(&app.pool, &rotating)
+    let rewrapped = tessera::service::keys::rewrap(&app.pool, &rotating)
         .await
         .unwrap();
     assert_eq!(

@@ -38,7 +38,7 @@ async fn rotation_publishes_next_first_and_keeps_retired_keys_until_their_tokens
     let old_token = token(&app).await;
     let old_kid = kid_of(&old_token);
 
-    let rotation = tessera::crypto::keys::rotate(
+    let rotation = tessera::service::keys::rotate(
         &app.pool,
         &app.settings.keys,
         app.settings.tokens.max_lifetime,
@@ -157,7 +157,7 @@ async fn rewrapping_moves_every_key_to_the_new_key_encryption_key() {
 
     let mut rotating = only_new.clone();
     rotating.previous_keks = vec![old.kek.clone()];
-    let count = tessera::crypto::keys::rewrap(&app.pool, &rotating)
+    let count = tessera::service::keys::rewrap(&app.pool, &rotating)
         .await
         .unwrap()
         .signing_keys;

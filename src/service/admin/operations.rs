@@ -23,9 +23,9 @@ pub async fn keys(services: &Services, caller: &Caller) -> Result<Vec<SigningKey
 pub async fn rotate(
     services: &Services,
     caller: &Caller,
-) -> Result<crate::crypto::keys::Rotation, AdminError> {
+) -> Result<crate::service::keys::Rotation, AdminError> {
     caller.require(&services.audit, Role::Editor).await?;
-    let rotation = crate::crypto::keys::rotate(
+    let rotation = crate::service::keys::rotate(
         &services.pool,
         services.keys.settings(),
         services.tokens.max_lifetime,
