@@ -85,7 +85,7 @@ impl Tour<'_> {
             .unwrap_or_default();
         let partner_a = curl("partner-a");
         let settlement = curl("settlement");
-        let resource_server = curl("admin");
+        let resource_server = curl("resource-server");
         vec![
             "# Shorthands: the server, the dev PKI, and reading access_token from a response."
                 .to_owned(),

@@ -186,7 +186,7 @@ async fn logs_never_carry_the_tokens_or_assertions_a_client_used() {
     assert_eq!(status, 400);
     let (status, _, _) = post(
         &server,
-        "admin",
+        "resource-server",
         "/oauth2/introspect",
         &[("client_id", "ledger-rs"), ("token", &narrow)],
     )
