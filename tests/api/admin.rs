@@ -1622,3 +1622,76 @@ async fn admins_are_accepted_only_under_the_configured_admin_anchor() {
     let accepted = as_(&with, "admin", Method::GET, "/admin/v1/whoami", &[], None).await;
     assert_eq!(accepted.status, 200, "{}", accepted.body);
 }
+
+/// `tessera admin call` against a running server: a table, JSON, a conditional update, and a
+/// refusal that exits non-zero.
+#[tokio::test]
+async fn the_command_line_calls_the_admin_api() {
+    let app = admin_app().await;
+    let pki = crate::helpers::pki();
+    let run = |args: Vec<String>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
+        command
+            .args(["admin", "call", "--url"])
+            .arg(format!("https://localhost:{}", app.addr.port()))
+            .arg("--cert")
+            .arg(pki.client_cert("admin"))
+            .arg("--key")
+            .arg(pki.client_key("admin"))
+            .arg("--ca")
+            .arg(pki.ca_cert())
+            .args(args)
+            .env_clear()
+            .kill_on_drop(true);
+        async move {
+            let output = command.output().await.unwrap();
+            (
+                output.status.success(),
+                String::from_utf8(output.stdout).unwrap(),
+                String::from_utf8(output.stderr).unwrap(),
+            )
+        }
+    };
+    let args = |list: &[&str]| list.iter().map(|arg| (*arg).to_owned()).collect::<Vec<_>>();
+
+    let (ok, table, _) = run(args(&["GET", "partners"])).await;
+    assert!(ok);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.starts_with("ID") && header.contains("REGION"),
+        "{table}"
+    );
+    assert!(
+        table.lines().any(|line| line.starts_with("partner-a ")),
+        "{table}"
+    );
+
+    let (ok, json, status) = run(args(&["GET", "/admin/v1/partners/partner-a", "--json"])).await;
+    assert!(ok);
+    assert!(status.contains("ETag \"1\""), "{status}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&json).unwrap()["id"],
+        "partner-a"
+    );
+
+    let rename = [
+        "PATCH",
+        "partners/partner-a",
+        "--if-match",
+        "1",
+        "--data",
+        r#"{"name":"Partner A plc"}"#,
+    ];
+    let (ok, _, status) = run(args(&rename)).await;
+    assert!(ok, "{status}");
+    assert_eq!(
+        partner_row(&app, "partner-a").await.unwrap().0,
+        "Partner A plc"
+    );
+    let (ok, refusal, _) = run(args(&rename)).await;
+    assert!(!ok, "a stale update exits non-zero");
+    assert_eq!(
+        serde_json::from_str::<Value>(&refusal).unwrap()["status"],
+        412
+    );
+}
