@@ -289,6 +289,21 @@ async fn an_admin_token_works_only_with_its_certificate_and_audience() {
     .await;
     assert_eq!(me.status, 200, "{}", me.body);
     assert_eq!(me.body["id"], "admin");
+    let admins = as_(
+        &app,
+        "admin",
+        Method::GET,
+        "/admin/v1/admins",
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert_eq!(
+        admins.body.as_array().map(|admins| admins.len()),
+        Some(2),
+        "{}",
+        admins.body
+    );
 
     // Presented with another admin's certificate: refused.
     let stolen = as_(
@@ -361,12 +376,33 @@ async fn an_admin_token_works_only_with_its_certificate_and_audience() {
     .await;
     assert_problem(&create, 403, "urn:tessera:problem:forbidden");
     assert_eq!(partner_row(&app, "partner-x").await, None);
+
+    // A revoked admin token is refused (here revoked by the operations client).
+    let (status, _) = app
+        .post_form(
+            Some("resource-server"),
+            "/oauth2/revoke",
+            &[("client_id", "ops-admin"), ("token", &token)],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let revoked = as_(
+        &app,
+        "admin",
+        Method::GET,
+        "/admin/v1/whoami",
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert_problem(&revoked, 401, "urn:tessera:problem:unauthenticated");
     assert_eq!(
         denials(&app).await,
         [
             "the access token is bound to another certificate",
             "the access token is not for the admin audience",
             "the `editor` role is required",
+            "the access token is revoked",
         ]
     );
 }
