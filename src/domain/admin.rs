@@ -363,6 +363,7 @@ pub enum ProposedChange {
     /// Replace the client (at `base_version`) with this state.
     UpdateClient(ClientDoc),
     UpdateAudience(AudienceDoc),
+    UpdateAdmin(AdminUpdate),
 }
 
 impl ProposedChange {
@@ -374,6 +375,7 @@ impl ProposedChange {
             Self::CreateClient(_) => "create_client",
             Self::UpdateClient(_) => "update_client",
             Self::UpdateAudience(_) => "update_audience",
+            Self::UpdateAdmin(_) => "update_admin",
         }
     }
 }
@@ -1235,4 +1237,70 @@ pub struct Versioned<T> {
     #[serde(flatten)]
     pub doc: T,
     pub version: i32,
+}
+
+/// Changes to an admin: roles and status. Adding a role or reactivating widens (a
+/// proposal); removing roles and suspending take effect at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<Role>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PartnerStatus>,
+}
+
+impl AdminUpdate {
+    pub fn from_body(bytes: &[u8]) -> Result<Self, FieldError> {
+        let body = Body::parse(bytes, &["roles", "status"])?;
+        let roles = match body.0.get("roles") {
+            None => None,
+            Some(Value::Array(names)) => {
+                let joined = names
+                    .iter()
+                    .map(|name| name.as_str().unwrap_or("").to_owned())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                Some(
+                    Role::parse_list(&joined)
+                        .map_err(|reason| FieldError::new("roles", "roles", reason))?,
+                )
+            }
+            Some(_) => return Err(FieldError::new("roles", "array", "a list of roles")),
+        };
+        let status = body
+            .text("status")?
+            .map(|status| PartnerStatus::parse("status", &status))
+            .transpose()?;
+        if roles.is_none() && status.is_none() {
+            return Err(FieldError::new(
+                "",
+                "non_empty",
+                "roles or status must be given",
+            ));
+        }
+        Ok(Self { roles, status })
+    }
+
+    pub fn applied_to(&self, admin: &Admin) -> Admin {
+        Admin {
+            roles: self.roles.clone().unwrap_or_else(|| admin.roles.clone()),
+            active: self
+                .status
+                .map_or(admin.active, |status| status == PartnerStatus::Active),
+            version: admin.version.saturating_add(1),
+            ..admin.clone()
+        }
+    }
+
+    pub fn widens(&self, admin: &Admin) -> Vec<&'static str> {
+        let after = self.applied_to(admin);
+        let mut reasons = Vec::new();
+        if after.roles.iter().any(|role| !admin.roles.contains(role)) {
+            reasons.push("more roles");
+        }
+        if after.active && !admin.active {
+            reasons.push("reactivates the admin");
+        }
+        reasons
+    }
 }

@@ -1731,3 +1731,65 @@ async fn the_command_line_calls_the_admin_api() {
         412
     );
 }
+
+/// More roles wait for a second admin, who may not be the one gaining them; suspension is
+/// immediate and locks the admin out.
+#[tokio::test]
+async fn admin_roles_grow_only_by_approval_and_suspension_is_immediate() {
+    let app = admin_app().await;
+    let path = "/admin/v1/admins/admin-2";
+    let more = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        path,
+        &[("if-match", "\"1\"")],
+        Some(json!({"roles": ["approver", "editor"]})),
+    )
+    .await;
+    assert_eq!(more.status, 202, "{}", more.body);
+    assert_eq!(more.body["diff"]["widens"], json!(["more roles"]));
+    let approve = format!(
+        "/admin/v1/proposals/{}/approve",
+        more.body["id"].as_str().unwrap()
+    );
+    let own = as_(&app, "admin-2", Method::POST, &approve, &[], None).await;
+    assert_problem(&own, 403, "urn:tessera:problem:forbidden");
+    let me = as_(&app, "admin-2", Method::GET, "/admin/v1/whoami", &[], None).await;
+    assert_eq!(me.body["roles"], json!(["approver"]));
+    assert_eq!(
+        denials(&app).await,
+        ["an admin cannot decide a change of their own roles or status"]
+    );
+
+    let invalid = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        path,
+        &[("if-match", "\"1\"")],
+        Some(json!({"roles": ["root"]})),
+    )
+    .await;
+    assert_problem(&invalid, 422, "urn:tessera:problem:invalid-field");
+    assert_eq!(invalid.body["field"], "roles");
+
+    let suspended = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        path,
+        &[("if-match", "\"1\"")],
+        Some(json!({"status": "suspended"})),
+    )
+    .await;
+    assert_eq!(suspended.status, 200, "{}", suspended.body);
+    assert_eq!(suspended.etag.as_deref(), Some("\"2\""));
+    let locked_out = as_(&app, "admin-2", Method::GET, "/admin/v1/whoami", &[], None).await;
+    assert_problem(&locked_out, 403, "urn:tessera:problem:forbidden");
+    let record = &admin_records(&app, "admin_updated").await[0];
+    assert_eq!(
+        record["changes"]["diff"],
+        json!({"active": {"before": true, "after": false}})
+    );
+}
