@@ -363,6 +363,7 @@ pub enum ProposedChange {
     /// Replace the client (at `base_version`) with this state.
     UpdateClient(ClientDoc),
     UpdateAudience(AudienceDoc),
+    UpdateAdmin(AdminUpdate),
 }
 
 impl ProposedChange {
@@ -374,6 +375,7 @@ impl ProposedChange {
             Self::CreateClient(_) => "create_client",
             Self::UpdateClient(_) => "update_client",
             Self::UpdateAudience(_) => "update_audience",
+            Self::UpdateAdmin(_) => "update_admin",
         }
     }
 }
@@ -419,66 +421,6 @@ pub struct Proposal {
     pub decided_by: Option<String>,
     pub reason: Option<String>,
     pub version: i32,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn partner(status: PartnerStatus) -> Partner {
-        Partner {
-            id: "p".into(),
-            name: "P".into(),
-            region: "eu".into(),
-            status,
-            version: 1,
-        }
-    }
-
-    #[test]
-    fn roles_parse_as_a_list_of_known_names() {
-        assert_eq!(
-            Role::parse_list("approver, editor").unwrap(),
-            [Role::Editor, Role::Approver]
-        );
-        assert!(Role::parse_list("root").is_err());
-        assert!(Role::parse_list("editor,editor").is_err());
-    }
-
-    #[test]
-    fn reactivating_or_moving_a_partner_widens_and_suspending_narrows() {
-        let suspend = PartnerUpdate {
-            status: Some(PartnerStatus::Suspended),
-            ..PartnerUpdate::default()
-        };
-        assert_eq!(
-            suspend.reach(&partner(PartnerStatus::Active)),
-            Reach::Narrows
-        );
-        let reactivate = PartnerUpdate {
-            status: Some(PartnerStatus::Active),
-            ..PartnerUpdate::default()
-        };
-        assert_eq!(
-            reactivate.reach(&partner(PartnerStatus::Suspended)),
-            Reach::Widens
-        );
-        let moving = PartnerUpdate {
-            region: Some("us".into()),
-            ..PartnerUpdate::default()
-        };
-        assert_eq!(moving.reach(&partner(PartnerStatus::Active)), Reach::Widens);
-    }
-
-    #[test]
-    fn the_diff_names_only_what_changed() {
-        let before = serde_json::json!({"name": "a", "region": "eu", "version": 1});
-        let after = serde_json::json!({"name": "b", "region": "eu", "version": 2});
-        assert_eq!(
-            diff(&before, &after),
-            serde_json::json!({"name": {"before": "a", "after": "b"}})
-        );
-    }
 }
 
 /// Algorithms a trust profile may allow: asymmetric only, never `none` or HMAC.
@@ -1235,4 +1177,238 @@ pub struct Versioned<T> {
     #[serde(flatten)]
     pub doc: T,
     pub version: i32,
+}
+
+/// Changes to an admin: roles and status. Adding a role or reactivating widens (a
+/// proposal); removing roles and suspending take effect at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<Role>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PartnerStatus>,
+}
+
+impl AdminUpdate {
+    pub fn from_body(bytes: &[u8]) -> Result<Self, FieldError> {
+        let body = Body::parse(bytes, &["roles", "status"])?;
+        let roles = match body.0.get("roles") {
+            None => None,
+            Some(Value::Array(names)) => {
+                let joined = names
+                    .iter()
+                    .map(|name| name.as_str().unwrap_or("").to_owned())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                Some(
+                    Role::parse_list(&joined)
+                        .map_err(|reason| FieldError::new("roles", "roles", reason))?,
+                )
+            }
+            Some(_) => return Err(FieldError::new("roles", "array", "a list of roles")),
+        };
+        let status = body
+            .text("status")?
+            .map(|status| PartnerStatus::parse("status", &status))
+            .transpose()?;
+        if roles.is_none() && status.is_none() {
+            return Err(FieldError::new(
+                "",
+                "non_empty",
+                "roles or status must be given",
+            ));
+        }
+        Ok(Self { roles, status })
+    }
+
+    pub fn applied_to(&self, admin: &Admin) -> Admin {
+        Admin {
+            roles: self.roles.clone().unwrap_or_else(|| admin.roles.clone()),
+            active: self
+                .status
+                .map_or(admin.active, |status| status == PartnerStatus::Active),
+            version: admin.version.saturating_add(1),
+            ..admin.clone()
+        }
+    }
+
+    pub fn widens(&self, admin: &Admin) -> Vec<&'static str> {
+        let after = self.applied_to(admin);
+        let mut reasons = Vec::new();
+        if after.roles.iter().any(|role| !admin.roles.contains(role)) {
+            reasons.push("more roles");
+        }
+        if after.active && !admin.active {
+            reasons.push("reactivates the admin");
+        }
+        reasons
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partner(status: PartnerStatus) -> Partner {
+        Partner {
+            id: "p".into(),
+            name: "P".into(),
+            region: "eu".into(),
+            status,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn roles_parse_as_a_list_of_known_names() {
+        assert_eq!(
+            Role::parse_list("approver, editor").unwrap(),
+            [Role::Editor, Role::Approver]
+        );
+        assert!(Role::parse_list("root").is_err());
+        assert!(Role::parse_list("editor,editor").is_err());
+    }
+
+    #[test]
+    fn reactivating_or_moving_a_partner_widens_and_suspending_narrows() {
+        let suspend = PartnerUpdate {
+            status: Some(PartnerStatus::Suspended),
+            ..PartnerUpdate::default()
+        };
+        assert_eq!(
+            suspend.reach(&partner(PartnerStatus::Active)),
+            Reach::Narrows
+        );
+        let reactivate = PartnerUpdate {
+            status: Some(PartnerStatus::Active),
+            ..PartnerUpdate::default()
+        };
+        assert_eq!(
+            reactivate.reach(&partner(PartnerStatus::Suspended)),
+            Reach::Widens
+        );
+        let moving = PartnerUpdate {
+            region: Some("us".into()),
+            ..PartnerUpdate::default()
+        };
+        assert_eq!(moving.reach(&partner(PartnerStatus::Active)), Reach::Widens);
+    }
+
+    #[test]
+    fn the_diff_names_only_what_changed() {
+        let before = serde_json::json!({"name": "a", "region": "eu", "version": 1});
+        let after = serde_json::json!({"name": "b", "region": "eu", "version": 2});
+        assert_eq!(
+            diff(&before, &after),
+            serde_json::json!({"name": {"before": "a", "after": "b"}})
+        );
+    }
+
+    fn profile() -> TrustProfileDoc {
+        TrustProfileDoc::from_body(
+            serde_json::json!({
+                "issuers": ["https://idp.test"],
+                "jwks_uri": "https://idp.test/jwks",
+                "algorithms": ["ES256"],
+                "max_assertion_lifetime_s": 300,
+                "required_claims": {"tenant": "d"},
+                "audiences": ["https://ledger.test"],
+                "scopes": ["ledger:read"],
+                "region": "eu",
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_profile_widens_by_every_listed_kind_of_reach_and_narrowing_does_not() {
+        let active = profile();
+        assert!(profile().widens(Some(&active)).is_empty());
+        assert_eq!(
+            profile().widens(None),
+            ["first trust profile of the partner"]
+        );
+        let narrower = TrustProfileDoc {
+            scopes: Vec::new(),
+            max_assertion_lifetime_s: 60,
+            status: PartnerStatus::Suspended,
+            ..profile()
+        };
+        assert!(narrower.widens(Some(&active)).is_empty());
+        let wider = TrustProfileDoc {
+            issuers: vec!["https://idp.test".into(), "https://other.test".into()],
+            jwks_uri: Some("https://idp.test/other-jwks".into()),
+            algorithms: vec!["ES256".into(), "RS256".into()],
+            max_assertion_lifetime_s: 600,
+            required_claims: Map::new(),
+            single_use: false,
+            client_ca_pem: Some("CA".into()),
+            audiences: vec!["https://ledger.test".into(), "https://payments.test".into()],
+            scopes: vec!["ledger:read".into(), "ledger:write".into()],
+            region: "us".into(),
+            ..profile()
+        };
+        assert_eq!(
+            wider.widens(Some(&active)),
+            [
+                "new issuer",
+                "new key source",
+                "more algorithms",
+                "longer assertion lifetime",
+                "fewer required claims",
+                "assertions no longer single-use",
+                "new client CA",
+                "more audiences",
+                "more scopes",
+                "another region",
+            ]
+        );
+        assert_eq!(
+            narrower.widens(Some(&TrustProfileDoc {
+                status: PartnerStatus::Suspended,
+                ..profile()
+            })),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            profile().widens(Some(&narrower)),
+            [
+                "reactivates the profile",
+                "longer assertion lifetime",
+                "more scopes"
+            ]
+        );
+    }
+
+    #[test]
+    fn profiles_refuse_symmetric_algorithms_and_plain_http() {
+        let refused = |change: serde_json::Value| {
+            let mut body = serde_json::to_value(profile()).unwrap();
+            for (key, value) in change.as_object().unwrap() {
+                body[key] = value.clone();
+            }
+            TrustProfileDoc::from_body(body.to_string().as_bytes())
+                .unwrap_err()
+                .field
+        };
+        assert_eq!(
+            refused(serde_json::json!({"algorithms": ["HS256"]})),
+            "algorithms"
+        );
+        assert_eq!(
+            refused(serde_json::json!({"algorithms": ["none"]})),
+            "algorithms"
+        );
+        assert_eq!(
+            refused(serde_json::json!({"issuers": ["http://idp.test"]})),
+            "issuers"
+        );
+        assert_eq!(
+            refused(serde_json::json!({"jwks": {"keys": []}})),
+            "jwks",
+            "two key sources"
+        );
+    }
 }

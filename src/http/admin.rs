@@ -24,6 +24,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config.service(
         web::scope("/admin/v1")
             .route("/whoami", web::get().to(whoami))
+            .route("/admins", web::get().to(list_admins))
+            .route("/admins/{id}", web::patch().to(update_admin))
             .route("/token", web::post().to(token))
             .route("/partners", web::get().to(list_partners))
             .route("/partners", web::post().to(create_partner))
@@ -635,4 +637,31 @@ async fn decide(
 ) -> Reply {
     let caller = caller(&req, &services, &certificate, request_id).await?;
     Ok(HttpResponse::Ok().json(operations::decide(&services, &caller, &body).await?))
+}
+
+async fn list_admins(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+) -> Reply {
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    Ok(HttpResponse::Ok().json(crate::service::admin::auth::admins(&services, &caller).await?))
+}
+
+async fn update_admin(
+    req: HttpRequest,
+    services: web::Data<Services>,
+    certificate: PeerCertificate,
+    request_id: RequestId,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Reply {
+    use crate::service::admin::admins::{self, Updated};
+    let caller = caller(&req, &services, &certificate, request_id).await?;
+    let expected = if_match(&req)?;
+    match admins::update(&services, &caller, &id, expected, &body).await? {
+        Updated::Applied(admin) => Ok(with_etag(HttpResponse::Ok(), admin.version, &admin)),
+        Updated::Proposed(proposal) => Ok(proposed(&proposal)),
+    }
 }

@@ -1,6 +1,7 @@
 //! The admin API's use cases: who is calling, what they may do, and every change committed
 //! with its audit record (see [`crate::audit::Change`]).
 
+pub mod admins;
 pub mod audit_query;
 pub mod auth;
 pub mod bootstrap;

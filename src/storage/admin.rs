@@ -1034,3 +1034,38 @@ pub async fn signing_keys(conn: &mut PgConnection) -> Result<Vec<SigningKeyInfo>
     .fetch_all(conn)
     .await
 }
+
+/// One admin, its row locked until the transaction ends.
+pub async fn admin_for_update(
+    conn: &mut PgConnection,
+    id: &str,
+) -> Result<Option<Admin>, sqlx::Error> {
+    let row: Option<AdminRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ADMIN_COLUMNS} FROM admins WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(Admin::from))
+}
+
+/// Stores roles and status over the row at `admin.version - 1`; false when that is gone.
+pub async fn update_admin(conn: &mut PgConnection, admin: &Admin) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE admins SET roles = $2, status = $3, version = $4
+          WHERE id = $1 AND version = $4 - 1",
+    )
+    .bind(&admin.id)
+    .bind(
+        admin
+            .roles
+            .iter()
+            .map(|role| role.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(if admin.active { "active" } else { "suspended" })
+    .bind(admin.version)
+    .execute(conn)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}

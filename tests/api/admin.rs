@@ -289,6 +289,21 @@ async fn an_admin_token_works_only_with_its_certificate_and_audience() {
     .await;
     assert_eq!(me.status, 200, "{}", me.body);
     assert_eq!(me.body["id"], "admin");
+    let admins = as_(
+        &app,
+        "admin",
+        Method::GET,
+        "/admin/v1/admins",
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert_eq!(
+        admins.body.as_array().map(|admins| admins.len()),
+        Some(2),
+        "{}",
+        admins.body
+    );
 
     // Presented with another admin's certificate: refused.
     let stolen = as_(
@@ -361,12 +376,33 @@ async fn an_admin_token_works_only_with_its_certificate_and_audience() {
     .await;
     assert_problem(&create, 403, "urn:tessera:problem:forbidden");
     assert_eq!(partner_row(&app, "partner-x").await, None);
+
+    // A revoked admin token is refused (here revoked by the operations client).
+    let (status, _) = app
+        .post_form(
+            Some("resource-server"),
+            "/oauth2/revoke",
+            &[("client_id", "ops-admin"), ("token", &token)],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let revoked = as_(
+        &app,
+        "admin",
+        Method::GET,
+        "/admin/v1/whoami",
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert_problem(&revoked, 401, "urn:tessera:problem:unauthenticated");
     assert_eq!(
         denials(&app).await,
         [
             "the access token is bound to another certificate",
             "the access token is not for the admin audience",
             "the `editor` role is required",
+            "the access token is revoked",
         ]
     );
 }
@@ -1621,4 +1657,139 @@ async fn admins_are_accepted_only_under_the_configured_admin_anchor() {
     bootstrap_admin(&with, "admin", &[Role::Viewer]).await;
     let accepted = as_(&with, "admin", Method::GET, "/admin/v1/whoami", &[], None).await;
     assert_eq!(accepted.status, 200, "{}", accepted.body);
+}
+
+/// `tessera admin call` against a running server: a table, JSON, a conditional update, and a
+/// refusal that exits non-zero.
+#[tokio::test]
+async fn the_command_line_calls_the_admin_api() {
+    let app = admin_app().await;
+    let pki = crate::helpers::pki();
+    let run = |args: Vec<String>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
+        command
+            .args(["admin", "call", "--url"])
+            .arg(format!("https://localhost:{}", app.addr.port()))
+            .arg("--cert")
+            .arg(pki.client_cert("admin"))
+            .arg("--key")
+            .arg(pki.client_key("admin"))
+            .arg("--ca")
+            .arg(pki.ca_cert())
+            .args(args)
+            .env_clear()
+            .kill_on_drop(true);
+        async move {
+            let output = command.output().await.unwrap();
+            (
+                output.status.success(),
+                String::from_utf8(output.stdout).unwrap(),
+                String::from_utf8(output.stderr).unwrap(),
+            )
+        }
+    };
+    let args = |list: &[&str]| list.iter().map(|arg| (*arg).to_owned()).collect::<Vec<_>>();
+
+    let (ok, table, _) = run(args(&["GET", "partners"])).await;
+    assert!(ok);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.starts_with("ID") && header.contains("REGION"),
+        "{table}"
+    );
+    assert!(
+        table.lines().any(|line| line.starts_with("partner-a ")),
+        "{table}"
+    );
+
+    let (ok, json, status) = run(args(&["GET", "/admin/v1/partners/partner-a", "--json"])).await;
+    assert!(ok);
+    assert!(status.contains("ETag \"1\""), "{status}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&json).unwrap()["id"],
+        "partner-a"
+    );
+
+    let rename = [
+        "PATCH",
+        "partners/partner-a",
+        "--if-match",
+        "1",
+        "--data",
+        r#"{"name":"Partner A plc"}"#,
+    ];
+    let (ok, _, status) = run(args(&rename)).await;
+    assert!(ok, "{status}");
+    assert_eq!(
+        partner_row(&app, "partner-a").await.unwrap().0,
+        "Partner A plc"
+    );
+    let (ok, refusal, _) = run(args(&rename)).await;
+    assert!(!ok, "a stale update exits non-zero");
+    assert_eq!(
+        serde_json::from_str::<Value>(&refusal).unwrap()["status"],
+        412
+    );
+}
+
+/// More roles wait for a second admin, who may not be the one gaining them; suspension is
+/// immediate and locks the admin out.
+#[tokio::test]
+async fn admin_roles_grow_only_by_approval_and_suspension_is_immediate() {
+    let app = admin_app().await;
+    let path = "/admin/v1/admins/admin-2";
+    let more = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        path,
+        &[("if-match", "\"1\"")],
+        Some(json!({"roles": ["approver", "editor"]})),
+    )
+    .await;
+    assert_eq!(more.status, 202, "{}", more.body);
+    assert_eq!(more.body["diff"]["widens"], json!(["more roles"]));
+    let approve = format!(
+        "/admin/v1/proposals/{}/approve",
+        more.body["id"].as_str().unwrap()
+    );
+    let own = as_(&app, "admin-2", Method::POST, &approve, &[], None).await;
+    assert_problem(&own, 403, "urn:tessera:problem:forbidden");
+    let me = as_(&app, "admin-2", Method::GET, "/admin/v1/whoami", &[], None).await;
+    assert_eq!(me.body["roles"], json!(["approver"]));
+    assert_eq!(
+        denials(&app).await,
+        ["an admin cannot decide a change of their own roles or status"]
+    );
+
+    let invalid = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        path,
+        &[("if-match", "\"1\"")],
+        Some(json!({"roles": ["root"]})),
+    )
+    .await;
+    assert_problem(&invalid, 422, "urn:tessera:problem:invalid-field");
+    assert_eq!(invalid.body["field"], "roles");
+
+    let suspended = as_(
+        &app,
+        "admin",
+        Method::PATCH,
+        path,
+        &[("if-match", "\"1\"")],
+        Some(json!({"status": "suspended"})),
+    )
+    .await;
+    assert_eq!(suspended.status, 200, "{}", suspended.body);
+    assert_eq!(suspended.etag.as_deref(), Some("\"2\""));
+    let locked_out = as_(&app, "admin-2", Method::GET, "/admin/v1/whoami", &[], None).await;
+    assert_problem(&locked_out, 403, "urn:tessera:problem:forbidden");
+    let record = &admin_records(&app, "admin_updated").await[0];
+    assert_eq!(
+        record["changes"]["diff"],
+        json!({"active": {"before": true, "after": false}})
+    );
 }

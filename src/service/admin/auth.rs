@@ -93,6 +93,13 @@ async fn identify(services: &Services, presented: &Presented<'_>) -> Result<Call
                 "the access token was issued to another admin",
             ));
         }
+        if services
+            .revocations
+            .is_revoked(&services.pool, &claims.jti)
+            .await?
+        {
+            return Err(AdminError::Unauthenticated("the access token is revoked"));
+        }
     }
     Ok(Caller {
         admin,
@@ -167,4 +174,14 @@ pub async fn issue_token(
         token_type: "Bearer",
         expires_in: TOKEN_LIFETIME_S,
     })
+}
+
+/// Every registered admin with roles and status.
+pub async fn admins(
+    services: &Services,
+    caller: &Caller,
+) -> Result<Vec<crate::domain::admin::Admin>, AdminError> {
+    caller.require(&services.audit, Role::Viewer).await?;
+    let mut conn = services.pool.acquire().await?;
+    Ok(crate::storage::admin::admins(&mut conn).await?)
 }

@@ -54,8 +54,17 @@ pub async fn decide(
 ) -> Result<Proposal, AdminError> {
     caller.require(&services.audit, Role::Approver).await?;
     let proposal = get(services, caller, id).await?;
-    if proposal.author == caller.admin.id {
-        let refusal = "the author of a proposal cannot decide it";
+    // Nobody decides on their own change, nor on a change of their own powers.
+    let refusal = if proposal.author == caller.admin.id {
+        Some("the author of a proposal cannot decide it")
+    } else if matches!(proposal.change, ProposedChange::UpdateAdmin(_))
+        && proposal.target == caller.admin.id
+    {
+        Some("an admin cannot decide a change of their own roles or status")
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
         denied(
             &services.audit,
             &caller.request_id,
@@ -196,6 +205,9 @@ async fn apply(
         | ProposedChange::UpdateClient(_)
         | ProposedChange::UpdateAudience(_) => {
             super::registry::apply_approved(conn, proposal).await
+        }
+        ProposedChange::UpdateAdmin(update) => {
+            super::admins::apply_approved(conn, proposal, update).await
         }
         ProposedChange::GrantConsent(grant) => {
             super::consents::apply_approved(conn, grant, approver).await
