@@ -104,7 +104,7 @@ pub(super) async fn apply(
     change: &dyn ErasedChange,
 ) -> Result<EventDetails, (BatchError, Option<super::ChainHead>)> {
     // Every other record waits behind this transaction.
-    crate::storage::admin::limit_statement_time(tx)
+    crate::storage::limit_statement_time(tx)
         .await
         .map_err(|error| (error.into(), None))?;
     change

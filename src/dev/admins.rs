@@ -21,7 +21,7 @@ pub async fn register(
     {
         let mut conn = pool.acquire().await?;
         for (id, roles) in DEV_ADMINS {
-            if crate::storage::admin::admin_by_id(&mut conn, id)
+            if crate::storage::admins::admin_by_id(&mut conn, id)
                 .await?
                 .is_none()
             {

@@ -352,3 +352,71 @@ pub async fn count_matching_after(
         .await?;
     Ok(count)
 }
+
+/// Which audit records to read; every filter given must match.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub request_id: Option<String>,
+    pub since: Option<time::OffsetDateTime>,
+    pub until: Option<time::OffsetDateTime>,
+    pub partner: Option<String>,
+    pub client: Option<String>,
+    pub consent: Option<String>,
+    pub txn: Option<String>,
+    pub outcome: Option<String>,
+    pub kind: Option<String>,
+    /// Continue after this record: (recorded_at, chain, seq).
+    pub after: Option<(time::OffsetDateTime, uuid::Uuid, i64)>,
+    pub limit: i64,
+}
+
+/// Records in (recorded_at, chain, seq) order: their canonical text and position.
+pub async fn audit_records(
+    conn: &mut PgConnection,
+    filter: &AuditFilter,
+) -> Result<Vec<(String, time::OffsetDateTime, uuid::Uuid, i64)>, sqlx::Error> {
+    let (after_at, after_chain, after_seq) = filter.after.unzip3();
+    sqlx::query_as(
+        "SELECT record, recorded_at, chain_id, seq FROM audit_events
+          WHERE ($1::text IS NULL OR (record::jsonb ->> 'request_id') = $1)
+            AND ($2::timestamptz IS NULL OR recorded_at >= $2)
+            AND ($3::timestamptz IS NULL OR recorded_at < $3)
+            AND ($4::text IS NULL OR partner = $4)
+            AND ($5::text IS NULL OR client_id = $5)
+            AND ($6::text IS NULL OR consent_id = $6)
+            AND ($7::text IS NULL OR txn = $7)
+            AND ($8::text IS NULL OR outcome = $8)
+            AND ($9::text IS NULL OR kind = $9)
+            AND ($10::timestamptz IS NULL OR (recorded_at, chain_id, seq) > ($10, $11, $12))
+          ORDER BY recorded_at, chain_id, seq
+          LIMIT $13",
+    )
+    .bind(&filter.request_id)
+    .bind(filter.since)
+    .bind(filter.until)
+    .bind(&filter.partner)
+    .bind(&filter.client)
+    .bind(&filter.consent)
+    .bind(&filter.txn)
+    .bind(&filter.outcome)
+    .bind(&filter.kind)
+    .bind(after_at)
+    .bind(after_chain)
+    .bind(after_seq)
+    .bind(filter.limit)
+    .fetch_all(conn)
+    .await
+}
+
+trait Unzip3<A, B, C> {
+    fn unzip3(self) -> (Option<A>, Option<B>, Option<C>);
+}
+
+impl<A, B, C> Unzip3<A, B, C> for Option<(A, B, C)> {
+    fn unzip3(self) -> (Option<A>, Option<B>, Option<C>) {
+        match self {
+            Some((a, b, c)) => (Some(a), Some(b), Some(c)),
+            None => (None, None, None),
+        }
+    }
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 
+use crate::domain::admin::{ClientDoc, PartnerStatus, Versioned};
 use crate::domain::audiences::AudienceId;
 use crate::domain::clients::{
     Authentication, CertificateAnchor, CertificateIdentity, Client, Status,
@@ -203,4 +204,160 @@ impl UsageTracker {
         .await?;
         Ok(())
     }
+}
+
+#[derive(sqlx::FromRow)]
+struct ClientDocRow {
+    id: String,
+    partner_id: String,
+    name: String,
+    auth_method: String,
+    tls_subject_dn: Option<String>,
+    tls_san_dns: Option<String>,
+    tls_san_uri: Option<String>,
+    tls_san_ip: Option<String>,
+    tls_san_email: Option<String>,
+    tls_anchor: Option<String>,
+    jwks: Option<serde_json::Value>,
+    grant_types: Vec<String>,
+    max_lifetime_s: i32,
+    resource_audience: Option<String>,
+    audiences: serde_json::Value,
+    status: String,
+    version: i32,
+}
+
+impl From<ClientDocRow> for Versioned<ClientDoc> {
+    fn from(row: ClientDocRow) -> Self {
+        Self {
+            doc: ClientDoc {
+                id: row.id,
+                partner: row.partner_id,
+                name: row.name,
+                auth_method: row.auth_method,
+                tls_subject_dn: row.tls_subject_dn,
+                tls_san_dns: row.tls_san_dns,
+                tls_san_uri: row.tls_san_uri,
+                tls_san_ip: row.tls_san_ip,
+                tls_san_email: row.tls_san_email,
+                tls_anchor: row.tls_anchor,
+                jwks: row.jwks,
+                grant_types: row.grant_types,
+                max_lifetime_s: row.max_lifetime_s,
+                resource_audience: row.resource_audience,
+                audiences: serde_json::from_value(row.audiences).unwrap_or_default(),
+                status: if row.status == "active" {
+                    PartnerStatus::Active
+                } else {
+                    PartnerStatus::Suspended
+                },
+            },
+            version: row.version,
+        }
+    }
+}
+
+const CLIENT_SELECT: &str = "SELECT c.id, c.partner_id, c.name, c.auth_method, c.tls_subject_dn,
+        c.tls_san_dns, c.tls_san_uri, host(c.tls_san_ip) AS tls_san_ip, c.tls_san_email,
+        c.tls_anchor, c.jwks, c.grant_types, c.max_lifetime_s, c.resource_audience, c.status,
+        c.version,
+        COALESCE((SELECT jsonb_object_agg(ca.audience_id, to_jsonb(ca.scopes))
+                    FROM client_audiences ca WHERE ca.client_id = c.id), '{}') AS audiences
+   FROM clients c";
+
+pub async fn clients(conn: &mut PgConnection) -> Result<Vec<Versioned<ClientDoc>>, sqlx::Error> {
+    let rows: Vec<ClientDocRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{CLIENT_SELECT} ORDER BY c.id"
+    )))
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(Versioned::from).collect())
+}
+
+pub async fn client(
+    conn: &mut PgConnection,
+    id: &str,
+    for_update: bool,
+) -> Result<Option<Versioned<ClientDoc>>, sqlx::Error> {
+    let lock = if for_update { " FOR UPDATE OF c" } else { "" };
+    let row: Option<ClientDocRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{CLIENT_SELECT} WHERE c.id = $1{lock}"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(Versioned::from))
+}
+
+/// Inserts the client (version 1) or, with `version`, replaces the one at `version - 1`;
+/// false when that version is gone. Refused by the database when the identity is taken
+/// (by another client or an admin) or the row breaks a rule of the table.
+pub async fn store_client(
+    conn: &mut PgConnection,
+    client: &ClientDoc,
+    version: i32,
+) -> Result<bool, sqlx::Error> {
+    let written = if version == 1 {
+        sqlx::query(
+            "INSERT INTO clients
+                (id, partner_id, name, auth_method, tls_subject_dn, tls_san_dns, tls_san_uri,
+                 tls_san_ip, tls_san_email, tls_anchor, jwks, grant_types, max_lifetime_s,
+                 resource_audience, status)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::inet, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(&client.id)
+        .bind(&client.partner)
+        .bind(&client.name)
+        .bind(&client.auth_method)
+        .bind(&client.tls_subject_dn)
+        .bind(&client.tls_san_dns)
+        .bind(&client.tls_san_uri)
+        .bind(&client.tls_san_ip)
+        .bind(&client.tls_san_email)
+        .bind(&client.tls_anchor)
+        .bind(&client.jwks)
+        .bind(&client.grant_types)
+        .bind(client.max_lifetime_s)
+        .bind(&client.resource_audience)
+        .bind(client.status.as_str())
+        .execute(&mut *conn)
+        .await?
+    } else {
+        sqlx::query(
+            "UPDATE clients SET name = $2, status = $3, max_lifetime_s = $4, grant_types = $5,
+                    version = $6
+              WHERE id = $1 AND version = $6 - 1",
+        )
+        .bind(&client.id)
+        .bind(&client.name)
+        .bind(client.status.as_str())
+        .bind(client.max_lifetime_s)
+        .bind(&client.grant_types)
+        .bind(version)
+        .execute(&mut *conn)
+        .await?
+    };
+    if written.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query("DELETE FROM client_audiences WHERE client_id = $1")
+        .bind(&client.id)
+        .execute(&mut *conn)
+        .await?;
+    let (audiences, scopes): (Vec<&String>, Vec<serde_json::Value>) = client
+        .audiences
+        .iter()
+        .map(|(audience, scopes)| (audience, serde_json::json!(scopes)))
+        .unzip();
+    sqlx::query(
+        "INSERT INTO client_audiences (client_id, audience_id, scopes)
+         SELECT $1, a, ARRAY(SELECT jsonb_array_elements_text(s))
+           FROM UNNEST($2::text[], $3::jsonb[]) AS batch (a, s)",
+    )
+    .bind(&client.id)
+    .bind(audiences)
+    .bind(scopes)
+    .execute(conn)
+    .await?;
+    Ok(true)
 }

@@ -1,10 +1,11 @@
 //! Consent rows: every change is a new version; the highest version is the record's state.
 
 use serde_json::json;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 
 use crate::audit::{AuditError, AuditLog, EventDetails, EventKind, Outcome};
+use crate::domain::admin::{ConsentFilter, ConsentGrant, ConsentRecord};
 use crate::domain::consents::{Consent, ConsentStatus, NewConsent};
 use crate::domain::ids::ConsentId;
 use crate::domain::scopes::ScopeSet;
@@ -201,4 +202,162 @@ pub async fn revoke(
         )
         .await?;
     Ok(revoked)
+}
+
+#[derive(sqlx::FromRow)]
+struct ConsentVersionRow {
+    id: uuid::Uuid,
+    version: i32,
+    grantor: String,
+    grantee_partner: String,
+    grantee_client: Option<String>,
+    scopes: Vec<String>,
+    audiences: Vec<String>,
+    effective_from: time::OffsetDateTime,
+    effective_until: time::OffsetDateTime,
+    legal_basis: String,
+    constraints: serde_json::Value,
+    status: String,
+    changed_by: String,
+    revocation_reason: Option<String>,
+}
+
+impl From<ConsentVersionRow> for ConsentRecord {
+    fn from(row: ConsentVersionRow) -> Self {
+        Self {
+            id: row.id,
+            version: row.version,
+            grant: ConsentGrant {
+                grantor: row.grantor,
+                grantee_partner: row.grantee_partner,
+                grantee_client: row.grantee_client,
+                scopes: row.scopes,
+                audiences: row.audiences,
+                effective_from: row.effective_from,
+                effective_until: row.effective_until,
+                legal_basis: row.legal_basis,
+                constraints: row.constraints.as_object().cloned().unwrap_or_default(),
+            },
+            status: row.status,
+            changed_by: row.changed_by,
+            revocation_reason: row.revocation_reason,
+        }
+    }
+}
+
+const CONSENT_CURRENT: &str = "SELECT DISTINCT ON (id) id, version, grantor, grantee_partner,
+        grantee_client, scopes, audiences, effective_from, effective_until, legal_basis,
+        constraints, status, changed_by, revocation_reason
+   FROM consents";
+
+/// The current version of every consent matching the filter.
+pub async fn consents(
+    conn: &mut PgConnection,
+    filter: &ConsentFilter,
+) -> Result<Vec<ConsentRecord>, sqlx::Error> {
+    let rows: Vec<ConsentVersionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT * FROM ({CONSENT_CURRENT} ORDER BY id, version DESC) current
+          WHERE ($1::text IS NULL OR grantor = $1)
+            AND ($2::text IS NULL OR grantee_partner = $2)
+            AND ($3::text IS NULL OR $3 = ANY (audiences))
+            AND ($4::text IS NULL OR status = $4)
+          ORDER BY effective_from, id"
+    )))
+    .bind(&filter.grantor)
+    .bind(&filter.grantee)
+    .bind(&filter.audience)
+    .bind(&filter.status)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(ConsentRecord::from).collect())
+}
+
+/// A consent's current version; `for_update` serialises changes of it (on its first row,
+/// which every version shares the id of).
+pub async fn consent(
+    conn: &mut PgConnection,
+    id: uuid::Uuid,
+    for_update: bool,
+) -> Result<Option<ConsentRecord>, sqlx::Error> {
+    if for_update {
+        sqlx::query("SELECT 1 FROM consents WHERE id = $1 AND version = 1 FOR UPDATE")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let row: Option<ConsentVersionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{CONSENT_CURRENT} WHERE id = $1 ORDER BY id, version DESC"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(ConsentRecord::from))
+}
+
+pub async fn insert_consent(
+    conn: &mut PgConnection,
+    id: uuid::Uuid,
+    grant: &ConsentGrant,
+    by: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO consents (id, version, grantor, grantee_partner, grantee_client, scopes,
+                               audiences, effective_from, effective_until, legal_basis,
+                               constraints, status, changed_by)
+         VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'active', $11)",
+    )
+    .bind(id)
+    .bind(&grant.grantor)
+    .bind(&grant.grantee_partner)
+    .bind(&grant.grantee_client)
+    .bind(&grant.scopes)
+    .bind(&grant.audiences)
+    .bind(grant.effective_from)
+    .bind(grant.effective_until)
+    .bind(&grant.legal_basis)
+    .bind(serde_json::Value::Object(grant.constraints.clone()))
+    .bind(by)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Stores the revoked next version of the consent.
+pub async fn revoke_consent(
+    conn: &mut PgConnection,
+    id: uuid::Uuid,
+    by: &str,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO consents (id, version, grantor, grantee_partner, grantee_client, scopes,
+                               audiences, effective_from, effective_until, legal_basis,
+                               constraints, status, changed_by, revocation_reason)
+         SELECT id, version + 1, grantor, grantee_partner, grantee_client, scopes, audiences,
+                effective_from, effective_until, legal_basis, constraints, 'revoked', $2, $3
+           FROM consents WHERE id = $1 ORDER BY version DESC LIMIT 1",
+    )
+    .bind(id)
+    .bind(by)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether the partner exists and, when given, the client is one of its clients.
+pub async fn partner_and_client_exist(
+    conn: &mut PgConnection,
+    partner: &str,
+    client: Option<&str>,
+) -> Result<(bool, bool), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM partners WHERE id = $1),
+                $2::text IS NULL
+                OR EXISTS (SELECT 1 FROM clients WHERE id = $2 AND partner_id = $1)",
+    )
+    .bind(partner)
+    .bind(client)
+    .fetch_one(conn)
+    .await
 }

@@ -224,3 +224,31 @@ pub async fn rewrap(
         .await?;
     Ok(())
 }
+
+/// A signing key as admins see it: never its private half.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct SigningKeyInfo {
+    pub kid: String,
+    pub algorithm: String,
+    pub state: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: time::OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub activated_at: Option<time::OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub retired_at: Option<time::OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub publish_until: Option<time::OffsetDateTime>,
+    pub age_s: i64,
+}
+
+pub async fn signing_keys(conn: &mut PgConnection) -> Result<Vec<SigningKeyInfo>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT kid, algorithm, state, created_at, activated_at, retired_at, publish_until,
+                extract(epoch FROM now() - created_at)::bigint AS age_s
+           FROM signing_keys
+          ORDER BY created_at DESC",
+    )
+    .fetch_all(conn)
+    .await
+}

@@ -1,6 +1,6 @@
 //! The PostgreSQL pool and the embedded migrations.
 
-pub mod admin;
+pub mod admins;
 pub mod audiences;
 pub mod audit;
 pub mod audit_keys;
@@ -9,6 +9,8 @@ pub mod consents;
 pub mod expiry;
 pub mod governance;
 pub mod keys;
+pub mod partners;
+pub mod proposals;
 pub mod registry;
 pub mod replay;
 pub mod revocations;
@@ -130,6 +132,15 @@ pub fn database_url(server_url: &str, name: &str) -> String {
         url.push_str(query);
     }
     url
+}
+
+/// Bounds every statement of the current transaction: the audit writer runs admin changes in
+/// its own transaction, and every other record waits behind it.
+pub async fn limit_statement_time(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SET LOCAL statement_timeout = '2s'")
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

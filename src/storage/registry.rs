@@ -1,5 +1,6 @@
 //! Clients and audiences as this node sees them, read through a short-lived cache.
 
+use sqlx::PgConnection;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,4 +64,29 @@ impl Registry {
         }
         Ok(audience)
     }
+}
+
+/// The channel on which every registry change is announced to every node, on commit.
+pub const REGISTRY_CHANNEL: &str = "tessera_registry";
+
+/// Tells every node (on commit) that the registry changed, so that caches are dropped.
+pub async fn notify_registry_changed(
+    conn: &mut PgConnection,
+    what: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(REGISTRY_CHANNEL)
+        .bind(what)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A connection listening on [`REGISTRY_CHANNEL`]; it reconnects by itself after a drop.
+pub async fn registry_listener(
+    pool: &sqlx::PgPool,
+) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen(REGISTRY_CHANNEL).await?;
+    Ok(listener)
 }

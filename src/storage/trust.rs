@@ -1,8 +1,9 @@
 //! Trust profile rows: versions, the active head, the issuers each partner claims.
 
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
+use crate::domain::admin::{PartnerStatus, TrustProfileDoc, TrustProfileVersion};
 use crate::domain::jwks::PublicKeys;
 use crate::domain::scopes::ScopeSet;
 use crate::domain::trust::{KeySource, NewProfile, Reach, TrustProfile};
@@ -245,4 +246,205 @@ pub enum TrustError {
     Malformed(String),
     #[error("the partner's key set could not be fetched: {0}")]
     KeysUnreachable(String),
+}
+
+#[derive(sqlx::FromRow)]
+struct ProfileVersionRow {
+    partner_id: String,
+    version: i32,
+    active: bool,
+    created_by: String,
+    issuers: Vec<String>,
+    jwks: Option<serde_json::Value>,
+    jwks_uri: Option<String>,
+    algorithms: Vec<String>,
+    max_assertion_lifetime_s: i32,
+    required_claims: serde_json::Value,
+    single_use: bool,
+    client_ca_pem: Option<String>,
+    audiences: Vec<String>,
+    scopes: Vec<String>,
+    region: String,
+    status: String,
+    required_typ: Option<String>,
+}
+
+impl From<ProfileVersionRow> for TrustProfileVersion {
+    fn from(row: ProfileVersionRow) -> Self {
+        Self {
+            partner: row.partner_id,
+            version: row.version,
+            active: row.active,
+            created_by: row.created_by,
+            profile: TrustProfileDoc {
+                issuers: row.issuers,
+                jwks: row.jwks,
+                jwks_uri: row.jwks_uri,
+                algorithms: row.algorithms,
+                max_assertion_lifetime_s: row.max_assertion_lifetime_s,
+                required_claims: row.required_claims.as_object().cloned().unwrap_or_default(),
+                single_use: row.single_use,
+                client_ca_pem: row.client_ca_pem,
+                audiences: row.audiences,
+                scopes: row.scopes,
+                region: row.region,
+                status: if row.status == "active" {
+                    PartnerStatus::Active
+                } else {
+                    PartnerStatus::Suspended
+                },
+                required_typ: row.required_typ,
+            },
+        }
+    }
+}
+
+const PROFILE_SELECT: &str = "SELECT p.partner_id, p.version,
+        COALESCE(h.active_version = p.version, false) AS active, p.created_by, p.issuers,
+        p.jwks, p.jwks_uri, p.algorithms, p.max_assertion_lifetime_s, p.required_claims,
+        p.single_use, p.client_ca_pem, p.audiences, p.scopes, p.region, p.status,
+        p.required_typ
+   FROM trust_profiles p LEFT JOIN trust_profile_heads h ON h.partner_id = p.partner_id";
+
+/// Every version of the partner's trust profile, newest first.
+pub async fn profile_versions(
+    conn: &mut PgConnection,
+    partner: &str,
+) -> Result<Vec<TrustProfileVersion>, sqlx::Error> {
+    let rows: Vec<ProfileVersionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{PROFILE_SELECT} WHERE p.partner_id = $1 ORDER BY p.version DESC"
+    )))
+    .bind(partner)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(TrustProfileVersion::from).collect())
+}
+
+pub async fn profile_version(
+    conn: &mut PgConnection,
+    partner: &str,
+    version: i32,
+) -> Result<Option<TrustProfileVersion>, sqlx::Error> {
+    let row: Option<ProfileVersionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{PROFILE_SELECT} WHERE p.partner_id = $1 AND p.version = $2"
+    )))
+    .bind(partner)
+    .bind(version)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(TrustProfileVersion::from))
+}
+
+/// The partner's active version (0 when it has none), locked against concurrent activation
+/// until the transaction ends (through the partner's row, which exists before any head).
+pub async fn lock_active_version(
+    conn: &mut PgConnection,
+    partner: &str,
+) -> Result<Option<i32>, sqlx::Error> {
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM partners WHERE id = $1 FOR UPDATE")
+        .bind(partner)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let active: Option<i32> =
+        sqlx::query_scalar("SELECT active_version FROM trust_profile_heads WHERE partner_id = $1")
+            .bind(partner)
+            .fetch_optional(conn)
+            .await?;
+    Ok(Some(active.unwrap_or(0)))
+}
+
+/// Stores the next version (not active); returns its number.
+pub async fn insert_profile_version(
+    conn: &mut PgConnection,
+    partner: &str,
+    profile: &TrustProfileDoc,
+    by: &str,
+) -> Result<i32, sqlx::Error> {
+    let version: i32 = sqlx::query_scalar(
+        "SELECT COALESCE(max(version), 0) + 1 FROM trust_profiles WHERE partner_id = $1",
+    )
+    .bind(partner)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO trust_profiles
+            (partner_id, version, issuers, jwks, jwks_uri, algorithms, max_assertion_lifetime_s,
+             required_claims, single_use, client_ca_pem, audiences, scopes, region, status,
+             created_by, required_typ)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(partner)
+    .bind(version)
+    .bind(&profile.issuers)
+    .bind(&profile.jwks)
+    .bind(&profile.jwks_uri)
+    .bind(&profile.algorithms)
+    .bind(profile.max_assertion_lifetime_s)
+    .bind(serde_json::Value::Object(profile.required_claims.clone()))
+    .bind(profile.single_use)
+    .bind(&profile.client_ca_pem)
+    .bind(&profile.audiences)
+    .bind(&profile.scopes)
+    .bind(&profile.region)
+    .bind(profile.status.as_str())
+    .bind(by)
+    .bind(&profile.required_typ)
+    .execute(conn)
+    .await?;
+    Ok(version)
+}
+
+/// Those of `audiences` that are not registered.
+pub async fn unknown_audiences(
+    conn: &mut PgConnection,
+    audiences: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT a FROM unnest($1::text[]) AS a
+          WHERE NOT EXISTS (SELECT 1 FROM audiences WHERE id = a)",
+    )
+    .bind(audiences)
+    .fetch_all(conn)
+    .await
+}
+
+/// Makes `version` the partner's active profile after claiming its issuers; returns the
+/// partner that already holds one of them instead, if any (one issuer, one partner).
+pub async fn activate_profile(
+    conn: &mut PgConnection,
+    partner: &str,
+    version: i32,
+    issuers: &[String],
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO trust_issuers (issuer, partner_id) SELECT unnest($1::text[]), $2
+         ON CONFLICT (issuer) DO NOTHING",
+    )
+    .bind(issuers)
+    .bind(partner)
+    .execute(&mut *conn)
+    .await?;
+    let claimed: Option<String> = sqlx::query_scalar(
+        "SELECT partner_id FROM trust_issuers WHERE issuer = ANY ($1) AND partner_id <> $2
+          LIMIT 1",
+    )
+    .bind(issuers)
+    .bind(partner)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if claimed.is_some() {
+        return Ok(claimed);
+    }
+    sqlx::query(
+        "INSERT INTO trust_profile_heads (partner_id, active_version) VALUES ($1, $2)
+         ON CONFLICT (partner_id) DO UPDATE SET active_version = EXCLUDED.active_version",
+    )
+    .bind(partner)
+    .bind(version)
+    .execute(conn)
+    .await?;
+    Ok(None)
 }

@@ -8,7 +8,7 @@ use crate::domain::admin::{
     Admin, AdminUpdate, Proposal, ProposalStatus, ProposedChange, Role, diff,
 };
 use crate::service::Services;
-use crate::storage::admin as storage;
+use crate::storage;
 
 use super::{AdminError, Caller};
 
@@ -59,7 +59,7 @@ impl Change for Update {
 
     fn apply<'c>(&'c self, conn: &'c mut PgConnection) -> Applied<'c, Updated, AdminError> {
         Box::pin(async move {
-            let current = storage::admin_for_update(conn, &self.id)
+            let current = storage::admins::admin_for_update(conn, &self.id)
                 .await?
                 .ok_or_else(|| AdminError::NotFound(format!("admin `{}`", self.id)))?;
             if current.version != self.expected {
@@ -72,7 +72,7 @@ impl Change for Update {
             let changes = diff(&before_json, &after_json);
             let widens = self.update.widens(&current);
             if widens.is_empty() {
-                if !storage::update_admin(conn, &after).await? {
+                if !storage::admins::update_admin(conn, &after).await? {
                     return Err(AdminError::PreconditionFailed {
                         current: current.version,
                     });
@@ -96,7 +96,7 @@ impl Change for Update {
                 reason: None,
                 version: 1,
             };
-            storage::insert_proposal(conn, &proposal).await?;
+            storage::proposals::insert_proposal(conn, &proposal).await?;
             let mut details = self.caller.details("proposal_created", None);
             details.changes = Some(serde_json::json!({
                 "proposal": proposal.id, "kind": proposal.change.kind(), "admin": self.id,
@@ -113,7 +113,7 @@ pub(super) async fn apply_approved(
     proposal: &Proposal,
     update: &AdminUpdate,
 ) -> Result<serde_json::Value, AdminError> {
-    let current = storage::admin_for_update(conn, &proposal.target)
+    let current = storage::admins::admin_for_update(conn, &proposal.target)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("admin `{}`", proposal.target)))?;
     if Some(current.version) != proposal.base_version {
@@ -123,7 +123,7 @@ pub(super) async fn apply_approved(
         )));
     }
     let after = update.applied_to(&current);
-    if !storage::update_admin(conn, &after).await? {
+    if !storage::admins::update_admin(conn, &after).await? {
         return Err(AdminError::Conflict(format!(
             "admin `{}` changed meanwhile",
             proposal.target

@@ -8,7 +8,8 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::domain::admin::{FieldError, Role};
 use crate::service::Services;
-use crate::storage::admin::{self as storage, AuditFilter};
+use crate::storage;
+use crate::storage::audit::AuditFilter;
 
 use super::{AdminError, Caller};
 
@@ -96,7 +97,7 @@ pub async fn query(
         limit,
     };
     let mut conn = services.pool.acquire().await?;
-    let rows = storage::audit_records(&mut conn, &filter).await?;
+    let rows = storage::audit::audit_records(&mut conn, &filter).await?;
     let next = (i64::try_from(rows.len()).unwrap_or(i64::MAX) == limit)
         .then(|| rows.last())
         .flatten()

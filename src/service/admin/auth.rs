@@ -55,7 +55,7 @@ async fn identify(services: &Services, presented: &Presented<'_>) -> Result<Call
     }
     let mut conn = services.pool.acquire().await?;
     let admin =
-        crate::storage::admin::admin_by_subject(&mut conn, &certificate.subject.to_string())
+        crate::storage::admins::admin_by_subject(&mut conn, &certificate.subject.to_string())
             .await?
             .ok_or(AdminError::Unauthenticated(
                 "no admin is registered with this certificate identity",
@@ -183,5 +183,5 @@ pub async fn admins(
 ) -> Result<Vec<crate::domain::admin::Admin>, AdminError> {
     caller.require(&services.audit, Role::Viewer).await?;
     let mut conn = services.pool.acquire().await?;
-    Ok(crate::storage::admin::admins(&mut conn).await?)
+    Ok(crate::storage::admins::admins(&mut conn).await?)
 }

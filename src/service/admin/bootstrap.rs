@@ -82,7 +82,7 @@ impl Change for Register {
 
     fn apply<'c>(&'c self, conn: &'c mut PgConnection) -> Applied<'c, Admin, AdminError> {
         Box::pin(async move {
-            let admin = crate::storage::admin::insert_admin(
+            let admin = crate::storage::admins::insert_admin(
                 conn,
                 &self.id,
                 &self.identity.subject_dn,

@@ -10,7 +10,7 @@ use crate::domain::admin::{
     ProposedChange, Role,
 };
 use crate::service::Services;
-use crate::storage::admin as storage;
+use crate::storage;
 
 use super::{AdminError, Caller};
 
@@ -26,7 +26,7 @@ pub async fn list(
         return Err(FieldError::new("status", "enum", "must be `active` or `revoked`").into());
     }
     let mut conn = services.pool.acquire().await?;
-    Ok(storage::consents(&mut conn, filter).await?)
+    Ok(storage::consents::consents(&mut conn, filter).await?)
 }
 
 pub async fn get(
@@ -36,7 +36,7 @@ pub async fn get(
 ) -> Result<ConsentRecord, AdminError> {
     caller.require(&services.audit, Role::Viewer).await?;
     let mut conn = services.pool.acquire().await?;
-    storage::consent(&mut conn, id, false)
+    storage::consents::consent(&mut conn, id, false)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("consent `{id}`")))
 }
@@ -63,11 +63,12 @@ pub async fn grant(
 
 /// Refuses a grant naming parties or audiences that do not exist.
 async fn check_references(conn: &mut PgConnection, grant: &ConsentGrant) -> Result<(), AdminError> {
-    let (grantor, _) = storage::partner_and_client_exist(conn, &grant.grantor, None).await?;
+    let (grantor, _) =
+        storage::consents::partner_and_client_exist(conn, &grant.grantor, None).await?;
     if !grantor {
         return Err(FieldError::new("grantor", "registered_partner", "no such partner").into());
     }
-    let (grantee, client) = storage::partner_and_client_exist(
+    let (grantee, client) = storage::consents::partner_and_client_exist(
         conn,
         &grant.grantee_partner,
         grant.grantee_client.as_deref(),
@@ -86,7 +87,7 @@ async fn check_references(conn: &mut PgConnection, grant: &ConsentGrant) -> Resu
         )
         .into());
     }
-    let unknown = storage::unknown_audiences(conn, &grant.audiences).await?;
+    let unknown = storage::trust::unknown_audiences(conn, &grant.audiences).await?;
     if !unknown.is_empty() {
         return Err(FieldError::new(
             "audiences",
@@ -123,7 +124,7 @@ impl Change for Propose {
                 reason: None,
                 version: 1,
             };
-            storage::insert_proposal(conn, &proposal).await?;
+            storage::proposals::insert_proposal(conn, &proposal).await?;
             let mut details = self
                 .caller
                 .details("proposal_created", Some(&self.grant.grantor));
@@ -144,8 +145,8 @@ pub(super) async fn apply_approved(
 ) -> Result<serde_json::Value, AdminError> {
     check_references(conn, grant).await?;
     let id = uuid::Uuid::new_v4();
-    storage::insert_consent(conn, id, grant, approver).await?;
-    storage::notify_registry_changed(conn, "consents").await?;
+    storage::consents::insert_consent(conn, id, grant, approver).await?;
+    storage::registry::notify_registry_changed(conn, "consents").await?;
     Ok(serde_json::json!({ "consent_id": id, "before": null, "after": grant }))
 }
 
@@ -189,7 +190,7 @@ impl Change for Revoke {
 
     fn apply<'c>(&'c self, conn: &'c mut PgConnection) -> Applied<'c, ConsentRecord, AdminError> {
         Box::pin(async move {
-            let current = storage::consent(conn, self.id, true)
+            let current = storage::consents::consent(conn, self.id, true)
                 .await?
                 .ok_or_else(|| AdminError::NotFound(format!("consent `{}`", self.id)))?;
             if current.version != self.expected {
@@ -202,9 +203,10 @@ impl Change for Revoke {
                     "the consent is already revoked".into(),
                 ));
             }
-            storage::revoke_consent(conn, self.id, &self.caller.admin.id, &self.reason).await?;
-            storage::notify_registry_changed(conn, "consents").await?;
-            let revoked = storage::consent(conn, self.id, false)
+            storage::consents::revoke_consent(conn, self.id, &self.caller.admin.id, &self.reason)
+                .await?;
+            storage::registry::notify_registry_changed(conn, "consents").await?;
+            let revoked = storage::consents::consent(conn, self.id, false)
                 .await?
                 .ok_or_else(|| AdminError::NotFound(format!("consent `{}`", self.id)))?;
             let details = EventDetails {

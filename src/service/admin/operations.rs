@@ -7,14 +7,15 @@ use crate::audit::{EventDetails, EventKind, Outcome};
 use crate::domain::admin::{FieldError, Role};
 use crate::policy::{Action, PolicyContext};
 use crate::service::Services;
-use crate::storage::admin::{self as storage, SigningKeyInfo};
+use crate::storage;
+use crate::storage::keys::SigningKeyInfo;
 
 use super::{AdminError, Caller};
 
 pub async fn keys(services: &Services, caller: &Caller) -> Result<Vec<SigningKeyInfo>, AdminError> {
     caller.require(&services.audit, Role::Viewer).await?;
     let mut conn = services.pool.acquire().await?;
-    Ok(storage::signing_keys(&mut conn).await?)
+    Ok(storage::keys::signing_keys(&mut conn).await?)
 }
 
 /// Rotates now, as `tessera keys rotate` does; this node signs with the new key at once,

@@ -9,20 +9,20 @@ use crate::domain::admin::{
     Role, diff,
 };
 use crate::service::Services;
-use crate::storage::admin as storage;
+use crate::storage;
 
 use super::{AdminError, Caller};
 
 pub async fn list(services: &Services, caller: &Caller) -> Result<Vec<Partner>, AdminError> {
     caller.require(&services.audit, Role::Viewer).await?;
     let mut conn = services.pool.acquire().await?;
-    Ok(storage::partners(&mut conn).await?)
+    Ok(storage::partners::partners(&mut conn).await?)
 }
 
 pub async fn get(services: &Services, caller: &Caller, id: &str) -> Result<Partner, AdminError> {
     caller.require(&services.audit, Role::Viewer).await?;
     let mut conn = services.pool.acquire().await?;
-    storage::partner(&mut conn, id, false)
+    storage::partners::partner(&mut conn, id, false)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("partner `{id}`")))
 }
@@ -57,12 +57,12 @@ impl Change for Create {
 
     fn apply<'c>(&'c self, conn: &'c mut PgConnection) -> Applied<'c, Partner, AdminError> {
         Box::pin(async move {
-            let created = storage::insert_partner(conn, &self.partner)
+            let created = storage::partners::insert_partner(conn, &self.partner)
                 .await?
                 .ok_or_else(|| {
                     AdminError::Conflict(format!("partner `{}` exists", self.partner.id))
                 })?;
-            storage::notify_registry_changed(conn, "partners").await?;
+            storage::registry::notify_registry_changed(conn, "partners").await?;
             let mut details = self.caller.details("partner_created", Some(&created.id));
             details.changes = Some(serde_json::json!({
                 "before": null,
@@ -117,7 +117,7 @@ impl Change for Update {
 
     fn apply<'c>(&'c self, conn: &'c mut PgConnection) -> Applied<'c, Updated, AdminError> {
         Box::pin(async move {
-            let current = storage::partner(conn, &self.id, true)
+            let current = storage::partners::partner(conn, &self.id, true)
                 .await?
                 .ok_or_else(|| AdminError::NotFound(format!("partner `{}`", self.id)))?;
             if current.version != self.expected {
@@ -129,12 +129,12 @@ impl Change for Update {
             let changes = diff(&json(&current)?, &json(&after)?);
             match self.update.reach(&current) {
                 Reach::Narrows => {
-                    if !storage::update_partner(conn, &after).await? {
+                    if !storage::partners::update_partner(conn, &after).await? {
                         return Err(AdminError::PreconditionFailed {
                             current: current.version,
                         });
                     }
-                    storage::notify_registry_changed(conn, "partners").await?;
+                    storage::registry::notify_registry_changed(conn, "partners").await?;
                     let mut details = self.caller.details("partner_updated", Some(&self.id));
                     details.changes = Some(serde_json::json!({
                         "before": current,
@@ -156,7 +156,7 @@ impl Change for Update {
                         reason: None,
                         version: 1,
                     };
-                    storage::insert_proposal(conn, &proposal).await?;
+                    storage::proposals::insert_proposal(conn, &proposal).await?;
                     let mut details = self.caller.details("proposal_created", Some(&self.id));
                     details.changes = Some(serde_json::json!({
                         "proposal": proposal.id,

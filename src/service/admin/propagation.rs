@@ -12,7 +12,7 @@ use sqlx::PgPool;
 pub async fn listen(pool: PgPool, changed: impl Fn() + Send + 'static) {
     {
         loop {
-            let mut listener = match crate::storage::admin::registry_listener(&pool).await {
+            let mut listener = match crate::storage::registry::registry_listener(&pool).await {
                 Ok(listener) => listener,
                 Err(error) => {
                     tracing::warn!(%error, "not listening for registry changes; retrying");

@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 use crate::audit::{Applied, Change, EventKind};
 use crate::domain::admin::{Proposal, ProposalStatus, ProposedChange, Role, diff};
 use crate::service::Services;
-use crate::storage::admin as storage;
+use crate::storage;
 
 use super::partners::json;
 use super::{AdminError, Caller, denied};
@@ -29,7 +29,7 @@ pub async fn list(
         })
         .transpose()?;
     let mut conn = services.pool.acquire().await?;
-    Ok(storage::proposals(&mut conn, status).await?)
+    Ok(storage::proposals::proposals(&mut conn, status).await?)
 }
 
 pub async fn get(
@@ -39,7 +39,7 @@ pub async fn get(
 ) -> Result<Proposal, AdminError> {
     caller.require(&services.audit, Role::Viewer).await?;
     let mut conn = services.pool.acquire().await?;
-    storage::proposal(&mut conn, id, false)
+    storage::proposals::proposal(&mut conn, id, false)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("proposal `{id}`")))
 }
@@ -108,7 +108,7 @@ impl Change for Decide {
 
     fn apply<'c>(&'c self, conn: &'c mut PgConnection) -> Applied<'c, Proposal, AdminError> {
         Box::pin(async move {
-            let proposal = storage::proposal(conn, self.id, true)
+            let proposal = storage::proposals::proposal(conn, self.id, true)
                 .await?
                 .ok_or_else(|| AdminError::NotFound(format!("proposal `{}`", self.id)))?;
             if proposal.status != ProposalStatus::Pending {
@@ -133,7 +133,7 @@ impl Change for Decide {
             } else {
                 None
             };
-            if !storage::decide_proposal(
+            if !storage::proposals::decide_proposal(
                 conn,
                 self.id,
                 status,
@@ -177,7 +177,7 @@ async fn apply(
 ) -> Result<serde_json::Value, AdminError> {
     match &proposal.change {
         ProposedChange::PartnerUpdate(update) => {
-            let current = storage::partner(conn, &proposal.target, true)
+            let current = storage::partners::partner(conn, &proposal.target, true)
                 .await?
                 .ok_or_else(|| AdminError::NotFound(format!("partner `{}`", proposal.target)))?;
             if Some(current.version) != proposal.base_version {
@@ -187,13 +187,13 @@ async fn apply(
                 )));
             }
             let after = update.applied_to(&current);
-            if !storage::update_partner(conn, &after).await? {
+            if !storage::partners::update_partner(conn, &after).await? {
                 return Err(AdminError::Conflict(format!(
                     "partner `{}` changed meanwhile",
                     proposal.target
                 )));
             }
-            storage::notify_registry_changed(conn, "partners").await?;
+            storage::registry::notify_registry_changed(conn, "partners").await?;
             let (before, after) = (json(&current)?, json(&after)?);
             Ok(serde_json::json!({
                 "before": before,

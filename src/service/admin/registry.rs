@@ -9,7 +9,7 @@ use crate::domain::admin::{
     Role, Versioned, diff,
 };
 use crate::service::Services;
-use crate::storage::admin as storage;
+use crate::storage;
 
 use super::{AdminError, Caller};
 
@@ -26,7 +26,7 @@ pub async fn clients(
 ) -> Result<Vec<Versioned<ClientDoc>>, AdminError> {
     caller.require(&services.audit, Role::Viewer).await?;
     let mut conn = services.pool.acquire().await?;
-    Ok(storage::clients(&mut conn).await?)
+    Ok(storage::clients::clients(&mut conn).await?)
 }
 
 pub async fn client(
@@ -36,7 +36,7 @@ pub async fn client(
 ) -> Result<Versioned<ClientDoc>, AdminError> {
     caller.require(&services.audit, Role::Viewer).await?;
     let mut conn = services.pool.acquire().await?;
-    storage::client(&mut conn, id, false)
+    storage::clients::client(&mut conn, id, false)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("client `{id}`")))
 }
@@ -70,7 +70,7 @@ fn refused_client(error: sqlx::Error) -> AdminError {
 /// refused now, not when an approver approves.
 async fn probe_client(conn: &mut PgConnection, client: &ClientDoc) -> Result<(), AdminError> {
     let mut probe = conn.begin().await?;
-    let stored = storage::store_client(&mut probe, client, 1).await;
+    let stored = storage::clients::store_client(&mut probe, client, 1).await;
     probe.rollback().await?;
     stored.map(|_| ()).map_err(refused_client)
 }
@@ -117,7 +117,7 @@ impl Change for ProposeClient {
 
     fn apply<'c>(&'c self, conn: &'c mut PgConnection) -> Applied<'c, Proposal, AdminError> {
         Box::pin(async move {
-            if storage::client(conn, &self.client.id, false)
+            if storage::clients::client(conn, &self.client.id, false)
                 .await?
                 .is_some()
             {
@@ -135,7 +135,7 @@ impl Change for ProposeClient {
                 None,
                 serde_json::json!({ "before": null, "after": after, "widens": ["new client"] }),
             );
-            storage::insert_proposal(conn, &proposal).await?;
+            storage::proposals::insert_proposal(conn, &proposal).await?;
             let mut details = self
                 .caller
                 .details("proposal_created", Some(&self.client.partner));
@@ -211,7 +211,7 @@ impl Change for UpdateClient {
 
     fn apply<'c>(&'c self, conn: &'c mut PgConnection) -> Applied<'c, Self::Output, AdminError> {
         Box::pin(async move {
-            let current = storage::client(conn, &self.id, true)
+            let current = storage::clients::client(conn, &self.id, true)
                 .await?
                 .ok_or_else(|| AdminError::NotFound(format!("client `{}`", self.id)))?;
             if current.version != self.expected {
@@ -227,7 +227,7 @@ impl Change for UpdateClient {
             details.client_id = Some(self.id.clone());
             if widens.is_empty() {
                 let version = current.version.saturating_add(1);
-                if !storage::store_client(conn, &after, version)
+                if !storage::clients::store_client(conn, &after, version)
                     .await
                     .map_err(refused_client)?
                 {
@@ -235,7 +235,7 @@ impl Change for UpdateClient {
                         current: current.version,
                     });
                 }
-                storage::notify_registry_changed(conn, "clients").await?;
+                storage::registry::notify_registry_changed(conn, "clients").await?;
                 details.changes = Some(serde_json::json!({
                     "before": before_json, "after": after_json, "diff": changes,
                 }));
@@ -252,7 +252,7 @@ impl Change for UpdateClient {
                 Some(current.version),
                 serde_json::json!({ "changes": changes, "widens": widens }),
             );
-            storage::insert_proposal(conn, &proposal).await?;
+            storage::proposals::insert_proposal(conn, &proposal).await?;
             details.reason = Some("proposal_created".to_owned());
             details.changes = Some(serde_json::json!({
                 "proposal": proposal.id, "kind": proposal.change.kind(),
@@ -269,7 +269,7 @@ pub async fn audiences(
 ) -> Result<Vec<Versioned<AudienceDoc>>, AdminError> {
     caller.require(&services.audit, Role::Viewer).await?;
     let mut conn = services.pool.acquire().await?;
-    Ok(storage::audiences(&mut conn).await?)
+    Ok(storage::audiences::audience_docs(&mut conn).await?)
 }
 
 pub async fn audience(
@@ -279,7 +279,7 @@ pub async fn audience(
 ) -> Result<Versioned<AudienceDoc>, AdminError> {
     caller.require(&services.audit, Role::Viewer).await?;
     let mut conn = services.pool.acquire().await?;
-    storage::audience(&mut conn, id, false)
+    storage::audiences::audience_doc(&mut conn, id, false)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("audience `{id}`")))
 }
@@ -316,13 +316,13 @@ impl Change for CreateAudience {
 
     fn apply<'c>(&'c self, conn: &'c mut PgConnection) -> Applied<'c, Self::Output, AdminError> {
         Box::pin(async move {
-            if !storage::store_audience(conn, &self.audience, 1).await? {
+            if !storage::audiences::store_audience(conn, &self.audience, 1).await? {
                 return Err(AdminError::Conflict(format!(
                     "audience `{}` exists",
                     self.audience.id
                 )));
             }
-            storage::notify_registry_changed(conn, "audiences").await?;
+            storage::registry::notify_registry_changed(conn, "audiences").await?;
             let mut details = self.caller.details("audience_created", None);
             details.audience = Some(self.audience.id.clone());
             details.changes = Some(serde_json::json!({
@@ -376,7 +376,7 @@ impl Change for UpdateAudience {
 
     fn apply<'c>(&'c self, conn: &'c mut PgConnection) -> Applied<'c, Self::Output, AdminError> {
         Box::pin(async move {
-            let current = storage::audience(conn, &self.id, true)
+            let current = storage::audiences::audience_doc(conn, &self.id, true)
                 .await?
                 .ok_or_else(|| AdminError::NotFound(format!("audience `{}`", self.id)))?;
             if current.version != self.expected {
@@ -392,12 +392,12 @@ impl Change for UpdateAudience {
             details.audience = Some(self.id.clone());
             if widens.is_empty() {
                 let version = current.version.saturating_add(1);
-                if !storage::store_audience(conn, &after, version).await? {
+                if !storage::audiences::store_audience(conn, &after, version).await? {
                     return Err(AdminError::PreconditionFailed {
                         current: current.version,
                     });
                 }
-                storage::notify_registry_changed(conn, "audiences").await?;
+                storage::registry::notify_registry_changed(conn, "audiences").await?;
                 details.changes = Some(serde_json::json!({
                     "before": before_json, "after": after_json, "diff": changes,
                 }));
@@ -414,7 +414,7 @@ impl Change for UpdateAudience {
                 Some(current.version),
                 serde_json::json!({ "changes": changes, "widens": widens }),
             );
-            storage::insert_proposal(conn, &proposal).await?;
+            storage::proposals::insert_proposal(conn, &proposal).await?;
             details.reason = Some("proposal_created".to_owned());
             details.changes = Some(serde_json::json!({
                 "proposal": proposal.id, "kind": proposal.change.kind(),
@@ -438,7 +438,7 @@ pub(super) async fn apply_approved(
     };
     match &proposal.change {
         ProposedChange::CreateClient(client) => {
-            if !storage::store_client(conn, client, 1)
+            if !storage::clients::store_client(conn, client, 1)
                 .await
                 .map_err(refused_client)?
             {
@@ -447,40 +447,46 @@ pub(super) async fn apply_approved(
                     client.id
                 )));
             }
-            storage::notify_registry_changed(conn, "clients").await?;
+            storage::registry::notify_registry_changed(conn, "clients").await?;
             Ok(serde_json::json!({ "before": null, "after": to_json(client)? }))
         }
         ProposedChange::UpdateClient(client) => {
-            let current = storage::client(conn, &client.id, true)
+            let current = storage::clients::client(conn, &client.id, true)
                 .await?
                 .ok_or_else(|| AdminError::NotFound(format!("client `{}`", client.id)))?;
             if Some(current.version) != proposal.base_version {
                 return Err(stale(current.version));
             }
             let version = current.version.saturating_add(1);
-            if !storage::store_client(conn, client, version)
+            if !storage::clients::store_client(conn, client, version)
                 .await
                 .map_err(refused_client)?
             {
                 return Err(stale(current.version));
             }
-            storage::notify_registry_changed(conn, "clients").await?;
+            storage::registry::notify_registry_changed(conn, "clients").await?;
             let (before, after) = (to_json(&current.doc)?, to_json(client)?);
             Ok(
                 serde_json::json!({ "diff": diff(&before, &after), "before": before, "after": after }),
             )
         }
         ProposedChange::UpdateAudience(audience) => {
-            let current = storage::audience(conn, &audience.id, true)
+            let current = storage::audiences::audience_doc(conn, &audience.id, true)
                 .await?
                 .ok_or_else(|| AdminError::NotFound(format!("audience `{}`", audience.id)))?;
             if Some(current.version) != proposal.base_version {
                 return Err(stale(current.version));
             }
-            if !storage::store_audience(conn, audience, current.version.saturating_add(1)).await? {
+            if !storage::audiences::store_audience(
+                conn,
+                audience,
+                current.version.saturating_add(1),
+            )
+            .await?
+            {
                 return Err(stale(current.version));
             }
-            storage::notify_registry_changed(conn, "audiences").await?;
+            storage::registry::notify_registry_changed(conn, "audiences").await?;
             let (before, after) = (to_json(&current.doc)?, to_json(audience)?);
             Ok(
                 serde_json::json!({ "diff": diff(&before, &after), "before": before, "after": after }),

@@ -13,7 +13,7 @@ use crate::domain::admin::{
     TrustProfileVersion, diff,
 };
 use crate::service::Services;
-use crate::storage::admin as storage;
+use crate::storage;
 
 use super::{AdminError, Caller};
 
@@ -25,10 +25,13 @@ pub async fn list(
 ) -> Result<(i32, Vec<TrustProfileVersion>), AdminError> {
     caller.require(&services.audit, Role::Viewer).await?;
     let mut conn = services.pool.acquire().await?;
-    if storage::partner(&mut conn, partner, false).await?.is_none() {
+    if storage::partners::partner(&mut conn, partner, false)
+        .await?
+        .is_none()
+    {
         return Err(AdminError::NotFound(format!("partner `{partner}`")));
     }
-    let versions = storage::profile_versions(&mut conn, partner).await?;
+    let versions = storage::trust::profile_versions(&mut conn, partner).await?;
     let active = versions
         .iter()
         .find(|version| version.active)
@@ -52,7 +55,7 @@ async fn find(
     partner: &str,
     version: i32,
 ) -> Result<TrustProfileVersion, AdminError> {
-    storage::profile_version(conn, partner, version)
+    storage::trust::profile_version(conn, partner, version)
         .await?
         .ok_or_else(|| {
             AdminError::NotFound(format!(
@@ -137,13 +140,13 @@ impl Change for Create {
 
     fn apply<'c>(&'c self, conn: &'c mut PgConnection) -> Applied<'c, Self::Output, AdminError> {
         Box::pin(async move {
-            if storage::lock_active_version(conn, &self.partner)
+            if storage::trust::lock_active_version(conn, &self.partner)
                 .await?
                 .is_none()
             {
                 return Err(AdminError::NotFound(format!("partner `{}`", self.partner)));
             }
-            let unknown = storage::unknown_audiences(conn, &self.profile.audiences).await?;
+            let unknown = storage::trust::unknown_audiences(conn, &self.profile.audiences).await?;
             if !unknown.is_empty() {
                 return Err(FieldError::new(
                     "audiences",
@@ -152,7 +155,7 @@ impl Change for Create {
                 )
                 .into());
             }
-            let version = storage::insert_profile_version(
+            let version = storage::trust::insert_profile_version(
                 conn,
                 &self.partner,
                 &self.profile,
@@ -267,7 +270,7 @@ impl Change for Activate {
                 reason: None,
                 version: 1,
             };
-            storage::insert_proposal(conn, &proposal).await?;
+            storage::proposals::insert_proposal(conn, &proposal).await?;
             let mut details = self.caller.details("proposal_created", Some(&self.partner));
             details.trust_profile_version = Some(i64::from(self.version));
             details.changes = Some(serde_json::json!({
@@ -285,7 +288,7 @@ async fn locked_active(
     partner: &str,
     expected: i32,
 ) -> Result<i32, AdminError> {
-    let active = storage::lock_active_version(conn, partner)
+    let active = storage::trust::lock_active_version(conn, partner)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("partner `{partner}`")))?;
     if active != expected {
@@ -301,14 +304,15 @@ async fn switch(
     target: &TrustProfileVersion,
 ) -> Result<(), AdminError> {
     if let Some(other) =
-        storage::activate_profile(conn, partner, target.version, &target.profile.issuers).await?
+        storage::trust::activate_profile(conn, partner, target.version, &target.profile.issuers)
+            .await?
     {
         return Err(AdminError::Conflict(format!(
             "an issuer of version {} already vouches for partner `{other}`",
             target.version
         )));
     }
-    storage::notify_registry_changed(conn, "trust_profiles").await?;
+    storage::registry::notify_registry_changed(conn, "trust_profiles").await?;
     Ok(())
 }
 
@@ -320,7 +324,7 @@ pub(super) async fn apply_approved(
     version: i32,
     base_version: Option<i32>,
 ) -> Result<serde_json::Value, AdminError> {
-    let active = storage::lock_active_version(conn, partner)
+    let active = storage::trust::lock_active_version(conn, partner)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("partner `{partner}`")))?;
     if Some(active) != base_version {
@@ -386,7 +390,7 @@ impl Change for Suspend {
                 status: PartnerStatus::Suspended,
                 ..current.profile.clone()
             };
-            let version = storage::insert_profile_version(
+            let version = storage::trust::insert_profile_version(
                 conn,
                 &self.partner,
                 &suspended,
