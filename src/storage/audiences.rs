@@ -82,7 +82,7 @@ impl From<AudienceDocRow> for Versioned<AudienceDoc> {
 }
 
 const AUDIENCE_SELECT: &str = "SELECT id, name, scopes, max_lifetime_s,
-        require_certificate_bound, region, kind, cross_region_allowed, version FROM audience_docs";
+        require_certificate_bound, region, kind, cross_region_allowed, version FROM audiences";
 
 pub async fn audience_docs(
     conn: &mut PgConnection,
@@ -110,7 +110,7 @@ pub async fn audience_doc(
     Ok(row.map(Versioned::from))
 }
 
-/// Inserts the audience_doc (version 1; false when the id is taken) or replaces the one at
+/// Inserts the audience (version 1; false when the id is taken) or replaces the one at
 /// `version - 1` (false when that version is gone).
 pub async fn store_audience(
     conn: &mut PgConnection,
@@ -118,11 +118,11 @@ pub async fn store_audience(
     version: i32,
 ) -> Result<bool, sqlx::Error> {
     let statement = if version == 1 {
-        "INSERT INTO audience_docs (id, name, scopes, max_lifetime_s, require_certificate_bound,
+        "INSERT INTO audiences (id, name, scopes, max_lifetime_s, require_certificate_bound,
                                 region, kind, cross_region_allowed)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
     } else {
-        "UPDATE audience_docs SET name = $2, scopes = $3, max_lifetime_s = $4,
+        "UPDATE audiences SET name = $2, scopes = $3, max_lifetime_s = $4,
                 require_certificate_bound = $5, cross_region_allowed = $8, version = $9
           WHERE id = $1 AND version = $9 - 1 AND region = $6 AND kind = $7"
     };
