@@ -36,16 +36,8 @@ pub enum BankError {
     Malformed(String),
     #[error("bank response longer than {MAX_RESPONSE_BYTES} bytes")]
     TooLarge,
-}
-
-impl BankError {
-    /// The bank's `Retry-After`, when it sent one.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Self::RateLimited { retry_after } => *retry_after,
-            _ => None,
-        }
-    }
+    #[error("the connection's request budget for this minute is spent")]
+    BudgetSpent,
 }
 
 /// What the bank issued.
@@ -121,11 +113,10 @@ impl BankClient {
         let client = BasicClient::new(self.client_id.clone())
             .set_auth_type(AuthType::RequestBody)
             .set_token_uri(self.token_endpoint.clone());
-        let send = |request: HttpRequest| send(&self.http, request);
         let response = client
             .exchange_client_credentials()
             .add_scopes(scopes.to_vec().into_iter().map(Scope::new))
-            .request_async(&send)
+            .request_async(&Transport(&self.http))
             .await
             .map_err(|error| match error {
                 RequestTokenError::Request(error) => error,
@@ -159,7 +150,22 @@ impl BankClient {
     }
 }
 
-/// The adapter `oauth2` calls: one request over reqwest, the body read up to the bound.
+/// The adapter `oauth2` calls. A named type with a boxed `Send` future rather than a closure:
+/// a closure's future borrows with a lifetime the compiler cannot prove `Send` for every
+/// caller, which the scheduler's tasks need.
+struct Transport<'a>(&'a reqwest::Client);
+
+impl<'c> oauth2::AsyncHttpClient<'c> for Transport<'_> {
+    type Error = BankError;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<HttpResponse, BankError>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(send(self.0, request))
+    }
+}
+
+/// One request over reqwest, the body read up to the bound.
 /// Statuses that carry no OAuth error body are answered here, with what they mean.
 async fn send(http: &reqwest::Client, request: HttpRequest) -> Result<HttpResponse, BankError> {
     let request = reqwest::Request::try_from(request)
