@@ -25,3 +25,4 @@ mod partner;
 mod policy;
 mod startup;
 mod tls;
+mod upstream;
