@@ -31,7 +31,7 @@ CREATE TABLE upstream_connections (
     -- Token, revocation and introspection calls per minute, counted here so that every node
     -- spends the same budget.
     requests_per_minute     INTEGER NOT NULL DEFAULT 60 CHECK (requests_per_minute BETWEEN 1 AND 10000),
-    budget_window_start     TIMESTAMPTZ NOT NULL DEFAULT '-infinity',
+    budget_window_start     TIMESTAMPTZ NOT NULL DEFAULT 'epoch',
     budget_used             INTEGER NOT NULL DEFAULT 0 CHECK (budget_used >= 0),
     created_at              TIMESTAMPTZ NOT NULL DEFAULT now()
 );
@@ -65,7 +65,7 @@ CREATE TABLE upstream_credentials (
     -- When the current lease was claimed: a token fetched under it counts its life from here.
     claimed_at            TIMESTAMPTZ,
     lease_expires_at      TIMESTAMPTZ,
-    next_try              TIMESTAMPTZ NOT NULL DEFAULT '-infinity',
+    next_try              TIMESTAMPTZ NOT NULL DEFAULT 'epoch',
     attempts              INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     -- A bank's 429 `Retry-After`, honoured by every node.
     retry_after           TIMESTAMPTZ,

@@ -83,7 +83,10 @@ impl CredentialState {
         match (self, has_token) {
             (Self::Rotating, true) => Ok(Self::Expiring),
             (Self::Rotating, false) => Ok(Self::Initialized),
-            (from, _) => Err(InvalidTransition { from, by: "failure" }),
+            (from, _) => Err(InvalidTransition {
+                from,
+                by: "failure",
+            }),
         }
     }
 }
@@ -110,9 +113,11 @@ pub fn refresh_share(threshold_percent: u8, audience: &str) -> f64 {
 
 /// A stable number in [0, 1) for an audience (FNV-1a), the same on every node.
 pub fn spread(audience: &str) -> f64 {
-    let hash = audience.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = audience
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
     // The top 53 bits fill an f64's mantissa exactly.
     (hash >> 11) as f64 / (1u64 << 53) as f64
 }

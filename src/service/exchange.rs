@@ -18,9 +18,9 @@ use crate::domain::ids::{ConsentId, Jti, TxnId};
 use crate::domain::scope_limits::{self, Limit};
 use crate::domain::scopes::ScopeSet;
 use crate::policy::{Action, PolicyContext};
+use crate::service::Granted;
 use crate::service::Services;
 use crate::service::authenticate::AuthenticatedClient;
-use crate::service::Granted;
 use crate::service::live::live_token;
 use crate::service::{Call, OAuthError};
 

@@ -130,7 +130,9 @@ async fn decide(
     }
     if request.subject_token_type != TokenType::AccessToken {
         return Err(refused(
-            Denial::InvalidRequest("the subject_token must be an access token of this server".into()),
+            Denial::InvalidRequest(
+                "the subject_token must be an access token of this server".into(),
+            ),
             "bank tokens are handed out for this server's access tokens only",
         ));
     }

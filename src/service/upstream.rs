@@ -88,7 +88,10 @@ impl Broker {
     }
 
     /// The audience's credential, `None` when it is not bank-backed.
-    pub async fn credential(&self, audience: &AudienceId) -> Result<Option<Credential>, sqlx::Error> {
+    pub async fn credential(
+        &self,
+        audience: &AudienceId,
+    ) -> Result<Option<Credential>, sqlx::Error> {
         store::credential(&self.pool, audience).await
     }
 

@@ -487,10 +487,7 @@ fn schedule_governance_refresh(scheduler: &mut Scheduler, metrics: Metrics, pool
 
 /// Bank tokens are fetched before they are needed: each node looks every second for tokens
 /// inside their refresh window, and the fenced claim lets exactly one node fetch each.
-fn schedule_upstream_rotation(
-    scheduler: &mut Scheduler,
-    broker: crate::service::upstream::Broker,
-) {
+fn schedule_upstream_rotation(scheduler: &mut Scheduler, broker: crate::service::upstream::Broker) {
     scheduler.every("upstream rotation", Duration::from_secs(1), move || {
         let broker = broker.clone();
         async move { broker.rotate_due().await }

@@ -372,7 +372,7 @@ pub async fn commit(
                 refresh_at = claimed_at + $4 * $5 * interval '1 millisecond',
                 sealed_token = $6, token_data_key = $7, sealed_refresh_token = $8,
                 refresh_data_key = $9, kek_id = $10, lease_holder = NULL,
-                lease_expires_at = NULL, attempts = 0, next_try = '-infinity',
+                lease_expires_at = NULL, attempts = 0, next_try = 'epoch',
                 last_error = NULL, rotated_at = now()
           WHERE audience_id = $1 AND generation = $2 AND lease_holder = $3",
     )

@@ -138,8 +138,8 @@ impl BankClient {
                 ResponseProblem::EmptyToken.to_string(),
             ));
         }
-        let lifetime =
-            lifetime(response.expires_in()).map_err(|problem| BankError::Malformed(problem.to_string()))?;
+        let lifetime = lifetime(response.expires_in())
+            .map_err(|problem| BankError::Malformed(problem.to_string()))?;
         Ok(BankToken {
             access_token: SecretString::from(access_token.clone()),
             refresh_token: response

@@ -10,8 +10,8 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
 };
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 use tessera::domain::audiences::AudienceId;
 use tessera::domain::ids::UpstreamConnectionId;
@@ -80,14 +80,23 @@ impl Drop for Bank {
     }
 }
 
-async fn token_endpoint(state: web::Data<BankState>, form: web::Form<Vec<(String, String)>>) -> HttpResponse {
-    let field = |name: &str| form.iter().find(|(key, _)| key == name).map(|(_, v)| v.as_str());
+async fn token_endpoint(
+    state: web::Data<BankState>,
+    form: web::Form<Vec<(String, String)>>,
+) -> HttpResponse {
+    let field = |name: &str| {
+        form.iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, v)| v.as_str())
+    };
     state.token_requests.fetch_add(1, Ordering::SeqCst);
     let mode = *state.mode.lock().unwrap();
     if let Mode::Slow(pause) = mode {
         tokio::time::sleep(pause).await;
     }
-    if field("grant_type") != Some("client_credentials") || field("client_id") != Some("tessera-at-bank") {
+    if field("grant_type") != Some("client_credentials")
+        || field("client_id") != Some("tessera-at-bank")
+    {
         return HttpResponse::BadRequest().json(serde_json::json!({ "error": "invalid_request" }));
     }
     let token = format!("bank-token-{}", uuid::Uuid::new_v4().simple());
@@ -102,7 +111,9 @@ async fn token_endpoint(state: web::Data<BankState>, form: web::Form<Vec<(String
         Mode::Html => HttpResponse::Ok()
             .content_type("text/html")
             .body("<html><body>maintenance</body></html>"),
-        Mode::MissingExpiresIn => json(serde_json::json!({ "access_token": token, "token_type": "Bearer" })),
+        Mode::MissingExpiresIn => {
+            json(serde_json::json!({ "access_token": token, "token_type": "Bearer" }))
+        }
         Mode::NegativeExpiresIn => json(serde_json::json!({
             "access_token": token, "token_type": "Bearer", "expires_in": -30,
         })),
@@ -130,10 +141,12 @@ async fn start_bank(expires_in: i64) -> Bank {
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().clone()).unwrap();
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
     let tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -172,7 +185,13 @@ async fn start_bank(expires_in: i64) -> Bank {
 }
 
 /// Declares the bank as connection `bank-one` and backs `audiences` with it.
-async fn connect(app_pool: &sqlx::PgPool, kek: &tessera::config::Kek, bank: &Bank, delivery: Delivery, audiences: &[&str]) {
+async fn connect(
+    app_pool: &sqlx::PgPool,
+    kek: &tessera::config::Kek,
+    bank: &Bank,
+    delivery: Delivery,
+    audiences: &[&str],
+) {
     let id = UpstreamConnectionId::parse(CONNECTION).unwrap();
     tessera::storage::upstream::create_connection(
         app_pool,
@@ -219,20 +238,37 @@ async fn bank_app(bank: &Bank, delivery: Delivery, audiences: &[&str]) -> TestAp
 
 /// Token exchange of the treasury's own token for the bank-backed `audience`.
 async fn handout(app: &TestApp, audience: &str) -> (u16, Value) {
-    let own = app.token(TREASURY_IDENTITY, TREASURY, "https://ledger.test").await;
-    exchange(app, TREASURY_IDENTITY, TREASURY, &own, &[("audience", audience)]).await
+    let own = app
+        .token(TREASURY_IDENTITY, TREASURY, "https://ledger.test")
+        .await;
+    exchange(
+        app,
+        TREASURY_IDENTITY,
+        TREASURY,
+        &own,
+        &[("audience", audience)],
+    )
+    .await
 }
 
 /// The same, with the raw response (for headers).
 async fn handout_response(app: &TestApp, audience: &str) -> reqwest::Response {
-    let own = app.token(TREASURY_IDENTITY, TREASURY, "https://ledger.test").await;
+    let own = app
+        .token(TREASURY_IDENTITY, TREASURY, "https://ledger.test")
+        .await;
     app.client(Some(TREASURY_IDENTITY))
         .post(app.url("/oauth2/token"))
         .form(&[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
             ("client_id", TREASURY),
             ("subject_token", own.as_str()),
-            ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
             ("audience", audience),
         ])
         .send()
@@ -243,7 +279,10 @@ async fn handout_response(app: &TestApp, audience: &str) -> reqwest::Response {
 async fn wait_for(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
     while !done().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -286,7 +325,10 @@ async fn handout_serves_the_bank_token_and_rotates_it_before_expiry_without_a_ga
     assert_eq!(status, 200, "{body}");
     let first = body["access_token"].as_str().unwrap().to_owned();
     assert!(first.starts_with("bank-token-"), "{body}");
-    assert_eq!(body["issued_token_type"], "urn:ietf:params:oauth:token-type:access_token");
+    assert_eq!(
+        body["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
     assert_eq!(body["token_type"], "Bearer");
     assert!(body["expires_in"].as_u64().unwrap() <= 4, "{body}");
     assert_eq!(body["scope"], "payments:read");
@@ -308,14 +350,21 @@ async fn handout_serves_the_bank_token_and_rotates_it_before_expiry_without_a_ga
     assert!(seen.len() >= 3, "rotated {} times", seen.len() - 1);
     // One bank request per rotation (the last may not have been seen by a caller yet).
     let requests = bank.requests() as usize;
-    assert!(requests == seen.len() || requests == seen.len() + 1, "{requests} bank requests for {} tokens", seen.len());
+    assert!(
+        requests == seen.len() || requests == seen.len() + 1,
+        "{requests} bank requests for {} tokens",
+        seen.len()
+    );
     let rotations = records(&app, "upstream_token_rotated", "allow").await;
     assert_eq!(rotations.len(), requests);
     let generations: Vec<i64> = rotations
         .iter()
         .map(|record| record["upstream_generation"].as_i64().unwrap())
         .collect();
-    assert!(generations.windows(2).all(|pair| pair[0] < pair[1]), "{generations:?}");
+    assert!(
+        generations.windows(2).all(|pair| pair[0] < pair[1]),
+        "{generations:?}"
+    );
 
     let uses = records(&app, "upstream_token_used", "allow").await;
     assert!(!uses.is_empty());
@@ -325,9 +374,15 @@ async fn handout_serves_the_bank_token_and_rotates_it_before_expiry_without_a_ga
     // The stored rows and the audit trail never hold a bank token in clear.
     let stored = stored_text(&app.pool).await;
     for token in &seen {
-        assert!(!stored.contains(token.as_str()), "a bank token is stored in clear");
+        assert!(
+            !stored.contains(token.as_str()),
+            "a bank token is stored in clear"
+        );
         let hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
-        assert!(!stored.contains(&hex), "a bank token is stored in clear (bytea)");
+        assert!(
+            !stored.contains(&hex),
+            "a bank token is stored in clear (bytea)"
+        );
     }
 }
 
@@ -344,9 +399,18 @@ async fn concurrent_callers_on_two_nodes_cause_one_bank_request() {
     let second_port = second.local_addr().port();
     let second_handle = second.handle();
     tokio::spawn(second.run());
-    connect(&app.pool, &app.settings.keys.kek, &bank, Delivery::Handout, &[BANK_AUDIENCE]).await;
+    connect(
+        &app.pool,
+        &app.settings.keys.kek,
+        &bank,
+        Delivery::Handout,
+        &[BANK_AUDIENCE],
+    )
+    .await;
 
-    let own = app.token(TREASURY_IDENTITY, TREASURY, "https://ledger.test").await;
+    let own = app
+        .token(TREASURY_IDENTITY, TREASURY, "https://ledger.test")
+        .await;
     let calls = (0..60).map(|index| {
         let own = own.clone();
         let url = if index % 2 == 0 {
@@ -359,10 +423,16 @@ async fn concurrent_callers_on_two_nodes_cause_one_bank_request() {
             let response = client
                 .post(url)
                 .form(&[
-                    ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange",
+                    ),
                     ("client_id", TREASURY),
                     ("subject_token", own.as_str()),
-                    ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+                    (
+                        "subject_token_type",
+                        "urn:ietf:params:oauth:token-type:access_token",
+                    ),
                     ("audience", BANK_AUDIENCE),
                 ])
                 .send()
@@ -381,7 +451,11 @@ async fn concurrent_callers_on_two_nodes_cause_one_bank_request() {
         })
         .collect();
     assert_eq!(tokens.len(), 1, "callers got different tokens");
-    assert_eq!(bank.requests(), 1, "more than one bank request for one token");
+    assert_eq!(
+        bank.requests(),
+        1,
+        "more than one bank request for one token"
+    );
     // The scheduled jobs of both nodes keep not asking while the token is fresh.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(bank.requests(), 1);
@@ -396,16 +470,34 @@ async fn a_claim_after_a_lost_lease_gets_the_next_generation_and_a_late_commit_c
     crate::fixtures::registry().apply(&pool).await.unwrap();
     // No server runs here: nothing but this test claims.
     let bank = start_bank(60).await;
-    connect(&pool, &settings.keys.kek, &bank, Delivery::Handout, &[BANK_AUDIENCE]).await;
+    connect(
+        &pool,
+        &settings.keys.kek,
+        &bank,
+        Delivery::Handout,
+        &[BANK_AUDIENCE],
+    )
+    .await;
     let audience = AudienceId::parse(BANK_AUDIENCE).unwrap();
     use tessera::storage::upstream::{claim, commit, credential};
 
-    let first = claim(&pool, &audience, "node-a", Duration::from_millis(300)).await.unwrap().unwrap();
+    let first = claim(&pool, &audience, "node-a", Duration::from_millis(300))
+        .await
+        .unwrap()
+        .unwrap();
     // While node-a's lease lives, nobody else can claim.
-    assert_eq!(claim(&pool, &audience, "node-b", Duration::from_secs(30)).await.unwrap(), None);
+    assert_eq!(
+        claim(&pool, &audience, "node-b", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        None
+    );
     // node-a stalls past its lease (killed after the bank call, before its commit).
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let second = claim(&pool, &audience, "node-b", Duration::from_secs(30)).await.unwrap().unwrap();
+    let second = claim(&pool, &audience, "node-b", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(second.generation, first.generation + 1);
 
     let sealed = |marker: u8| tessera::crypto::envelope::Envelope {
@@ -413,26 +505,87 @@ async fn a_claim_after_a_lost_lease_gets_the_next_generation_and_a_late_commit_c
         wrapped_data_key: vec![marker; 60],
         kek_id: "test".into(),
     };
-    let late = Lease { audience: &audience, generation: first.generation, holder: "node-a" };
-    assert!(!commit(&pool, &late, Duration::from_secs(60), 0.75, &sealed(1), None).await.unwrap());
+    let late = Lease {
+        audience: &audience,
+        generation: first.generation,
+        holder: "node-a",
+    };
+    assert!(
+        !commit(
+            &pool,
+            &late,
+            Duration::from_secs(60),
+            0.75,
+            &sealed(1),
+            None
+        )
+        .await
+        .unwrap()
+    );
     // Neither the old generation under the new holder's name, nor the new generation under
     // the old holder's.
-    let forged = Lease { audience: &audience, generation: second.generation, holder: "node-a" };
-    assert!(!commit(&pool, &forged, Duration::from_secs(60), 0.75, &sealed(2), None).await.unwrap());
+    let forged = Lease {
+        audience: &audience,
+        generation: second.generation,
+        holder: "node-a",
+    };
+    assert!(
+        !commit(
+            &pool,
+            &forged,
+            Duration::from_secs(60),
+            0.75,
+            &sealed(2),
+            None
+        )
+        .await
+        .unwrap()
+    );
     let row = credential(&pool, &audience).await.unwrap().unwrap();
     assert!(row.token.is_none(), "a late commit stored a token");
     assert_eq!(row.generation, second.generation);
 
-    let current = Lease { audience: &audience, generation: second.generation, holder: "node-b" };
-    assert!(commit(&pool, &current, Duration::from_secs(60), 0.75, &sealed(3), None).await.unwrap());
+    let current = Lease {
+        audience: &audience,
+        generation: second.generation,
+        holder: "node-b",
+    };
+    assert!(
+        commit(
+            &pool,
+            &current,
+            Duration::from_secs(60),
+            0.75,
+            &sealed(3),
+            None
+        )
+        .await
+        .unwrap()
+    );
     let row = credential(&pool, &audience).await.unwrap().unwrap();
     let token = row.token.unwrap();
     assert_eq!(token.generation, second.generation);
     assert_eq!(token.token.sealed_private_key, vec![3; 40]);
     // A fresh token is outside its refresh window: nothing to claim.
-    assert_eq!(claim(&pool, &audience, "node-a", Duration::from_secs(30)).await.unwrap(), None);
+    assert_eq!(
+        claim(&pool, &audience, "node-a", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        None
+    );
     // A second commit by the holder of a finished lease changes nothing either.
-    assert!(!commit(&pool, &current, Duration::from_secs(60), 0.75, &sealed(4), None).await.unwrap());
+    assert!(
+        !commit(
+            &pool,
+            &current,
+            Duration::from_secs(60),
+            0.75,
+            &sealed(4),
+            None
+        )
+        .await
+        .unwrap()
+    );
     assert_eq!(bank.requests(), 0);
     pool.close().await;
 }
@@ -471,13 +624,22 @@ async fn bank_down_serves_the_valid_token_then_503_after_expiry_then_recovers() 
     // Expired: never served; the caller is told when to come back.
     let response = handout_response(&app, BANK_AUDIENCE).await;
     assert_eq!(response.status().as_u16(), 503);
-    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry_after >= 1);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "temporarily_unavailable");
     assert!(body.get("access_token").is_none());
     let failures = records(&app, "upstream_token_rotated", "deny").await;
-    assert!(failures.iter().any(|record| record["reason"].as_str().unwrap().contains("HTTP 503")), "{failures:?}");
+    assert!(
+        failures
+            .iter()
+            .any(|record| record["reason"].as_str().unwrap().contains("HTTP 503")),
+        "{failures:?}"
+    );
     let refusals = records(&app, "upstream_token_used", "deny").await;
     assert!(!refusals.is_empty(), "the refused use was not audited");
 
@@ -498,9 +660,21 @@ async fn bank_down_serves_the_valid_token_then_503_after_expiry_then_recovers() 
 async fn a_bank_429_with_retry_after_stops_every_call_until_then() {
     let bank = start_bank(2).await;
     let app = bank_app(&bank, Delivery::Handout, &[BANK_AUDIENCE]).await;
-    wait_for("the first token", Duration::from_secs(10), async || bank.requests() >= 1).await;
+    wait_for("the first token", Duration::from_secs(10), async || {
+        bank.requests() >= 1
+    })
+    .await;
     bank.set(Mode::RateLimited(6));
-    wait_for("the 429", Duration::from_secs(10), async || bank.requests() >= 2).await;
+    let stored = async || {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT retry_after IS NOT NULL FROM upstream_credentials WHERE audience_id = $1",
+        )
+        .bind(BANK_AUDIENCE)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    wait_for("the 429 stored", Duration::from_secs(10), stored).await;
     let limited_at = tokio::time::Instant::now();
     let after_429 = bank.requests();
     let retry_after: bool = sqlx::query_scalar(
@@ -517,28 +691,46 @@ async fn a_bank_429_with_retry_after_stops_every_call_until_then() {
         assert!(status == 200 || status == 503);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(bank.requests(), after_429, "the bank was called before its Retry-After");
+    assert_eq!(
+        bank.requests(),
+        after_429,
+        "the bank was called before its Retry-After"
+    );
     let response = handout_response(&app, BANK_AUDIENCE).await;
     assert_eq!(response.status().as_u16(), 503);
     assert!(response.headers().contains_key("retry-after"));
     let failures = records(&app, "upstream_token_rotated", "deny").await;
-    assert!(failures.iter().any(|record| record["reason"].as_str().unwrap().contains("429")));
+    assert!(
+        failures
+            .iter()
+            .any(|record| record["reason"].as_str().unwrap().contains("429"))
+    );
     bank.set(Mode::Normal);
-    wait_for("recovery after Retry-After", Duration::from_secs(60), async || {
-        handout(&app, BANK_AUDIENCE).await.0 == 200
-    })
+    wait_for(
+        "recovery after Retry-After",
+        Duration::from_secs(60),
+        async || handout(&app, BANK_AUDIENCE).await.0 == 200,
+    )
     .await;
 }
 
 #[tokio::test]
 async fn a_ciphertext_moved_to_another_audience_or_generation_does_not_open() {
     let bank = start_bank(600).await;
-    let app = bank_app(&bank, Delivery::Handout, &[BANK_AUDIENCE, OTHER_BANK_AUDIENCE]).await;
+    let app = bank_app(
+        &bank,
+        Delivery::Handout,
+        &[BANK_AUDIENCE, OTHER_BANK_AUDIENCE],
+    )
+    .await;
     let (status, settlement) = handout(&app, BANK_AUDIENCE).await;
     assert_eq!(status, 200, "{settlement}");
     let (status, payments) = handout(&app, OTHER_BANK_AUDIENCE).await;
     assert_eq!(status, 200, "{payments}");
-    assert_ne!(settlement["access_token"], payments["access_token"], "audiences share a token");
+    assert_ne!(
+        settlement["access_token"], payments["access_token"],
+        "audiences share a token"
+    );
 
     // The database role copies one audience's sealed token onto the other.
     sqlx::query(
@@ -571,7 +763,11 @@ async fn a_ciphertext_moved_to_another_audience_or_generation_does_not_open() {
     assert!(body.get("access_token").is_none());
     let refusals = records(&app, "upstream_token_used", "deny").await;
     assert_eq!(refusals.len(), 2);
-    assert!(refusals.iter().all(|record| record["reason"].as_str().unwrap().contains("does not open")));
+    assert!(
+        refusals
+            .iter()
+            .all(|record| record["reason"].as_str().unwrap().contains("does not open"))
+    );
 }
 
 #[tokio::test]
@@ -588,26 +784,63 @@ async fn a_caller_without_the_policy_permission_gets_nothing_and_causes_no_bank_
     .execute(&app.pool)
     .await
     .unwrap();
-    wait_for("the proactive fetch", Duration::from_secs(10), async || bank.requests() == 1).await;
+    wait_for("the proactive fetch", Duration::from_secs(10), async || {
+        bank.requests() == 1
+    })
+    .await;
 
-    let own = app.token("partner-b", "partner-b-reconciliation", "https://ledger.test").await;
-    let (status, body) = exchange(&app, "partner-b", "partner-b-reconciliation", &own, &[("audience", BANK_AUDIENCE)]).await;
+    let own = app
+        .token(
+            "partner-b",
+            "partner-b-reconciliation",
+            "https://ledger.test",
+        )
+        .await;
+    let (status, body) = exchange(
+        &app,
+        "partner-b",
+        "partner-b-reconciliation",
+        &own,
+        &[("audience", BANK_AUDIENCE)],
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"], "invalid_target");
     assert!(body.get("access_token").is_none());
     let refusals = records(&app, "upstream_token_used", "deny").await;
     assert_eq!(refusals.len(), 1);
     assert_eq!(refusals[0]["client_id"], "partner-b-reconciliation");
-    assert!(refusals[0]["policies"].as_array().unwrap().iter().any(|policy| policy == "residency-stays-in-region"), "{}", refusals[0]);
+    assert!(
+        refusals[0]["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|policy| policy == "residency-stays-in-region"),
+        "{}",
+        refusals[0]
+    );
     assert!(refusals[0].get("upstream_generation").is_none());
 
     // A caller presenting someone else's token is refused before policy, too.
-    let treasury = app.token(TREASURY_IDENTITY, TREASURY, "https://ledger.test").await;
-    let (status, body) = exchange(&app, "partner-b", "partner-b-reconciliation", &treasury, &[("audience", BANK_AUDIENCE)]).await;
+    let treasury = app
+        .token(TREASURY_IDENTITY, TREASURY, "https://ledger.test")
+        .await;
+    let (status, body) = exchange(
+        &app,
+        "partner-b",
+        "partner-b-reconciliation",
+        &treasury,
+        &[("audience", BANK_AUDIENCE)],
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"], "invalid_request");
     assert_eq!(records(&app, "upstream_token_used", "deny").await.len(), 2);
-    assert!(records(&app, "upstream_token_used", "allow").await.is_empty());
+    assert!(
+        records(&app, "upstream_token_used", "allow")
+            .await
+            .is_empty()
+    );
     assert_eq!(bank.requests(), 1, "a refused caller caused a bank call");
 }
 
@@ -615,7 +848,10 @@ async fn a_caller_without_the_policy_permission_gets_nothing_and_causes_no_bank_
 async fn an_inject_only_connection_never_hands_its_token_out() {
     let bank = start_bank(600).await;
     let app = bank_app(&bank, Delivery::Inject, &[BANK_AUDIENCE]).await;
-    wait_for("the proactive fetch", Duration::from_secs(10), async || bank.requests() == 1).await;
+    wait_for("the proactive fetch", Duration::from_secs(10), async || {
+        bank.requests() == 1
+    })
+    .await;
     let (status, body) = handout(&app, BANK_AUDIENCE).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"], "invalid_target");
@@ -637,12 +873,19 @@ async fn malformed_bank_responses_are_handled_and_audited() {
         (Mode::NegativeExpiresIn, "malformed"),
         (Mode::Down, "HTTP 503"),
     ];
-    connect(&app.pool, &app.settings.keys.kek, &bank, Delivery::Handout, &[BANK_AUDIENCE]).await;
+    connect(
+        &app.pool,
+        &app.settings.keys.kek,
+        &bank,
+        Delivery::Handout,
+        &[BANK_AUDIENCE],
+    )
+    .await;
     for (mode, expected) in cases {
         let before = records(&app, "upstream_token_rotated", "deny").await.len();
         bank.set(mode);
         // Skip the backoff the previous case left, so each case is tried at once.
-        sqlx::query("UPDATE upstream_credentials SET next_try = '-infinity'")
+        sqlx::query("UPDATE upstream_credentials SET next_try = 'epoch'")
             .execute(&app.pool)
             .await
             .unwrap();
@@ -657,17 +900,27 @@ async fn malformed_bank_responses_are_handled_and_audited() {
         assert_eq!(status, 503, "{mode:?}: {body}");
         assert_eq!(body["error"], "temporarily_unavailable");
     }
-    assert!(records(&app, "upstream_token_rotated", "allow").await.is_empty());
-    assert!(!stored_text(&app.pool).await.contains("bank-token-"), "a refused token was stored");
+    assert!(
+        records(&app, "upstream_token_rotated", "allow")
+            .await
+            .is_empty()
+    );
+    assert!(
+        !stored_text(&app.pool).await.contains("bank-token-"),
+        "a refused token was stored"
+    );
     let state: String = sqlx::query_scalar("SELECT state FROM upstream_credentials")
         .fetch_one(&app.pool)
         .await
         .unwrap();
     assert_eq!(state, "initialized");
     bank.set(Mode::Normal);
-    sqlx::query("UPDATE upstream_credentials SET next_try = '-infinity'")
+    sqlx::query("UPDATE upstream_credentials SET next_try = 'epoch'")
         .execute(&app.pool)
         .await
         .unwrap();
-    wait_for("recovery", Duration::from_secs(10), async || handout(&app, BANK_AUDIENCE).await.0 == 200).await;
+    wait_for("recovery", Duration::from_secs(10), async || {
+        handout(&app, BANK_AUDIENCE).await.0 == 200
+    })
+    .await;
 }
