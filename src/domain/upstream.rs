@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn backoff_is_jittered_capped_and_honours_retry_after() {
         assert_eq!(backoff(0, 0.0, None), Duration::ZERO);
-        assert_eq!(backoff(0, 0.999_999, None) <= BACKOFF_BASE, true);
+        assert!(backoff(0, 0.999_999, None) <= BACKOFF_BASE);
         assert!(backoff(3, 1.0, None) <= BACKOFF_BASE * 8);
         assert_eq!(backoff(u32::MAX, 1.0, None), BACKOFF_CAP);
         assert_eq!(

@@ -657,7 +657,7 @@ pub async fn exchange(
         .with_label_values(&[GrantType::TokenExchange.as_str(), &issued.claims.aud])
         .inc();
     issued.issued_token_type = Some(TokenType::AccessToken);
-    Ok(Granted::Issued(issued))
+    Ok(Granted::Issued(Box::new(issued)))
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ impl Services {
 /// What the token endpoint hands out: a token this server signed, or an audience's bank token.
 #[derive(Debug)]
 pub enum Granted {
-    Issued(crate::service::issue::Issued),
+    Issued(Box<crate::service::issue::Issued>),
     Upstream(crate::service::upstream::Served),
 }
 

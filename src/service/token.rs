@@ -29,7 +29,7 @@ pub async fn token(
         TokenRequest::ClientCredentials { target, parsed } => {
             issue::client_credentials(&call, &client, target, parsed)
                 .await
-                .map(Granted::Issued)
+                .map(|issued| Granted::Issued(Box::new(issued)))
         }
         TokenRequest::TokenExchange { target, parsed } => {
             exchange::exchange(&call, &client, target, parsed).await
