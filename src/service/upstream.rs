@@ -243,13 +243,15 @@ impl Broker {
             .map_err(|error| BankError::Settings(format!("sealing the token: {error}")))
         };
         Ok(Fetched {
-            token: seal("token", &token.access_token)?,
+            sealed: seal("token", &token.access_token)?,
             refresh_token: token
                 .refresh_token
                 .as_ref()
                 .map(|refresh| seal("refresh-token", refresh))
                 .transpose()?,
             lifetime: token.lifetime,
+            plain: token.access_token,
+            client,
         })
     }
 
@@ -268,7 +270,7 @@ impl Broker {
             lease,
             fetched.lifetime,
             share,
-            &fetched.token,
+            &fetched.sealed,
             fetched.refresh_token.as_ref(),
         )
         .await?;
@@ -276,15 +278,34 @@ impl Broker {
             (Outcome::Allow, None)
         } else {
             // Another node's claim superseded ours: its token is the one that counts. Ours is
-            // dropped here, never stored or served.
+            // never stored or served, and the bank is asked to forget it.
+            let revoked = self.revoke_discarded(credential, &fetched).await;
             (
                 Outcome::Deny,
-                Some("lease lost before commit; the fetched token was discarded".to_owned()),
+                Some(format!(
+                    "lease lost before commit; the fetched token was discarded ({revoked})"
+                )),
             )
         };
         self.audited(credential, lease.generation, outcome, reason)
             .await;
         Ok(())
+    }
+
+    /// Revokes a token this node fetched but may not use; says what became of it.
+    async fn revoke_discarded(&self, credential: &Credential, fetched: &Fetched) -> String {
+        let Some(endpoint) = &credential.connection.revocation_endpoint else {
+            return "the bank offers no revocation".to_owned();
+        };
+        match store::spend_budget(&self.pool, &credential.connection.id).await {
+            Ok(true) => {}
+            Ok(false) => return "not revoked: the request budget is spent".to_owned(),
+            Err(error) => return format!("not revoked: {error}"),
+        }
+        match fetched.client.revoke(endpoint, &fetched.plain).await {
+            Ok(()) => "revoked at the bank".to_owned(),
+            Err(error) => format!("not revoked: {error}"),
+        }
     }
 
     async fn failed(
@@ -345,9 +366,12 @@ impl Broker {
     }
 }
 
-/// A token fetched and sealed, not yet committed.
+/// A token fetched and sealed, not yet committed; the plain token is kept only to revoke it
+/// if the commit is refused.
 struct Fetched {
-    token: Envelope,
+    sealed: Envelope,
+    plain: SecretString,
+    client: BankClient,
     refresh_token: Option<Envelope>,
     lifetime: Duration,
 }

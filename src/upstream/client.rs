@@ -5,10 +5,13 @@
 use std::time::Duration;
 
 use oauth2::basic::{BasicClient, BasicTokenType};
-use oauth2::{AuthType, HttpRequest, HttpResponse, RequestTokenError, Scope, TokenResponse};
+use oauth2::{
+    AccessToken, AuthType, HttpRequest, HttpResponse, RequestTokenError, RevocationUrl, Scope,
+    TokenResponse,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use crate::domain::scopes::ScopeSet;
@@ -118,14 +121,7 @@ impl BankClient {
             .add_scopes(scopes.to_vec().into_iter().map(Scope::new))
             .request_async(&Transport(&self.http))
             .await
-            .map_err(|error| match error {
-                RequestTokenError::Request(error) => error,
-                RequestTokenError::ServerResponse(response) => {
-                    BankError::Refused(response.error().to_string())
-                }
-                RequestTokenError::Parse(error, _) => BankError::Malformed(error.to_string()),
-                RequestTokenError::Other(text) => BankError::Malformed(text),
-            })?;
+            .map_err(bank_error)?;
         if *response.token_type() != BasicTokenType::Bearer {
             let kind = response.token_type().as_ref().to_owned();
             return Err(BankError::Malformed(
@@ -147,6 +143,34 @@ impl BankClient {
                 .map(|token| SecretString::from(token.secret().clone())),
             lifetime,
         })
+    }
+}
+
+impl BankClient {
+    /// Revokes an access token at the bank (RFC 7009).
+    pub async fn revoke(&self, endpoint: &str, token: &SecretString) -> Result<(), BankError> {
+        let endpoint = RevocationUrl::new(endpoint.to_owned())
+            .map_err(|error| BankError::Settings(format!("revocation endpoint: {error}")))?;
+        BasicClient::new(self.client_id.clone())
+            .set_auth_type(AuthType::RequestBody)
+            .set_revocation_url(endpoint)
+            .revoke_token(AccessToken::new(token.expose_secret().to_owned()).into())
+            .map_err(|error| BankError::Settings(format!("revocation endpoint: {error}")))?
+            .request_async(&Transport(&self.http))
+            .await
+            .map_err(bank_error)
+    }
+}
+
+/// What `oauth2` reports, in the bank's terms.
+fn bank_error<E: oauth2::ErrorResponse + std::fmt::Display + 'static>(
+    error: RequestTokenError<BankError, E>,
+) -> BankError {
+    match error {
+        RequestTokenError::Request(error) => error,
+        RequestTokenError::ServerResponse(response) => BankError::Refused(response.to_string()),
+        RequestTokenError::Parse(error, _) => BankError::Malformed(error.to_string()),
+        RequestTokenError::Other(text) => BankError::Malformed(text),
     }
 }
 

@@ -47,6 +47,8 @@ struct BankState {
     token_requests: AtomicU32,
     mode: Mutex<Mode>,
     expires_in: Mutex<i64>,
+    issued: Mutex<Vec<String>>,
+    revoked: Mutex<Vec<String>>,
 }
 
 /// A bank: its CA, Tessera's identity at it, and its token endpoint.
@@ -102,6 +104,7 @@ async fn token_endpoint(
     let token = format!("bank-token-{}", uuid::Uuid::new_v4().simple());
     let expires_in = *state.expires_in.lock().unwrap();
     let json = |body: Value| HttpResponse::Ok().json(body);
+    state.issued.lock().unwrap().push(token.clone());
     match mode {
         Mode::Normal | Mode::Slow(_) => json(serde_json::json!({
             "access_token": token, "token_type": "Bearer", "expires_in": expires_in,
@@ -121,6 +124,17 @@ async fn token_endpoint(
             .insert_header(("Retry-After", seconds.to_string()))
             .finish(),
     }
+}
+
+/// RFC 7009: remembers what it was asked to revoke.
+async fn revocation_endpoint(
+    state: web::Data<BankState>,
+    form: web::Form<Vec<(String, String)>>,
+) -> HttpResponse {
+    if let Some((_, token)) = form.iter().find(|(key, _)| key == "token") {
+        state.revoked.lock().unwrap().push(token.clone());
+    }
+    HttpResponse::Ok().finish()
 }
 
 /// Starts a bank whose tokens live `expires_in` seconds.
@@ -160,12 +174,15 @@ async fn start_bank(expires_in: i64) -> Bank {
         token_requests: AtomicU32::new(0),
         mode: Mutex::new(Mode::Normal),
         expires_in: Mutex::new(expires_in),
+        issued: Mutex::new(Vec::new()),
+        revoked: Mutex::new(Vec::new()),
     });
     let data = web::Data::from(state.clone());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .route("/token", web::post().to(token_endpoint))
+            .route("/revoke", web::post().to(revocation_endpoint))
     })
     .workers(2)
     .bind_rustls_0_23(("127.0.0.1", 0), tls)
@@ -201,7 +218,7 @@ async fn connect(
             bank_name: "Bank One",
             token_endpoint: &bank.url("/token"),
             api_base_url: &bank.url("/api"),
-            revocation_endpoint: None,
+            revocation_endpoint: Some(&bank.url("/revoke")),
             introspection_endpoint: None,
             probe_url: None,
             client_id: "tessera-at-bank",
@@ -923,4 +940,58 @@ async fn malformed_bank_responses_are_handled_and_audited() {
         handout(&app, BANK_AUDIENCE).await.0 == 200
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_node_that_loses_its_lease_mid_fetch_discards_and_revokes_its_token() {
+    let bank = start_bank(600).await;
+    bank.set(Mode::Slow(Duration::from_millis(1500)));
+    let app = bank_app(&bank, Delivery::Handout, &[BANK_AUDIENCE]).await;
+    wait_for("the fetch to start", Duration::from_secs(10), async || {
+        bank.requests() == 1
+    })
+    .await;
+    // While the bank is answering, another node takes the lease over (as after this one's
+    // lease ran out): the generation moves on.
+    let taken: u64 = sqlx::query(
+        "UPDATE upstream_credentials
+            SET generation = generation + 1, lease_holder = 'another-node'
+          WHERE audience_id = $1 AND state = 'rotating'",
+    )
+    .bind(BANK_AUDIENCE)
+    .execute(&app.pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(taken, 1);
+    wait_for("the revocation", Duration::from_secs(10), async || {
+        !bank.state.revoked.lock().unwrap().is_empty()
+    })
+    .await;
+    let issued = bank.state.issued.lock().unwrap().clone();
+    assert_eq!(
+        *bank.state.revoked.lock().unwrap(),
+        issued,
+        "the discarded token was not the one revoked"
+    );
+    let row = tessera::storage::upstream::credential(
+        &app.pool,
+        &AudienceId::parse(BANK_AUDIENCE).unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(row.token.is_none(), "the late commit stored its token");
+    let refused = records(&app, "upstream_token_rotated", "deny").await;
+    assert_eq!(refused.len(), 1);
+    let reason = refused[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("lease lost") && reason.contains("revoked at the bank"),
+        "{reason}"
+    );
+    assert!(
+        records(&app, "upstream_token_rotated", "allow")
+            .await
+            .is_empty()
+    );
 }
