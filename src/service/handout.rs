@@ -45,6 +45,7 @@ pub async fn handout(
     request: &ExchangeRequest<'_>,
     credential: Credential,
 ) -> Result<Served, OAuthError> {
+    let audience = credential.audience.clone();
     let details = EventDetails {
         audience: Some(credential.audience.to_string()),
         scopes: credential.bank_scopes.to_vec(),
@@ -102,6 +103,11 @@ pub async fn handout(
         tracing::error!(%error, "upstream token use not audited; withheld");
         return Err(OAuthError::TemporarilyUnavailable);
     }
+    call.services
+        .metrics
+        .upstream_uses
+        .with_label_values(&[audience.as_str()])
+        .inc();
     Ok(served)
 }
 

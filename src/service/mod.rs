@@ -280,6 +280,7 @@ fn grant_label(kind: EventKind) -> &'static str {
         EventKind::TokenRevoked => "revocation",
         EventKind::TokenExchanged => GrantType::TokenExchange.as_str(),
         EventKind::ClientAuthenticationFailed => "client_authentication",
+        EventKind::UpstreamTokenUsed => "upstream_token",
         _ => "token",
     }
 }

@@ -13,6 +13,7 @@ use crate::crypto::envelope::Envelope;
 use crate::domain::audiences::AudienceId;
 use crate::domain::scopes::ScopeSet;
 use crate::domain::upstream::{backoff, refresh_share, remaining_seconds, servable};
+use crate::metrics::Metrics;
 use crate::startup::scheduler::JobError;
 use crate::storage::upstream::{self as store, Claim, Credential, Lease};
 use crate::upstream::client::{BankClient, BankError, BankSettings};
@@ -66,17 +67,25 @@ pub struct Broker {
     pool: PgPool,
     keys: KeySettings,
     audit: AuditLog,
+    metrics: Metrics,
     holder: String,
 }
 
 impl Broker {
     /// `holder` names this node in leases; it must differ between nodes (and between servers
     /// in one process).
-    pub fn new(pool: PgPool, keys: KeySettings, audit: AuditLog, holder: String) -> Self {
+    pub fn new(
+        pool: PgPool,
+        keys: KeySettings,
+        audit: AuditLog,
+        metrics: Metrics,
+        holder: String,
+    ) -> Self {
         Self {
             pool,
             keys,
             audit,
+            metrics,
             holder,
         }
     }
@@ -275,6 +284,10 @@ impl Broker {
         )
         .await?;
         let (outcome, reason) = if committed {
+            self.metrics
+                .upstream_generation
+                .with_label_values(&[credential.audience.as_str()])
+                .set(lease.generation);
             (Outcome::Allow, None)
         } else {
             // Another node's claim superseded ours: its token is the one that counts. Ours is
@@ -345,6 +358,15 @@ impl Broker {
         outcome: Outcome,
         reason: Option<String>,
     ) {
+        let counted = match (outcome, &reason) {
+            (Outcome::Allow, _) => "rotated",
+            (Outcome::Deny, Some(reason)) if reason.starts_with("lease lost") => "lease_lost",
+            (Outcome::Deny, _) => "failed",
+        };
+        self.metrics
+            .upstream_rotations
+            .with_label_values(&[credential.audience.as_str(), counted])
+            .inc();
         let details = EventDetails {
             reason,
             audience: Some(credential.audience.to_string()),

@@ -150,6 +150,7 @@ impl Application {
             pool.clone(),
             settings.keys.clone(),
             audit.clone(),
+            metrics.clone(),
             format!("{}/{}", node_name(), uuid::Uuid::new_v4()),
         );
         schedule_upstream_rotation(&mut scheduler, upstream.clone());

@@ -41,6 +41,8 @@ enum Mode {
     NegativeExpiresIn,
     /// 429 with `Retry-After` in seconds.
     RateLimited(u64),
+    /// A well-formed token response padded past any sane size.
+    Huge,
 }
 
 struct BankState {
@@ -119,6 +121,10 @@ async fn token_endpoint(
         }
         Mode::NegativeExpiresIn => json(serde_json::json!({
             "access_token": token, "token_type": "Bearer", "expires_in": -30,
+        })),
+        Mode::Huge => json(serde_json::json!({
+            "access_token": token, "token_type": "Bearer", "expires_in": expires_in,
+            "padding": "x".repeat(1 << 20),
         })),
         Mode::RateLimited(seconds) => HttpResponse::TooManyRequests()
             .insert_header(("Retry-After", seconds.to_string()))
@@ -365,13 +371,26 @@ async fn handout_serves_the_bank_token_and_rotates_it_before_expiry_without_a_ga
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     assert!(seen.len() >= 3, "rotated {} times", seen.len() - 1);
-    // One bank request per rotation (the last may not have been seen by a caller yet).
+    // Let rotation settle: the next token lives long, and once it is stored nothing is due.
+    *bank.state.expires_in.lock().unwrap() = 600;
+    wait_for("a long-lived token", Duration::from_secs(10), async || {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT expires_at - issued_at > interval '100 seconds' FROM upstream_credentials",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    let (status, body) = handout(&app, BANK_AUDIENCE).await;
+    assert_eq!(status, 200, "{body}");
+    let last = body["access_token"].as_str().unwrap().to_owned();
+    if seen.last() != Some(&last) {
+        seen.push(last);
+    }
+    // One bank request per rotation, each seen by callers.
     let requests = bank.requests() as usize;
-    assert!(
-        requests == seen.len() || requests == seen.len() + 1,
-        "{requests} bank requests for {} tokens",
-        seen.len()
-    );
+    assert_eq!(requests, seen.len(), "bank requests against tokens served");
     let rotations = records(&app, "upstream_token_rotated", "allow").await;
     assert_eq!(rotations.len(), requests);
     let generations: Vec<i64> = rotations
@@ -383,8 +402,29 @@ async fn handout_serves_the_bank_token_and_rotates_it_before_expiry_without_a_ga
         "{generations:?}"
     );
 
+    let metrics = app
+        .client(None)
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rotated = format!(
+        r#"tessera_upstream_rotations_total{{audience="{BANK_AUDIENCE}",outcome="rotated"}} {requests}"#
+    );
+    assert!(metrics.contains(&rotated), "{metrics}");
+    assert!(metrics.contains(&format!(
+        r#"tessera_upstream_generation{{audience="{BANK_AUDIENCE}"}} {}"#,
+        generations.last().unwrap()
+    )));
+
     let uses = records(&app, "upstream_token_used", "allow").await;
     assert!(!uses.is_empty());
+    assert!(metrics.contains(&format!(
+        r#"tessera_upstream_uses_total{{audience="{BANK_AUDIENCE}"}}"#
+    )));
     assert!(uses.iter().all(|use_| use_["upstream_generation"].is_i64()
         && use_["client_id"] == TREASURY
         && use_["audience"] == BANK_AUDIENCE));
@@ -889,6 +929,9 @@ async fn malformed_bank_responses_are_handled_and_audited() {
         (Mode::MissingExpiresIn, "no `expires_in`"),
         (Mode::NegativeExpiresIn, "malformed"),
         (Mode::Down, "HTTP 503"),
+        (Mode::Huge, "longer than 65536 bytes"),
+        // Slower than the connection's 3 s request timeout.
+        (Mode::Slow(Duration::from_secs(5)), "unreachable"),
     ];
     connect(
         &app.pool,
@@ -907,7 +950,7 @@ async fn malformed_bank_responses_are_handled_and_audited() {
             .await
             .unwrap();
         // A call in flight when the mode changed may still fail the previous way.
-        wait_for(expected, Duration::from_secs(15), async || {
+        wait_for(expected, Duration::from_secs(20), async || {
             records(&app, "upstream_token_rotated", "deny").await[before..]
                 .iter()
                 .any(|record| record["reason"].as_str().unwrap().contains(expected))
