@@ -118,7 +118,12 @@ impl Broker {
                 .as_ref()
                 .is_some_and(|token| credential.now < token.refresh_at);
             if !fresh {
-                self.rotate(&audience).await?;
+                // On its own task: a caller that hangs up must not abandon a claimed lease
+                // (and with it every other caller) until the lease runs out.
+                let (broker, due) = (self.clone(), audience.clone());
+                tokio::spawn(async move { broker.rotate(&due).await })
+                    .await
+                    .map_err(|_| self.no_token(&audience, None))??;
                 credential = store::credential(&self.pool, &audience)
                     .await?
                     .ok_or_else(|| self.no_token(&audience, None))?;
