@@ -537,6 +537,35 @@ async fn a_claim_after_a_lost_lease_gets_the_next_generation_and_a_late_commit_c
     .await;
     let audience = AudienceId::parse(BANK_AUDIENCE).unwrap();
     use tessera::storage::upstream::{claim, commit, credential};
+    // Everything below runs as the application role, with only the grants it has.
+    let owner = pool;
+    let role = format!("app_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN IN ROLE tessera_app"
+    )))
+    .execute(&owner)
+    .await
+    .unwrap();
+    let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&db.url)
+        .unwrap()
+        .username(&role);
+    let pool = sqlx::PgPool::connect_with(options).await.unwrap();
+    // The application role spends the budget but cannot point the connection elsewhere.
+    let id = UpstreamConnectionId::parse(CONNECTION).unwrap();
+    assert!(
+        tessera::storage::upstream::spend_budget(&pool, &id)
+            .await
+            .unwrap()
+    );
+    let redirected =
+        sqlx::query("UPDATE upstream_connections SET token_endpoint = 'https://evil.test/'")
+            .execute(&pool)
+            .await
+            .unwrap_err();
+    assert!(
+        redirected.to_string().contains("permission denied"),
+        "{redirected}"
+    );
 
     let first = claim(&pool, &audience, "node-a", Duration::from_millis(300))
         .await
@@ -645,6 +674,11 @@ async fn a_claim_after_a_lost_lease_gets_the_next_generation_and_a_late_commit_c
     );
     assert_eq!(bank.requests(), 0);
     pool.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {role}")))
+        .execute(&owner)
+        .await
+        .unwrap();
+    owner.close().await;
 }
 
 #[tokio::test]
@@ -1036,5 +1070,34 @@ async fn a_node_that_loses_its_lease_mid_fetch_discards_and_revokes_its_token() 
         records(&app, "upstream_token_rotated", "allow")
             .await
             .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn the_request_budget_bounds_bank_calls_from_every_node() {
+    let bank = start_bank(600).await;
+    bank.set(Mode::Down);
+    let app = bank_app(&bank, Delivery::Handout, &[BANK_AUDIENCE]).await;
+    sqlx::query("UPDATE upstream_connections SET requests_per_minute = 2")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // Retries are forced far faster than any backoff would allow; the budget still holds.
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < until {
+        sqlx::query("UPDATE upstream_credentials SET next_try = 'epoch'")
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(bank.requests(), 2, "the per-minute budget was exceeded");
+    let failures = records(&app, "upstream_token_rotated", "deny").await;
+    assert!(
+        failures.iter().any(|record| record["reason"]
+            .as_str()
+            .unwrap()
+            .contains("request budget")),
+        "{failures:?}"
     );
 }
