@@ -16,7 +16,11 @@ const BACKOFF_CAP: Duration = Duration::from_secs(300);
 /// The longest token lifetime believed; a bank claiming more is treated as claiming this.
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
-/// `INITIALIZED → ACTIVE → EXPIRING → ROTATING → ACTIVE`, `REVOKED` at end of life.
+/// `INITIALIZED → ACTIVE → EXPIRING → ROTATING → ACTIVE`, `REVOKED` at end of life. The
+/// transitions are single conditional statements in `storage::upstream` (claim: any live
+/// state, or `ROTATING` whose lease ran out, to `ROTATING`; commit: `ROTATING` to `ACTIVE`;
+/// failure: `ROTATING` back to `EXPIRING`, or `INITIALIZED` without a token), since only the
+/// database can fence them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialState {
     /// No token fetched yet.
@@ -28,13 +32,6 @@ pub enum CredentialState {
     /// A node holds the lease and is fetching the next token.
     Rotating,
     Revoked,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("an upstream credential cannot go from {from:?} by {by}")]
-pub struct InvalidTransition {
-    pub from: CredentialState,
-    pub by: &'static str,
 }
 
 impl CredentialState {
@@ -58,53 +55,11 @@ impl CredentialState {
             Self::Revoked => "revoked",
         }
     }
-
-    /// A node claims the lease to fetch the next token; a rotation whose lease ran out (its
-    /// node died or stalled) may be claimed again.
-    pub fn claim(self, lease_expired: bool) -> Result<Self, InvalidTransition> {
-        match (self, lease_expired) {
-            (Self::Initialized | Self::Active | Self::Expiring, _) | (Self::Rotating, true) => {
-                Ok(Self::Rotating)
-            }
-            (from, _) => Err(InvalidTransition { from, by: "claim" }),
-        }
-    }
-
-    /// The lease holder stored the new token.
-    pub fn commit(self) -> Result<Self, InvalidTransition> {
-        match self {
-            Self::Rotating => Ok(Self::Active),
-            from => Err(InvalidTransition { from, by: "commit" }),
-        }
-    }
-
-    /// The lease holder could not fetch a token: the current one, if any, stays.
-    pub fn fail(self, has_token: bool) -> Result<Self, InvalidTransition> {
-        match (self, has_token) {
-            (Self::Rotating, true) => Ok(Self::Expiring),
-            (Self::Rotating, false) => Ok(Self::Initialized),
-            (from, _) => Err(InvalidTransition {
-                from,
-                by: "failure",
-            }),
-        }
-    }
 }
 
-/// When a token is refreshed: at `threshold_percent` of its lifetime (capped at 90 %), plus
-/// a per-audience offset inside the first half of the window up to 90 %, so that audiences
-/// sharing a connection are spread instead of fired together.
-pub fn refresh_at(
-    issued_at: OffsetDateTime,
-    expires_at: OffsetDateTime,
-    threshold_percent: u8,
-    audience: &str,
-) -> OffsetDateTime {
-    let lifetime = (expires_at - issued_at).max(time::Duration::ZERO);
-    issued_at + lifetime * refresh_share(threshold_percent, audience)
-}
-
-/// The share of a token's lifetime after which [`refresh_at`] falls.
+/// When a token is refreshed, as a share of its lifetime: at `threshold_percent` (capped at
+/// 90 %), plus a per-audience offset inside the first half of the window up to 90 %, so that
+/// audiences sharing a connection are spread instead of fired together.
 pub fn refresh_share(threshold_percent: u8, audience: &str) -> f64 {
     let threshold = f64::from(threshold_percent.min(MAX_THRESHOLD_PERCENT)) / 100.0;
     let latest = f64::from(MAX_THRESHOLD_PERCENT) / 100.0;
@@ -200,35 +155,24 @@ mod tests {
     }
 
     #[test]
-    fn transitions_follow_the_life_cycle() {
+    fn states_round_trip_through_their_names() {
         use CredentialState::*;
-        assert_eq!(Initialized.claim(false), Ok(Rotating));
-        assert_eq!(Rotating.commit(), Ok(Active));
-        assert_eq!(Active.claim(false), Ok(Rotating));
-        assert_eq!(Rotating.fail(true), Ok(Expiring));
-        assert_eq!(Expiring.claim(false), Ok(Rotating));
-        assert_eq!(Rotating.fail(false), Ok(Initialized));
-        assert!(Rotating.claim(false).is_err());
-        assert_eq!(Rotating.claim(true), Ok(Rotating));
-        assert!(Revoked.claim(true).is_err());
-        assert!(Active.commit().is_err());
         for state in [Initialized, Active, Expiring, Rotating, Revoked] {
             assert_eq!(CredentialState::parse(state.as_str()), Some(state));
         }
+        assert_eq!(CredentialState::parse("ACTIVE"), None);
     }
 
     #[test]
     fn refresh_is_between_the_threshold_and_ninety_percent_and_spread() {
-        let (issued, expires) = (at(0), at(1000));
         for audience in ["https://a", "https://b", "https://c", "urn:x:y"] {
-            let refresh = refresh_at(issued, expires, 75, audience);
-            assert!(refresh >= at(750) && refresh < at(826), "{refresh}");
-            let late = refresh_at(issued, expires, 99, audience);
-            assert!(late >= at(900) && late <= at(900), "{late}");
+            let share = refresh_share(75, audience);
+            assert!((0.75..0.825).contains(&share), "{share}");
+            assert_eq!(refresh_share(99, audience), 0.9);
         }
         assert_ne!(
-            refresh_at(issued, expires, 75, "https://a"),
-            refresh_at(issued, expires, 75, "https://b")
+            refresh_share(75, "https://a"),
+            refresh_share(75, "https://b")
         );
         assert_eq!(spread("https://a"), spread("https://a"));
     }

@@ -322,7 +322,7 @@ pub async fn claim(
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let row: Option<(i64, i32)> = sqlx::query_as(
         "UPDATE upstream_credentials c
-            SET generation = c.generation + 1, state = 'rotating', lease_holder = $2,
+            SET generation = c.generation + 1, state = $4, lease_holder = $2,
                 claimed_at = now(),
                 lease_expires_at = now() + $3 * interval '1 millisecond'
            FROM upstream_audiences a
@@ -338,6 +338,7 @@ pub async fn claim(
     .bind(audience.as_str())
     .bind(holder)
     .bind(lease_ms)
+    .bind(CredentialState::Rotating.as_str())
     .fetch_optional(pool)
     .await?;
     Ok(row.map(|(generation, attempts)| Claim {
@@ -367,7 +368,7 @@ pub async fn commit(
     let lifetime_ms = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
     let done = sqlx::query(
         "UPDATE upstream_credentials
-            SET state = 'active', token_generation = generation, issued_at = claimed_at,
+            SET state = $11, token_generation = generation, issued_at = claimed_at,
                 expires_at = claimed_at + $4 * interval '1 millisecond',
                 refresh_at = claimed_at + $4 * $5 * interval '1 millisecond',
                 sealed_token = $6, token_data_key = $7, sealed_refresh_token = $8,
@@ -386,6 +387,7 @@ pub async fn commit(
     .bind(refresh_token.map(|sealed| &sealed.sealed_private_key))
     .bind(refresh_token.map(|sealed| &sealed.wrapped_data_key))
     .bind(&token.kek_id)
+    .bind(CredentialState::Active.as_str())
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
