@@ -391,6 +391,13 @@ async fn handout_serves_the_bank_token_and_rotates_it_before_expiry_without_a_ga
     // One bank request per rotation, each seen by callers.
     let requests = bank.requests() as usize;
     assert_eq!(requests, seen.len(), "bank requests against tokens served");
+    // Each fetch is audited just after its commit.
+    wait_for(
+        "every rotation audited",
+        Duration::from_secs(10),
+        async || records(&app, "upstream_token_rotated", "allow").await.len() >= requests,
+    )
+    .await;
     let rotations = records(&app, "upstream_token_rotated", "allow").await;
     assert_eq!(rotations.len(), requests);
     let generations: Vec<i64> = rotations
@@ -1059,6 +1066,13 @@ async fn a_node_that_loses_its_lease_mid_fetch_discards_and_revokes_its_token() 
     .unwrap()
     .unwrap();
     assert!(row.token.is_none(), "the late commit stored its token");
+    // The refusal is audited once the bank has answered the revocation.
+    wait_for("the audited refusal", Duration::from_secs(10), async || {
+        !records(&app, "upstream_token_rotated", "deny")
+            .await
+            .is_empty()
+    })
+    .await;
     let refused = records(&app, "upstream_token_rotated", "deny").await;
     assert_eq!(refused.len(), 1);
     let reason = refused[0]["reason"].as_str().unwrap();
