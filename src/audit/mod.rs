@@ -64,6 +64,10 @@ pub enum EventKind {
     AdminChange,
     /// An admin request refused: not authenticated, not allowed, or invalid.
     AdminDenied,
+    /// A bank token fetched for an audience, or the attempt that failed.
+    UpstreamTokenRotated,
+    /// A bank token handed to a caller, or the refusal.
+    UpstreamTokenUsed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +103,9 @@ pub struct EventDetails {
     pub actor_jti: Option<String>,
     /// The issued token's `exp`.
     pub expires_at: Option<i64>,
+    /// The generation of the upstream bank token concerned (never the token itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_generation: Option<i64>,
 }
 
 /// One record. Its canonical form is `serde_json`'s compact serialization in field order; the
@@ -719,6 +726,7 @@ fn bounded(details: &EventDetails) -> EventDetails {
         parent_jti: text(&details.parent_jti),
         actor_jti: text(&details.actor_jti),
         expires_at: details.expires_at,
+        upstream_generation: details.upstream_generation,
     }
 }
 

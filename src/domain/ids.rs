@@ -89,6 +89,20 @@ string_id!(
     registry_id
 );
 string_id!(
+    /// A connection to a bank's token endpoint and API.
+    UpstreamConnectionId,
+    |value| {
+        (1..=64).contains(&value.len())
+            && value
+                .bytes()
+                .next()
+                .is_some_and(|first| first.is_ascii_lowercase() || first.is_ascii_digit())
+            && value.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            })
+    }
+);
+string_id!(
     /// A JWT's `jti`: ours are UUIDs, other issuers' are at most 256 printable bytes.
     Jti,
     |value| opaque_id(value, 256)

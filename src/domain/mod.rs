@@ -12,3 +12,4 @@ pub mod scope_limits;
 pub mod scopes;
 pub mod tokens;
 pub mod trust;
+pub mod upstream;

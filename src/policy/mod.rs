@@ -38,6 +38,8 @@ pub enum PolicyError {
 pub enum Action {
     Issue,
     Exchange,
+    /// Receiving an audience's upstream bank token.
+    ObtainUpstream,
 }
 
 impl Action {
@@ -45,6 +47,7 @@ impl Action {
         match self {
             Self::Issue => "issue",
             Self::Exchange => "exchange",
+            Self::ObtainUpstream => "obtain_upstream",
         }
     }
 }

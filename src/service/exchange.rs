@@ -18,9 +18,9 @@ use crate::domain::ids::{ConsentId, Jti, TxnId};
 use crate::domain::scope_limits::{self, Limit};
 use crate::domain::scopes::ScopeSet;
 use crate::policy::{Action, PolicyContext};
+use crate::service::Granted;
 use crate::service::Services;
 use crate::service::authenticate::AuthenticatedClient;
-use crate::service::issue::Issued;
 use crate::service::live::live_token;
 use crate::service::{Call, OAuthError};
 
@@ -80,7 +80,7 @@ struct Exchanger<'a> {
 }
 
 /// Depth of an `act` chain: one per nested actor.
-fn depth(act: Option<&Value>) -> u32 {
+pub(crate) fn depth(act: Option<&Value>) -> u32 {
     let mut depth = 0;
     let mut current = act;
     while let Some(actor) = current {
@@ -560,13 +560,14 @@ struct Subject {
     trust_profile_version: Option<i32>,
 }
 
-/// RFC 8693 token exchange: the use case behind the token endpoint's exchange grant.
+/// RFC 8693 token exchange: the use case behind the token endpoint's exchange grant. A
+/// bank-backed target is answered with its bank token instead (delivery `handout`).
 pub async fn exchange(
     call: &Call<'_>,
     authenticated: &AuthenticatedClient,
     target: Option<String>,
     parsed: Result<ExchangeRequest<'_>, Denial>,
-) -> Result<Issued, OAuthError> {
+) -> Result<Granted, OAuthError> {
     let services = call.services;
     let details = EventDetails {
         audience: target,
@@ -584,6 +585,24 @@ pub async fn exchange(
                 .await);
         }
     };
+    match services.upstream.credential(&request.target).await {
+        Ok(Some(credential)) => {
+            return crate::service::handout::handout(call, authenticated, &request, credential)
+                .await
+                .map(Granted::Upstream);
+        }
+        Ok(None) => {}
+        Err(error) => {
+            tracing::error!(%error, "upstream registry unavailable");
+            return Err(call
+                .deny(
+                    EventKind::TokenExchanged,
+                    OAuthError::TemporarilyUnavailable,
+                    details,
+                )
+                .await);
+        }
+    }
     let exchanger = Exchanger { services };
     let now = unix_now();
     let (decision, provenance) = match exchanger.decide(authenticated, &request, now).await {
@@ -638,7 +657,7 @@ pub async fn exchange(
         .with_label_values(&[GrantType::TokenExchange.as_str(), &issued.claims.aud])
         .inc();
     issued.issued_token_type = Some(TokenType::AccessToken);
-    Ok(issued)
+    Ok(Granted::Issued(Box::new(issued)))
 }
 
 #[cfg(test)]

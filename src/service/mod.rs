@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod authenticate;
 pub mod exchange;
+pub mod handout;
 pub mod introspect;
 pub mod issue;
 pub mod keys;
@@ -12,6 +13,7 @@ pub mod live;
 pub mod partner_jwt;
 pub mod revoke;
 pub mod token;
+pub mod upstream;
 
 use crate::audit::{EventDetails, EventKind, Outcome};
 use crate::domain::grants::{Denial, GrantType};
@@ -48,6 +50,7 @@ pub struct Services {
     pub max_delegation_depth: u32,
     pub jwks: JwksCache,
     pub revocations: RevocationCache,
+    pub upstream: crate::service::upstream::Broker,
 }
 
 impl Services {
@@ -73,6 +76,13 @@ impl Services {
             settings: &self.tokens,
         }
     }
+}
+
+/// What the token endpoint hands out: a token this server signed, or an audience's bank token.
+#[derive(Debug)]
+pub enum Granted {
+    Issued(Box<crate::service::issue::Issued>),
+    Upstream(crate::service::upstream::Served),
 }
 
 /// Error responses of RFC 6749 §5.2, RFC 8693 §2.2.2, RFC 8707 §2 and RFC 7009 §2.2.1.
@@ -106,6 +116,10 @@ pub enum OAuthError {
     /// RFC 6749 §5.2 (via RFC 6749 §4.1.2.1's registry): a dependency is down; retry later.
     #[error("temporarily_unavailable")]
     TemporarilyUnavailable,
+    /// `temporarily_unavailable` because a bank token cannot be had now; `retry_after` says
+    /// in how many seconds it may be.
+    #[error("temporarily_unavailable (upstream token, retry after {retry_after} s)")]
+    UpstreamUnavailable { retry_after: u64 },
 }
 
 impl OAuthError {
@@ -118,7 +132,9 @@ impl OAuthError {
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::InvalidScope(_) => "invalid_scope",
             Self::InvalidTarget(_) => "invalid_target",
-            Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::TemporarilyUnavailable | Self::UpstreamUnavailable { .. } => {
+                "temporarily_unavailable"
+            }
         }
     }
 
@@ -132,6 +148,9 @@ impl OAuthError {
             Self::InvalidClient { .. } => "client authentication failed",
             Self::UnsupportedGrantType => "the grant type is not supported",
             Self::TemporarilyUnavailable => "the service is temporarily unavailable; retry later",
+            Self::UpstreamUnavailable { .. } => {
+                "the bank token for this audience is not available now; retry later"
+            }
         }
     }
 }
@@ -278,6 +297,7 @@ fn grant_label(kind: EventKind) -> &'static str {
         EventKind::TokenRevoked => "revocation",
         EventKind::TokenExchanged => GrantType::TokenExchange.as_str(),
         EventKind::ClientAuthenticationFailed => "client_authentication",
+        EventKind::UpstreamTokenUsed => "upstream_token",
         _ => "token",
     }
 }

@@ -4,14 +4,13 @@ use crate::audit::EventKind;
 use crate::domain::grants::{GrantType, TokenRequest};
 use crate::service::Services;
 use crate::service::authenticate;
-use crate::service::issue::Issued;
-use crate::service::{Caller, OAuthError, exchange, issue};
+use crate::service::{Caller, Granted, OAuthError, exchange, issue};
 
 pub async fn token(
     services: &Services,
     caller: Caller<'_>,
     request: Result<TokenRequest<'_>, OAuthError>,
-) -> Result<Issued, OAuthError> {
+) -> Result<Granted, OAuthError> {
     let (request_id, facts) = (caller.request_id, caller.facts);
     let client = authenticate::caller(services, caller).await?;
     let call = services.call(request_id, facts, &client);
@@ -23,7 +22,9 @@ pub async fn token(
     facts.note(|facts| facts.grant = Some(grant.as_str()));
     match request {
         TokenRequest::ClientCredentials { target, parsed } => {
-            issue::client_credentials(&call, &client, target, parsed).await
+            issue::client_credentials(&call, &client, target, parsed)
+                .await
+                .map(|issued| Granted::Issued(Box::new(issued)))
         }
         TokenRequest::TokenExchange { target, parsed } => {
             exchange::exchange(&call, &client, target, parsed).await

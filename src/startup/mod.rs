@@ -154,6 +154,14 @@ impl Application {
             settings.registry.cache_ttl,
             trust_changed.clone(),
         );
+        let upstream = crate::service::upstream::Broker::new(
+            pool.clone(),
+            settings.keys.clone(),
+            audit.clone(),
+            metrics.clone(),
+            format!("{}/{}", node_name(), uuid::Uuid::new_v4()),
+        );
+        schedule_upstream_rotation(&mut scheduler, upstream.clone());
         let services = web::Data::new(Services {
             pool: pool.clone(),
             registry: Registry::new(pool.clone(), settings.registry.cache_ttl),
@@ -169,6 +177,7 @@ impl Application {
             revocations: crate::storage::revocations::RevocationCache::new(
                 settings.registry.cache_ttl,
             ),
+            upstream,
         });
         {
             let services = services.clone();
@@ -502,6 +511,15 @@ fn schedule_governance_refresh(scheduler: &mut Scheduler, metrics: Metrics, pool
                 .await
                 .map_err(|error| JobError::new("governance gauges not refreshed", error))
         }
+    });
+}
+
+/// Bank tokens are fetched before they are needed: each node looks every second for tokens
+/// inside their refresh window, and the fenced claim lets exactly one node fetch each.
+fn schedule_upstream_rotation(scheduler: &mut Scheduler, broker: crate::service::upstream::Broker) {
+    scheduler.every("upstream rotation", Duration::from_secs(1), move || {
+        let broker = broker.clone();
+        async move { broker.rotate_due().await }
     });
 }
 

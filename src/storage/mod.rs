@@ -16,6 +16,7 @@ pub mod replay;
 pub mod revocations;
 pub mod seed;
 pub mod trust;
+pub mod upstream;
 
 use std::str::FromStr;
 

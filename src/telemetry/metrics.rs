@@ -44,6 +44,12 @@ pub struct Metrics {
     pub audit_batch_size: Histogram,
     unused_clients: IntGaugeVec,
     expiring_certificates: IntGaugeVec,
+    /// Bank token fetches by audience and outcome (`rotated`, `failed`, `lease_lost`).
+    pub upstream_rotations: IntCounterVec,
+    /// The generation of each audience's current bank token.
+    pub upstream_generation: IntGaugeVec,
+    /// Bank tokens handed to callers, by audience.
+    pub upstream_uses: IntCounterVec,
 }
 
 impl Metrics {
@@ -106,6 +112,27 @@ impl Metrics {
             ),
             &["days"],
         )?;
+        let upstream_rotations = IntCounterVec::new(
+            Opts::new(
+                "tessera_upstream_rotations_total",
+                "Bank token fetches by audience and outcome",
+            ),
+            &["audience", "outcome"],
+        )?;
+        let upstream_generation = IntGaugeVec::new(
+            Opts::new(
+                "tessera_upstream_generation",
+                "Generation of the bank token this node last stored, by audience",
+            ),
+            &["audience"],
+        )?;
+        let upstream_uses = IntCounterVec::new(
+            Opts::new(
+                "tessera_upstream_uses_total",
+                "Bank tokens handed to callers, by audience",
+            ),
+            &["audience"],
+        )?;
         let registry = Registry::new();
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
@@ -116,6 +143,9 @@ impl Metrics {
         registry.register(Box::new(audit_batch_size.clone()))?;
         registry.register(Box::new(unused_clients.clone()))?;
         registry.register(Box::new(expiring_certificates.clone()))?;
+        registry.register(Box::new(upstream_rotations.clone()))?;
+        registry.register(Box::new(upstream_generation.clone()))?;
+        registry.register(Box::new(upstream_uses.clone()))?;
         if let Some(refused) = crate::crypto::keys::unauthenticated_keys() {
             registry.register(Box::new(refused.clone()))?;
         }
@@ -130,6 +160,9 @@ impl Metrics {
             audit_batch_size,
             unused_clients,
             expiring_certificates,
+            upstream_rotations,
+            upstream_generation,
+            upstream_uses,
         })
     }
 

@@ -27,4 +27,5 @@ mod partner;
 mod policy;
 mod startup;
 mod tls;
+mod upstream;
 mod walkthrough;

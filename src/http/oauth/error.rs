@@ -20,7 +20,9 @@ impl ResponseError for OAuthError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
-            Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TemporarilyUnavailable | Self::UpstreamUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -36,8 +38,14 @@ impl ResponseError for OAuthError {
         {
             response.insert_header((WWW_AUTHENTICATE, format!(r#"{scheme} realm="tessera""#)));
         }
-        if matches!(self, Self::TemporarilyUnavailable) {
-            response.insert_header(("Retry-After", "1"));
+        match self {
+            Self::TemporarilyUnavailable => {
+                response.insert_header(("Retry-After", "1"));
+            }
+            Self::UpstreamUnavailable { retry_after } => {
+                response.insert_header(("Retry-After", retry_after.max(&1).to_string()));
+            }
+            _ => {}
         }
         let mut response =
             response.json(json!({ "error": self.code(), "error_description": self.description() }));

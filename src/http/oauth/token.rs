@@ -12,7 +12,8 @@ use crate::domain::grants::{
 };
 use crate::domain::scopes::ScopeSet;
 use crate::http::{Facts, PeerCertificate, RequestId};
-use crate::service::Services;
+use crate::service::{Granted, Services};
+use secrecy::ExposeSecret;
 
 #[post("/oauth2/token")]
 pub async fn token_endpoint(
@@ -27,17 +28,33 @@ pub async fn token_endpoint(
     let request_id = request_id.0.to_string();
     let caller = caller(&req, &params, &request_id, &facts, peer);
     let request = token_request(&params);
-    let issued = crate::service::token::token(&services, caller, request).await?;
-    let mut body = json!({
-        "access_token": issued.access_token,
-        "token_type": "Bearer",
-        "expires_in": issued.expires_in,
-        "scope": issued.scopes.to_string(),
-    });
-    if let (Some(kind), Some(body)) = (issued.issued_token_type, body.as_object_mut()) {
-        body.insert("issued_token_type".into(), json!(kind.urn()));
+    let granted = crate::service::token::token(&services, caller, request).await?;
+    Ok(no_store(HttpResponse::Ok()).json(token_response(granted)))
+}
+
+/// RFC 6749 §5.1 / RFC 8693 §2.2.1 body.
+fn token_response(granted: Granted) -> serde_json::Value {
+    match granted {
+        Granted::Issued(issued) => {
+            let mut body = json!({
+                "access_token": issued.access_token,
+                "token_type": "Bearer",
+                "expires_in": issued.expires_in,
+                "scope": issued.scopes.to_string(),
+            });
+            if let (Some(kind), Some(body)) = (issued.issued_token_type, body.as_object_mut()) {
+                body.insert("issued_token_type".into(), json!(kind.urn()));
+            }
+            body
+        }
+        Granted::Upstream(served) => json!({
+            "access_token": served.token.expose_secret(),
+            "issued_token_type": TokenType::AccessToken.urn(),
+            "token_type": "Bearer",
+            "expires_in": served.expires_in,
+            "scope": served.bank_scopes.to_string(),
+        }),
     }
-    Ok(no_store(HttpResponse::Ok()).json(body))
 }
 
 /// The grant and its parameters. A grant's malformed parameters are carried as its refusal,
