@@ -49,6 +49,8 @@ pub struct Audience {
     /// "standard" or "settlement" (policy keeps settlement reachable by exchange only).
     pub kind: String,
     pub cross_region_allowed: bool,
+    /// A bank-backed audience: token exchange for it hands out its upstream bank token.
+    pub bank_backed: bool,
 }
 
 #[cfg(test)]

@@ -585,7 +585,18 @@ pub async fn exchange(
                 .await);
         }
     };
-    match services.upstream.credential(&request.target).await {
+    // Whether the target is bank-backed comes with the (cached) audience; only those cost a
+    // read of their credential.
+    let credential = match services.registry.audience(&request.target).await {
+        Ok(Some(audience)) if audience.bank_backed => services
+            .upstream
+            .credential(&request.target)
+            .await
+            .map_err(|error| error.to_string()),
+        Ok(_) => Ok(None),
+        Err(error) => Err(error.to_string()),
+    };
+    match credential {
         Ok(Some(credential)) => {
             return crate::service::handout::handout(call, authenticated, &request, credential)
                 .await
@@ -593,7 +604,7 @@ pub async fn exchange(
         }
         Ok(None) => {}
         Err(error) => {
-            tracing::error!(%error, "upstream registry unavailable");
+            tracing::error!(%error, "registry or upstream credentials unavailable");
             return Err(call
                 .deny(
                     EventKind::TokenExchanged,

@@ -18,6 +18,7 @@ struct AudienceRow {
     region: String,
     kind: String,
     cross_region_allowed: bool,
+    bank_backed: bool,
 }
 
 fn audience(row: AudienceRow) -> Option<Audience> {
@@ -31,6 +32,7 @@ fn audience(row: AudienceRow) -> Option<Audience> {
             region: row.region,
             kind: row.kind,
             cross_region_allowed: row.cross_region_allowed,
+            bank_backed: row.bank_backed,
         })
     }
 }
@@ -40,9 +42,11 @@ pub async fn find(
     id: &AudienceId,
 ) -> Result<Option<Audience>, sqlx::Error> {
     let row: Option<AudienceRow> = sqlx::query_as(
-        "SELECT id, name, scopes, max_lifetime_s, require_certificate_bound, region, kind,
-                cross_region_allowed
-           FROM audiences WHERE id = $1",
+        "SELECT a.id, a.name, a.scopes, a.max_lifetime_s, a.require_certificate_bound, a.region,
+                a.kind, a.cross_region_allowed,
+                EXISTS (SELECT 1 FROM upstream_audiences u WHERE u.audience_id = a.id)
+                  AS bank_backed
+           FROM audiences a WHERE a.id = $1",
     )
     .bind(id.as_str())
     .fetch_optional(conn)

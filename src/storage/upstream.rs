@@ -118,6 +118,8 @@ pub async fn back_audience(
         .bind(audience.as_str())
         .execute(&mut *tx)
         .await?;
+    // Nodes cache whether an audience is bank-backed with the audience itself.
+    crate::storage::registry::notify_registry_changed(&mut tx, "upstream_audiences").await?;
     tx.commit().await
 }
 
