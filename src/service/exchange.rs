@@ -8,7 +8,6 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::audit::{EventDetails, EventKind};
-use crate::crypto::keys::unix_now;
 use crate::domain::audiences::AudienceId;
 use crate::domain::consents;
 use crate::domain::grants::{
@@ -77,6 +76,9 @@ impl From<crate::storage::clients::RegistryError> for ExchangeError {
 /// What the exchange decides with.
 struct Exchanger<'a> {
     services: &'a Services,
+    /// The moment of the request, with its sub-second part: consents are compared with it, so
+    /// one that took effect a moment ago is in force.
+    at: OffsetDateTime,
 }
 
 /// Depth of an `act` chain: one per nested actor.
@@ -103,7 +105,7 @@ impl Exchanger<'_> {
         if token_type == TokenType::Jwt {
             return self.partner_subject(token, now).await;
         }
-        let subject = live_token(self.services, token, now)
+        let subject = live_token(self.services, token, self.at)
             .await?
             .map_err(|reason| bad_subject(format!("subject_token {reason}")))?;
         let holds = subject.client_id == client.id.as_str()
@@ -190,7 +192,6 @@ impl Exchanger<'_> {
         client: &crate::domain::clients::Client,
         subject: &Subject,
         actor_token: Option<&str>,
-        now: i64,
     ) -> Result<Actor, ExchangeError> {
         let actor = match actor_token {
             None => Actor {
@@ -199,7 +200,7 @@ impl Exchanger<'_> {
                 expires_at: None,
             },
             Some(token) => {
-                let actor = live_token(self.services, token, now)
+                let actor = live_token(self.services, token, self.at)
                     .await?
                     .map_err(|reason| bad_actor(format!("actor_token {reason}")))?;
                 if actor.client_id != client.id.as_str() {
@@ -299,7 +300,6 @@ impl Exchanger<'_> {
         subject: &Subject,
         target: &AudienceId,
         allowed: ScopeSet,
-        now: i64,
     ) -> Result<(Option<ConsentId>, ScopeSet), ExchangeError> {
         let refused = |reason: &str| {
             refuse(
@@ -314,7 +314,7 @@ impl Exchanger<'_> {
                 .await?
                 .ok_or_else(|| refused("the subject token's consent does not exist"))?;
             consent
-                .covers(target, at(now))
+                .covers(target, self.at)
                 .map_err(|why| refused(why.reason()))?;
             if consent.grantor != subject.owner {
                 return Err(refused(
@@ -346,7 +346,7 @@ impl Exchanger<'_> {
         .await?;
         let mut uncovered = consents::Uncovered::Absent;
         for consent in candidates {
-            match consent.covers(target, at(now)) {
+            match consent.covers(target, self.at) {
                 Ok(()) => {
                     let scopes = allowed.intersection(&consent.scopes);
                     return Ok((Some(ConsentId::from_uuid(consent.id)), scopes));
@@ -372,9 +372,7 @@ impl Exchanger<'_> {
                 now,
             )
             .await?;
-        let actor = self
-            .actor(client, &subject, request.actor_token, now)
-            .await?;
+        let actor = self.actor(client, &subject, request.actor_token).await?;
         let delegation_depth = depth(actor.act.as_ref());
 
         let not_allowed = || {
@@ -406,13 +404,7 @@ impl Exchanger<'_> {
             .profile_reach(&subject, &request.target, allowed)
             .await?;
         let (consent_id, allowed) = self
-            .consent(
-                client,
-                &subject,
-                &request.target,
-                within_profile.clone(),
-                now,
-            )
+            .consent(client, &subject, &request.target, within_profile.clone())
             .await?;
         let scopes = grant_scopes(&allowed, request.requested_scopes.as_ref()).map_err(|_| {
             let why = limits.explain(request.requested_scopes.as_ref(), &within_profile, &allowed);
@@ -485,10 +477,6 @@ fn may_act_names(may_act: &Value, actor: &str, our_issuer: &str) -> bool {
         && may_act
             .get("iss")
             .is_none_or(|iss| iss.as_str() == Some(our_issuer))
-}
-
-fn at(now: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(now).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 /// The limits on an exchanged token's scopes that do not need storage, kept apart so that a
@@ -614,8 +602,9 @@ pub async fn exchange(
                 .await);
         }
     }
-    let exchanger = Exchanger { services };
-    let now = unix_now();
+    let at = OffsetDateTime::now_utc();
+    let exchanger = Exchanger { services, at };
+    let now = at.unix_timestamp();
     let (decision, provenance) = match exchanger.decide(authenticated, &request, now).await {
         Ok(decided) => decided,
         Err(ExchangeError::Refused(refusal)) => {

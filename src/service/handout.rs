@@ -4,7 +4,6 @@
 //! Every use and refusal is audited with the token's generation, never the token.
 
 use crate::audit::{EventDetails, EventKind, Outcome};
-use crate::crypto::keys::unix_now;
 use crate::domain::grants::{Denial, ExchangeRequest, TokenType};
 use crate::domain::upstream::Delivery;
 use crate::policy::{Action, PolicyContext};
@@ -148,10 +147,14 @@ async fn decide(
             &reason,
         )
     };
-    let subject = live_token(services, request.subject_token, unix_now())
-        .await
-        .map_err(unavailable)?
-        .map_err(|reason| bad_subject(format!("subject_token {reason}")))?;
+    let subject = live_token(
+        services,
+        request.subject_token,
+        time::OffsetDateTime::now_utc(),
+    )
+    .await
+    .map_err(unavailable)?
+    .map_err(|reason| bad_subject(format!("subject_token {reason}")))?;
     if subject.client_id != client.id.as_str() {
         return Err(bad_subject(
             "a bank token is handed out only for the client's own token".into(),

@@ -2,7 +2,6 @@
 //! own audience, a client its own tokens, an admin any; everything else reads as inactive.
 
 use crate::audit::{EventDetails, EventKind, Outcome};
-use crate::crypto::keys::unix_now;
 use crate::domain::tokens::AccessTokenClaims;
 use crate::service::Services;
 use crate::service::authenticate;
@@ -20,7 +19,7 @@ pub async fn introspect(
     let call = services.call(request_id, facts, &caller);
     let token = call.parsed(EventKind::TokenIntrospected, token).await?;
     // Whatever is wrong with a token, introspection answers only "inactive" (RFC 7662 §2.2).
-    let claims = live_token(services, token, unix_now())
+    let claims = live_token(services, token, time::OffsetDateTime::now_utc())
         .await
         .map_err(|error| {
             tracing::error!(%error, "revocation list or consent store unavailable");

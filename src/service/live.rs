@@ -18,18 +18,19 @@ pub enum NotLive {
     ConsentInactive,
 }
 
-/// Valid now, not revoked (nor any token it descends from), its consent still active. The
-/// outer error is storage being unavailable, which callers answer with 503.
+/// Valid at `at`, not revoked (nor any token it descends from), its consent still active. The
+/// outer error is storage being unavailable, which callers answer with 503. `at` keeps its
+/// sub-second part: a consent that took effect a moment ago is in force.
 pub async fn live_token(
     services: &Services,
     token: &str,
-    now: i64,
+    at: OffsetDateTime,
 ) -> Result<Result<AccessTokenClaims, NotLive>, sqlx::Error> {
     let claims = match validate_own(
         &services.keys.current(),
         &services.tokens.issuer,
         token,
-        now,
+        at.unix_timestamp(),
     ) {
         Ok(claims) => claims,
         Err(rejection) => return Ok(Err(NotLive::Invalid(rejection))),
@@ -43,7 +44,6 @@ pub async fn live_token(
         return Ok(Err(NotLive::Revoked));
     }
     if let Some(consent) = &claims.consent_id {
-        let at = OffsetDateTime::from_unix_timestamp(now).unwrap_or(OffsetDateTime::UNIX_EPOCH);
         if !crate::storage::consents::still_active(&services.pool, consent, at).await? {
             return Ok(Err(NotLive::ConsentInactive));
         }

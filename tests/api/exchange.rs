@@ -531,6 +531,24 @@ async fn cross_partner(app: &TestApp, subject: &str, scope: &str) -> (u16, Value
     .await
 }
 
+/// Decisions compare a consent's window with the request's moment to the sub-second: a consent
+/// that takes effect as it is created is in force for the very next request, not from the next
+/// whole second on.
+#[tokio::test]
+async fn a_consent_effective_from_now_is_in_force_at_once() {
+    let app = spawn_app().await;
+    let consents = Consents::new(&app).await;
+    let subject = broad_token(&app).await;
+    let consent = consents
+        .grant(&["ledger:read"], &["https://ledger.test"], 0, 1)
+        .await;
+    let (status, body) = cross_partner(&app, &subject, "ledger:read").await;
+    assert_eq!(status, 200, "{body}");
+    let issued = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(claims(&issued)["consent_id"], consent.to_string());
+    assert_eq!(introspect_as_ledger(&app, &issued).await["active"], true);
+}
+
 #[tokio::test]
 async fn another_partners_subject_is_exchanged_only_under_active_consent() {
     let app = spawn_app().await;
