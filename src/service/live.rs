@@ -43,10 +43,10 @@ pub async fn live_token(
         services.metrics.revoked_presentations.inc();
         return Ok(Err(NotLive::Revoked));
     }
-    if let Some(consent) = &claims.consent_id {
-        if !crate::storage::consents::still_active(&services.pool, consent, at).await? {
-            return Ok(Err(NotLive::ConsentInactive));
-        }
+    if let Some(consent) = &claims.consent_id
+        && !crate::storage::consents::still_active(&services.pool, consent, at).await?
+    {
+        return Ok(Err(NotLive::ConsentInactive));
     }
     Ok(Ok(claims))
 }
