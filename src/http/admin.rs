@@ -3,8 +3,10 @@
 
 mod problem;
 
+use actix_web::dev::Payload;
 use actix_web::http::header::{AUTHORIZATION, ETAG, IF_MATCH, LOCATION};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use futures_util::future::LocalBoxFuture;
 use serde::Serialize;
 
 use crate::domain::admin::FieldError;
@@ -81,26 +83,40 @@ pub fn routes(config: &mut web::ServiceConfig) {
     );
 }
 
-async fn caller(
-    req: &HttpRequest,
-    services: &Services,
-    certificate: &PeerCertificate,
-    request_id: RequestId,
-) -> Result<Caller, AdminProblem> {
-    let bearer = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .map(|value| value.strip_prefix("Bearer ").unwrap_or(""));
-    Ok(authenticate(
-        services,
-        Presented {
-            certificate: certificate.0.as_ref(),
-            bearer,
-            request_id: request_id.0.to_string(),
-        },
-    )
-    .await?)
+/// The authenticated admin making the request: extracting it authenticates the certificate (and
+/// the bearer token, if any) and audits a refusal.
+struct AdminCaller(Caller);
+
+impl FromRequest for AdminCaller {
+    type Error = AdminProblem;
+    type Future = LocalBoxFuture<'static, Result<Self, AdminProblem>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let services = req
+                .app_data::<web::Data<Services>>()
+                .cloned()
+                .ok_or(AdminError::Unavailable)?;
+            let certificate = PeerCertificate::extract(&req)
+                .await
+                .map_err(|_| AdminError::Unavailable)?;
+            let request_id = RequestId::extract(&req)
+                .await
+                .map_err(|_| AdminError::Unavailable)?;
+            let bearer = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .map(|value| value.strip_prefix("Bearer ").unwrap_or(""));
+            let presented = Presented {
+                certificate: certificate.0.as_ref(),
+                bearer,
+                request_id: request_id.0.to_string(),
+            };
+            Ok(Self(authenticate(&services, presented).await?))
+        })
+    }
 }
 
 fn with_etag<T: Serialize>(
@@ -140,13 +156,7 @@ fn if_match(req: &HttpRequest) -> Result<Option<i32>, AdminProblem> {
         })
 }
 
-async fn whoami(
-    req: HttpRequest,
-    services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
-) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
+async fn whoami(AdminCaller(caller): AdminCaller) -> Reply {
     Ok(with_etag(
         HttpResponse::Ok(),
         caller.admin.version,
@@ -155,12 +165,10 @@ async fn whoami(
 }
 
 async fn token(
-    req: HttpRequest,
     services: web::Data<Services>,
     certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let Some(presented) = certificate.0.as_ref() else {
         return Err(AdminError::Unauthenticated("a client certificate is required").into());
     };
@@ -170,24 +178,15 @@ async fn token(
         .json(issued))
 }
 
-async fn list_partners(
-    req: HttpRequest,
-    services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
-) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
+async fn list_partners(services: web::Data<Services>, AdminCaller(caller): AdminCaller) -> Reply {
     Ok(HttpResponse::Ok().json(partners::list(&services, &caller).await?))
 }
 
 async fn create_partner(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     body: web::Bytes,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let partner = partners::create(&services, &caller, &body).await?;
     let mut response = HttpResponse::Created();
     response.insert_header((LOCATION, format!("/admin/v1/partners/{}", partner.id)));
@@ -195,13 +194,10 @@ async fn create_partner(
 }
 
 async fn get_partner(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     id: web::Path<String>,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let partner = partners::get(&services, &caller, &id).await?;
     Ok(with_etag(HttpResponse::Ok(), partner.version, &partner))
 }
@@ -209,12 +205,10 @@ async fn get_partner(
 async fn update_partner(
     req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let expected = if_match(&req)?;
     match partners::update(&services, &caller, &id, expected, &body).await? {
         Updated::Applied(partner) => Ok(with_etag(HttpResponse::Ok(), partner.version, &partner)),
@@ -235,13 +229,10 @@ struct ProposalQuery {
 }
 
 async fn list_proposals(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     query: web::Query<ProposalQuery>,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let listed = proposals::list(&services, &caller, query.status.as_deref()).await?;
     Ok(HttpResponse::Ok().json(listed))
 }
@@ -251,38 +242,29 @@ fn proposal_id(id: &str) -> Result<uuid::Uuid, AdminProblem> {
 }
 
 async fn get_proposal(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     id: web::Path<String>,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let proposal = proposals::get(&services, &caller, proposal_id(&id)?).await?;
     Ok(with_etag(HttpResponse::Ok(), proposal.version, &proposal))
 }
 
 async fn approve(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     id: web::Path<String>,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let decided = proposals::decide(&services, &caller, proposal_id(&id)?, true, None).await?;
     Ok(with_etag(HttpResponse::Ok(), decided.version, &decided))
 }
 
 async fn reject(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let body = crate::domain::admin::Body::parse(&body, &["reason"]).map_err(AdminError::from)?;
     let reason = body.required_text("reason").map_err(AdminError::from)?;
     let decided =
@@ -303,13 +285,10 @@ struct ProfileVersions {
 }
 
 async fn list_profiles(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     partner: web::Path<String>,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let (active_version, versions) = trust_profiles::list(&services, &caller, &partner).await?;
     let listed = ProfileVersions {
         active_version,
@@ -319,14 +298,11 @@ async fn list_profiles(
 }
 
 async fn create_profile(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     partner: web::Path<String>,
     body: web::Bytes,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let created = trust_profiles::create(&services, &caller, &partner, &body).await?;
     let mut response = HttpResponse::Created();
     response.insert_header((
@@ -340,13 +316,10 @@ async fn create_profile(
 }
 
 async fn get_profile(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     path: web::Path<(String, String)>,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let (partner, version) = path.into_inner();
     let found =
         trust_profiles::get(&services, &caller, &partner, profile_version(&version)?).await?;
@@ -360,14 +333,11 @@ struct DiffQuery {
 }
 
 async fn diff_profiles(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     partner: web::Path<String>,
     query: web::Query<DiffQuery>,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let compared =
         trust_profiles::compare(&services, &caller, &partner, query.from, query.to).await?;
     Ok(HttpResponse::Ok().json(compared))
@@ -376,11 +346,9 @@ async fn diff_profiles(
 async fn activate_profile(
     req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     path: web::Path<(String, String)>,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let (partner, version) = path.into_inner();
     let version = profile_version(&version)?;
     let expected = if_match(&req)?;
@@ -393,11 +361,9 @@ async fn activate_profile(
 async fn suspend_profile(
     req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     partner: web::Path<String>,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let expected = if_match(&req)?;
     let suspended = trust_profiles::suspend(&services, &caller, &partner, expected).await?;
     Ok(with_etag(HttpResponse::Ok(), suspended.version, &suspended))
@@ -408,35 +374,26 @@ fn consent_id(id: &str) -> Result<uuid::Uuid, AdminProblem> {
 }
 
 async fn list_consents(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     filter: web::Query<crate::domain::admin::ConsentFilter>,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     Ok(HttpResponse::Ok().json(consents::list(&services, &caller, &filter).await?))
 }
 
 async fn grant_consent(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     body: web::Bytes,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     Ok(proposed(&consents::grant(&services, &caller, &body).await?))
 }
 
 async fn get_consent(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     id: web::Path<String>,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let consent = consents::get(&services, &caller, consent_id(&id)?).await?;
     Ok(with_etag(HttpResponse::Ok(), consent.version, &consent))
 }
@@ -444,12 +401,10 @@ async fn get_consent(
 async fn revoke_consent(
     req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let expected = if_match(&req)?;
     let revoked = consents::revoke(&services, &caller, consent_id(&id)?, expected, &body).await?;
     Ok(with_etag(HttpResponse::Ok(), revoked.version, &revoked))
@@ -462,37 +417,25 @@ fn outcome<T: Serialize>(outcome: Outcome<T>) -> HttpResponse {
     }
 }
 
-async fn list_clients(
-    req: HttpRequest,
-    services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
-) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
+async fn list_clients(services: web::Data<Services>, AdminCaller(caller): AdminCaller) -> Reply {
     Ok(HttpResponse::Ok().json(registry::clients(&services, &caller).await?))
 }
 
 async fn create_client(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     body: web::Bytes,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     Ok(proposed(
         &registry::create_client(&services, &caller, &body).await?,
     ))
 }
 
 async fn get_client(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     id: web::Path<String>,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let client = registry::client(&services, &caller, &id).await?;
     Ok(with_etag(HttpResponse::Ok(), client.version, &client))
 }
@@ -500,36 +443,25 @@ async fn get_client(
 async fn update_client(
     req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let expected = if_match(&req)?;
     Ok(outcome(
         registry::update_client(&services, &caller, &id, expected, &body).await?,
     ))
 }
 
-async fn list_audiences(
-    req: HttpRequest,
-    services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
-) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
+async fn list_audiences(services: web::Data<Services>, AdminCaller(caller): AdminCaller) -> Reply {
     Ok(HttpResponse::Ok().json(registry::audiences(&services, &caller).await?))
 }
 
 async fn create_audience(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     body: web::Bytes,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let created = registry::create_audience(&services, &caller, &body).await?;
     let mut response = HttpResponse::Created();
     response.insert_header((LOCATION, format!("/admin/v1/audiences/{}", created.doc.id)));
@@ -537,13 +469,10 @@ async fn create_audience(
 }
 
 async fn get_audience(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     id: web::Path<String>,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let audience = registry::audience(&services, &caller, &id).await?;
     Ok(with_etag(HttpResponse::Ok(), audience.version, &audience))
 }
@@ -551,12 +480,10 @@ async fn get_audience(
 async fn update_audience(
     req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let expected = if_match(&req)?;
     Ok(outcome(
         registry::update_audience(&services, &caller, &id, expected, &body).await?,
@@ -564,25 +491,16 @@ async fn update_audience(
 }
 
 async fn audit(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     query: web::Query<crate::service::admin::audit_query::AuditQuery>,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let page =
         crate::service::admin::audit_query::query(&services, &caller, query.into_inner()).await?;
     Ok(HttpResponse::Ok().json(page))
 }
 
-async fn keys(
-    req: HttpRequest,
-    services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
-) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
+async fn keys(services: web::Data<Services>, AdminCaller(caller): AdminCaller) -> Reply {
     Ok(HttpResponse::Ok().json(operations::keys(&services, &caller).await?))
 }
 
@@ -593,13 +511,7 @@ struct RotationBody {
     next: String,
 }
 
-async fn rotate_keys(
-    req: HttpRequest,
-    services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
-) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
+async fn rotate_keys(services: web::Data<Services>, AdminCaller(caller): AdminCaller) -> Reply {
     let rotation = operations::rotate(&services, &caller).await?;
     Ok(HttpResponse::Ok().json(RotationBody {
         retired: rotation.retired,
@@ -608,57 +520,34 @@ async fn rotate_keys(
     }))
 }
 
-async fn policy(
-    req: HttpRequest,
-    services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
-) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
+async fn policy(services: web::Data<Services>, AdminCaller(caller): AdminCaller) -> Reply {
     Ok(HttpResponse::Ok().json(operations::policy(&services, &caller).await?))
 }
 
-async fn reload_policy(
-    req: HttpRequest,
-    services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
-) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
+async fn reload_policy(services: web::Data<Services>, AdminCaller(caller): AdminCaller) -> Reply {
     Ok(HttpResponse::Ok().json(operations::reload(&services, &caller).await?))
 }
 
 async fn decide(
-    req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     body: web::Bytes,
 ) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     Ok(HttpResponse::Ok().json(operations::decide(&services, &caller, &body).await?))
 }
 
-async fn list_admins(
-    req: HttpRequest,
-    services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
-) -> Reply {
-    let caller = caller(&req, &services, &certificate, request_id).await?;
+async fn list_admins(services: web::Data<Services>, AdminCaller(caller): AdminCaller) -> Reply {
     Ok(HttpResponse::Ok().json(crate::service::admin::auth::admins(&services, &caller).await?))
 }
 
 async fn update_admin(
     req: HttpRequest,
     services: web::Data<Services>,
-    certificate: PeerCertificate,
-    request_id: RequestId,
+    AdminCaller(caller): AdminCaller,
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Reply {
     use crate::service::admin::admins::{self, Updated};
-    let caller = caller(&req, &services, &certificate, request_id).await?;
     let expected = if_match(&req)?;
     match admins::update(&services, &caller, &id, expected, &body).await? {
         Updated::Applied(admin) => Ok(with_etag(HttpResponse::Ok(), admin.version, &admin)),
