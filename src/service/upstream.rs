@@ -3,6 +3,7 @@
 //! inside its refresh window, and never served once expired.
 
 use std::time::Duration;
+use tracing::Instrument;
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -121,7 +122,7 @@ impl Broker {
                 // On its own task: a caller that hangs up must not abandon a claimed lease
                 // (and with it every other caller) until the lease runs out.
                 let (broker, due) = (self.clone(), audience.clone());
-                tokio::spawn(async move { broker.rotate(&due).await })
+                tokio::spawn(async move { broker.rotate(&due).await }.in_current_span())
                     .await
                     .map_err(|_| self.no_token(&audience, None))??;
                 credential = store::credential(&self.pool, &audience)

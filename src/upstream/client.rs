@@ -192,8 +192,12 @@ impl<'c> oauth2::AsyncHttpClient<'c> for Transport<'_> {
 /// One request over reqwest, the body read up to the bound.
 /// Statuses that carry no OAuth error body are answered here, with what they mean.
 async fn send(http: &reqwest::Client, request: HttpRequest) -> Result<HttpResponse, BankError> {
-    let request = reqwest::Request::try_from(request)
+    let mut request = reqwest::Request::try_from(request)
         .map_err(|error| BankError::Settings(format!("request: {error}")))?;
+    // The bank sees the caller's trace (W3C `traceparent`), as partners' key-set fetches do.
+    request
+        .headers_mut()
+        .extend(crate::telemetry::outgoing_headers());
     let mut response = http
         .execute(request)
         .await
